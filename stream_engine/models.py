@@ -1,0 +1,110 @@
+"""The records that flow through the engine.
+
+Plain slotted dataclasses: cheap to build on the hot path, and orjson serialises them natively.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+__version__ = "0.1.0"
+ENGINE_VERSION = __version__
+
+Severity = Literal["critical", "high", "medium", "low", "info"]
+Mode = Literal["auto", "review", "escalate"]
+CacheTier = Literal["lru", "redis", "service", "none"]
+
+
+@dataclass(slots=True)
+class Alert:
+    id: str
+    type: str
+    timestamp: str | float
+    severity: str
+    source: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None
+
+
+@dataclass(slots=True)
+class Envelope:
+    """An alert with where it came from and when we first saw it (for latency and ClickHouse)."""
+
+    alert: Alert
+    key: str
+    partition: int
+    offset: int
+    received_ns: int  # time.time_ns() when the batch was taken off the stream
+
+
+@dataclass(slots=True, frozen=True)
+class Proposition:
+    action: str
+    confidence: float
+    rationale: str = ""
+
+
+@dataclass(slots=True)
+class Decision:
+    alert_id: str
+    alert_type: str
+    key: str
+    mode: Mode
+    action: str | None
+    confidence: float | None
+    propositions: list[Proposition]
+    cache_tier: CacheTier
+    latency_ms: float
+    decided_at: float  # epoch seconds
+    engine_version: str = ENGINE_VERSION
+    reason: str | None = None  # why escalate / review
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    reason: str
+    error: str
+    source_topic: str
+    partition: int
+    offset: int
+    original: bytes  # exactly as received
+    received_at: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "reason": self.reason,
+                "error": self.error,
+                "source_topic": self.source_topic,
+                "partition": self.partition,
+                "offset": self.offset,
+                "original_b64": base64.b64encode(self.original).decode("ascii"),
+                "received_at": self.received_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "DeadLetter":
+        d = orjson.loads(data)
+        return cls(
+            reason=d["reason"],
+            error=d["error"],
+            source_topic=d["source_topic"],
+            partition=d["partition"],
+            offset=d["offset"],
+            original=base64.b64decode(d["original_b64"]),
+            received_at=d["received_at"],
+        )
+
+
+def decision_from_json(data: bytes) -> Decision:
+    d = orjson.loads(data)
+    d["propositions"] = [Proposition(**p) for p in d["propositions"]]
+    return Decision(**d)

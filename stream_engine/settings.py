@@ -1,0 +1,130 @@
+"""One typed settings object for every part of stream_engine.
+
+Values come from, in increasing priority: defaults here, ``STREAM_ENGINE_*`` environment
+variables (JSON for dicts/lists), and explicit overrides (CLI flags pass them as kwargs).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_KEY_FIELDS: dict[str, list[str]] = {
+    "ci_failure": ["repo", "job", "error_class"],
+    "scam": ["pattern", "merchant"],
+    "infra": ["service", "check"],
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAM_ENGINE_", extra="forbid", frozen=True)
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(PROJECT_ROOT / ".data", description="Worker state: chDB directory, sink journal.")
+    stack_dir: Path = Field(PROJECT_ROOT / ".stack", description="Local stack: Kafka jars, broker logs, pids.")
+    topics_dir: Path = Field(PROJECT_ROOT / "topics", description="Topic definitions and JSON Schemas.")
+
+    # --- services ----------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Shared proposition cache.")
+    clickhouse_url: str = Field(
+        "", description="chdb://DIR (embedded, default DATA_DIR/clickhouse) or http(s)://user:pass@host:port."
+    )
+    clickhouse_database: str = Field("stream_engine", description="ClickHouse database name.")
+    propositions_url: str = Field("http://127.0.0.1:8700", description="Proposition service base URL.")
+
+    # --- local stack ports (stack up) --------------------------------------------------
+    kafka_version: str = Field("4.4.0", description="Apache Kafka version assembled from Maven Central.")
+    kafka_port: int = Field(9092, description="Broker listener port of the local stack.")
+    kafka_controller_port: int = Field(9093, description="KRaft controller port of the local stack.")
+    kafka_heap: str = Field("512m", description="Broker JVM max heap.")
+    redis_port: int = Field(6379, description="Redis port of the local stack.")
+    propositions_port: int = Field(8700, description="Port of the reference proposition service.")
+
+    # --- topics ------------------------------------------------------------------------
+    topic_alerts: str = Field("alerts", description="Input topic.")
+    topic_decisions: str = Field("decisions", description="Output topic.")
+    topic_dlq: str = Field("alerts.dlq", description="Dead-letter topic for malformed alerts.")
+    topic_updates: str = Field("proposition-updates", description="Cache invalidation topic.")
+
+    # --- worker ------------------------------------------------------------------------
+    app_id: str = Field("stream-engine", description="Faust app id = Kafka consumer group.")
+    worker_name: str = Field("", description="Worker name in logs and ClickHouse rows (default host:pid).")
+    batch_max: int = Field(500, ge=1, description="stream.take() batch size.")
+    batch_within_s: float = Field(0.02, gt=0, description="stream.take() max wait for a batch.")
+    batch_concurrency: int = Field(2, ge=1, description="Batches processed concurrently per worker.")
+    max_alert_bytes: int = Field(65536, ge=256, description="Larger alerts go to the DLQ.")
+    fetch_max_wait_ms: int = Field(5, ge=0, description="Consumer fetch wait (aiokafka default 500).")
+    producer_linger_ms: int = Field(1, ge=0, description="Producer linger: small batches, low latency.")
+    commit_interval_s: float = Field(0.5, gt=0, description="Offset commit interval (faust default 2.8).")
+    session_timeout_s: float = Field(6.0, gt=0, description="Consumer group session timeout.")
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer group heartbeat interval.")
+
+    # --- keys and caches ---------------------------------------------------------------
+    key_fields: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_KEY_FIELDS.items()},
+        description="Per alert type, attribute fields that form the proposition key (else fingerprint).",
+    )
+    lru_size: int = Field(10_000, ge=1, description="Entries per partition-local LRU.")
+    lru_ttl_s: float = Field(300.0, gt=0, description="LRU entry time-to-live.")
+    redis_ttl_s: int = Field(3600, ge=1, description="Redis entry time-to-live.")
+    redis_timeout_s: float = Field(0.1, gt=0, description="Redis socket timeout; an outage degrades past it.")
+    redis_retry_after_s: float = Field(1.0, gt=0, description="After a Redis failure, skip the tier this long.")
+
+    # --- proposition service client ----------------------------------------------------
+    service_timeout_s: float = Field(0.5, gt=0, description="Read timeout per service request.")
+    service_connect_timeout_s: float = Field(0.2, gt=0, description="Connect timeout.")
+    service_retries: int = Field(2, ge=0, description="Retries after the first attempt (backoff + jitter).")
+    service_pool_size: int = Field(20, ge=1, description="httpx max connections.")
+    breaker_fail_max: int = Field(5, ge=1, description="Consecutive failures that open the breaker.")
+    breaker_reset_s: float = Field(5.0, gt=0, description="Open breaker's wait before a trial call.")
+
+    # --- decision policy ---------------------------------------------------------------
+    auto_threshold: float = Field(0.8, ge=0, le=1, description="Default confidence for mode auto.")
+    auto_thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"ci_failure": 0.75, "scam": 0.9},
+        description="Per alert type overrides of auto_threshold.",
+    )
+
+    # --- ClickHouse sink ---------------------------------------------------------------
+    sink_flush_rows: int = Field(10_000, ge=1, description="Flush when this many rows are buffered.")
+    sink_flush_interval_s: float = Field(1.0, gt=0, description="Flush at least this often.")
+    sink_max_buffer_rows: int = Field(100_000, ge=1, description="Backpressure above this many rows.")
+    clickhouse_ttl_days: int = Field(90, ge=1, description="proposition_log TTL.")
+
+    # --- HTTP API / logs ---------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Worker HTTP API bind address.")
+    api_port: int = Field(8787, description="Worker HTTP API port.")
+    api_max_body_bytes: int = Field(1_048_576, ge=1024, description="Max request body.")
+    log_level: str = Field("INFO", description="Log level.")
+    redact_fields: list[str] = Field(
+        default_factory=lambda: ["password", "token", "secret", "api_key", "authorization"],
+        description="Attribute names redacted in logs and the DLQ.",
+    )
+
+    @cached_property
+    def effective_clickhouse_url(self) -> str:
+        return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    def threshold_for(self, alert_type: str) -> float:
+        return self.auto_thresholds.get(alert_type, self.auto_threshold)
+
+    def with_overrides(self, **overrides: object) -> "Settings":
+        """A copy with some fields replaced (validated), e.g. unique topic names in tests."""
+        return type(self)(**{**self.model_dump(), **overrides})
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(ENV VAR, default, description) for every setting: the README table is made from this."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        if isinstance(default, Path):
+            default = str(default.relative_to(PROJECT_ROOT)) if default.is_relative_to(PROJECT_ROOT) else str(default)
+        rows.append((f"STREAM_ENGINE_{name.upper()}", repr(default), field.description or ""))
+    return rows

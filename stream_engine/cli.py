@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # that concern is not built yet
+            if module_name.startswith(exc.name or "\0"):  # that concern is not built yet
                 continue
             raise
         module.register(sub)

@@ -1,0 +1,80 @@
+"""Builds the typed parts from Settings and owns their lifecycle (start, stop, invalidation)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from stream_engine.cache.partitioned import PartitionedLRU
+from stream_engine.cache.redis_tier import RedisTier
+from stream_engine.keys import KeyBuilder
+from stream_engine.pipeline import Emitter, Pipeline, Triage
+from stream_engine.policy import DecisionPolicy
+from stream_engine.propositions.client import PropositionClient
+from stream_engine.settings import Settings
+from stream_engine.validation import AlertDecoder
+
+if TYPE_CHECKING:
+    from stream_engine.propositions.updates import Invalidation, UpdatesListener
+    from stream_engine.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Runtime:
+    def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
+        self.settings = settings
+        self.worker = settings.worker_name or default_worker_name()
+        self.decoder = AlertDecoder(settings.max_alert_bytes, settings.topics_dir / "schemas" / "alert.schema.json")
+        self.lru = PartitionedLRU(settings.lru_size, settings.lru_ttl_s)
+        self.redis = RedisTier.from_settings(settings)
+        self.client = PropositionClient.from_settings(settings)
+        self.triage = Triage(
+            KeyBuilder.from_settings(settings), self.lru, self.redis, self.client, DecisionPolicy.from_settings(settings)
+        )
+        self._sink = sink
+        self._listener: UpdatesListener | None = None
+        self.pipeline: Pipeline | None = None
+
+    @property
+    def sink(self) -> Sink:
+        if self._sink is None:
+            from stream_engine.sinks.clickhouse.sink import ClickHouseSink
+
+            self._sink = ClickHouseSink.from_settings(self.settings)
+        return self._sink
+
+    async def start(self, emitter: Emitter) -> Pipeline:
+        from stream_engine.propositions.updates import UpdatesListener
+
+        await self.sink.start()
+        self._listener = UpdatesListener(self.settings.kafka_bootstrap, self.settings.topic_updates, self.on_invalidation)
+        await self._listener.start()
+        self.pipeline = Pipeline(self.decoder, self.triage, emitter, self.sink, self.worker)
+        return self.pipeline
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+        await self.client.close()
+        await self.redis.close()
+        if self._sink is not None:
+            await self._sink.stop()
+
+    async def on_invalidation(self, inv: Invalidation) -> None:
+        log.info("invalidation scope=%s key=%s type=%s version=%s", inv.scope, inv.key, inv.alert_type, inv.version)
+        if inv.scope == "key" and inv.key:
+            self.lru.invalidate_key(inv.key)
+            await self.redis.invalidate_key(inv.key)
+        elif inv.scope == "type" and inv.alert_type:
+            self.lru.invalidate_type(inv.alert_type)
+            await self.redis.invalidate_type(inv.alert_type)
+        elif inv.scope == "all":
+            self.lru.clear()
+            await self.redis.invalidate_all(inv.version)

@@ -114,6 +114,16 @@ class Settings(BaseSettings):
     def threshold_for(self, alert_type: str) -> float:
         return self.auto_thresholds.get(alert_type, self.auto_threshold)
 
+    def to_env(self) -> dict[str, str]:
+        """Every setting as STREAM_ENGINE_* variables, to hand this exact config to a subprocess."""
+        import orjson
+
+        env = {}
+        for name, value in self.model_dump().items():
+            text = orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value)
+            env[f"STREAM_ENGINE_{name.upper()}"] = text
+        return env
+
     def with_overrides(self, **overrides: object) -> "Settings":
         """A copy with some fields replaced (validated), e.g. unique topic names in tests."""
         return type(self)(**{**self.model_dump(), **overrides})

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     )
     lru_size: int = Field(10_000, ge=1, description="Entries per partition-local LRU.")
     lru_ttl_s: float = Field(300.0, gt=0, description="LRU entry time-to-live.")
+    redis_namespace: str = Field("se:p", description="Prefix of proposition keys in Redis.")
     redis_ttl_s: int = Field(3600, ge=1, description="Redis entry time-to-live.")
     redis_timeout_s: float = Field(0.1, gt=0, description="Redis socket timeout; an outage degrades past it.")
     redis_retry_after_s: float = Field(1.0, gt=0, description="After a Redis failure, skip the tier this long.")

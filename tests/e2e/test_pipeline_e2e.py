@@ -1,0 +1,129 @@
+"""Alerts published with a plain aiokafka producer come out as decisions on the real stack."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from stream_engine.models import DeadLetter
+from stream_engine.settings import Settings
+from stream_engine.workload import Workload, malformed_payloads
+from tests.support.kafka import collect, publish
+from tests.support.procs import Proc, start_worker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+def ids_done(expected: set[str]):  # type: ignore[no-untyped-def]
+    return lambda records: expected <= {r["alert_id"] for r in records}
+
+
+async def test_every_valid_alert_gets_one_decision_and_every_malformed_one_a_dead_letter(
+    e2e_settings: Settings, propositions: Proc, tmp_path: Path
+) -> None:
+    s = e2e_settings
+    alerts = Workload("typical", seed=7).alerts(400)
+    bad = malformed_payloads()
+    worker = start_worker(s, tmp_path)
+    try:
+        await publish(s.kafka_bootstrap, s.topic_alerts, [*alerts[:200], *[p for p, _ in bad], *alerts[200:]])
+        expected = {a["id"] for a in alerts}
+        decisions = await collect(s.kafka_bootstrap, s.topic_decisions, ids_done(expected), timeout=90)
+        dead = await collect(
+            s.kafka_bootstrap, s.topic_dlq, lambda r: len(r) >= len(bad), timeout=30, decode=DeadLetter.from_json
+        )
+    finally:
+        worker.stop()
+
+    counts = Counter(d["alert_id"] for d in decisions)
+    assert set(counts) == expected
+    assert max(counts.values()) == 1, "a clean run must not duplicate decisions"
+    modes = Counter(d["mode"] for d in decisions)
+    assert modes["auto"] and modes["review"] and modes["escalate"], modes
+    for d in decisions:
+        assert d["latency_ms"] >= 0 and d["cache_tier"] in {"lru", "redis", "service"}
+        if d["mode"] == "auto":
+            assert d["confidence"] >= s.threshold_for(d["alert_type"])
+
+    assert sorted((dl.original, dl.reason) for dl in dead) == sorted(bad)
+    assert all(dl.source_topic == s.topic_alerts and dl.error for dl in dead)
+
+
+async def test_repeated_keys_are_answered_by_lru_then_by_redis_after_a_restart(
+    e2e_settings: Settings, propositions: Proc, tmp_path: Path
+) -> None:
+    s = e2e_settings
+    first = Workload("ci_failures", seed=1).alerts(300)
+    worker = start_worker(s, tmp_path, "worker-a")
+    try:
+        await publish(s.kafka_bootstrap, s.topic_alerts, first)
+        decisions = await collect(s.kafka_bootstrap, s.topic_decisions, ids_done({a["id"] for a in first}), 90)
+    finally:
+        worker.stop()
+    tiers = Counter(d["cache_tier"] for d in decisions)
+    assert tiers["lru"] > tiers["service"] > 0, tiers
+
+    # A fresh worker has an empty LRU: the same keys now come from Redis, not the service.
+    second = Workload("ci_failures", seed=1).alerts(300)
+    for a in second:
+        a["id"] = "again-" + a["id"]
+    worker = start_worker(s, tmp_path, "worker-b")
+    try:
+        await publish(s.kafka_bootstrap, s.topic_alerts, second)
+        again = await collect(s.kafka_bootstrap, s.topic_decisions, ids_done({a["id"] for a in second}), 90)
+    finally:
+        worker.stop()
+    tiers2 = Counter(d["cache_tier"] for d in again if d["alert_id"].startswith("again-"))
+    assert tiers2["redis"] > 0 and tiers2["service"] == 0, tiers2
+
+
+async def test_with_the_service_down_decisions_escalate_and_nothing_is_lost(
+    e2e_settings: Settings, tmp_path: Path
+) -> None:
+    s = e2e_settings  # no proposition service is started at its URL
+    alerts = Workload("scam", seed=3).alerts(150)
+    worker = start_worker(s, tmp_path)
+    try:
+        await publish(s.kafka_bootstrap, s.topic_alerts, alerts)
+        decisions = await collect(s.kafka_bootstrap, s.topic_decisions, ids_done({a["id"] for a in alerts}), 90)
+    finally:
+        worker.stop()
+    assert {d["alert_id"] for d in decisions} == {a["id"] for a in alerts}
+    assert {d["mode"] for d in decisions} == {"escalate"}
+    assert {d["reason"] for d in decisions} <= {"unavailable", "breaker_open", "timeout"}
+
+
+async def test_an_invalidation_changes_the_next_decision_on_both_workers(
+    e2e_settings: Settings, propositions: Proc, tmp_path: Path
+) -> None:
+    s = e2e_settings
+    timeouts = [a for a in Workload("ci_failures", seed=5).alerts(600) if a["attributes"]["error_class"] == "Timeout"]
+    assert len(timeouts) > 20
+    workers = [start_worker(s.with_overrides(data_dir=tmp_path / n), tmp_path, n) for n in ("w1", "w2")]
+    try:
+        await publish(s.kafka_bootstrap, s.topic_alerts, timeouts)
+        before = await collect(s.kafka_bootstrap, s.topic_decisions, ids_done({a["id"] for a in timeouts}), 90)
+        assert {d["mode"] for d in before} == {"auto"}
+
+        rules = httpx.get(f"{s.propositions_url}/v1/rules").json()
+        for rule in rules["types"]["ci_failure"]:
+            if rule["match"] == {"error_class": "Timeout"}:
+                rule["propositions"][0]["confidence"] = 0.5
+        assert httpx.put(f"{s.propositions_url}/v1/rules", content=orjson.dumps(rules)).status_code == 200
+        for w in workers:
+            from tests.support.procs import wait_until
+
+            wait_until(lambda w=w: "invalidation" in w.log(), 30, f"{w.name} saw the invalidation", w)
+
+        after_alerts = [{**a, "id": "after-" + a["id"]} for a in timeouts]
+        await publish(s.kafka_bootstrap, s.topic_alerts, after_alerts)
+        after = await collect(s.kafka_bootstrap, s.topic_decisions, ids_done({a["id"] for a in after_alerts}), 90)
+    finally:
+        for w in workers:
+            w.stop()
+    after_modes = Counter(d["mode"] for d in after if d["alert_id"].startswith("after-"))
+    assert after_modes == {"review": len(after_alerts)}, after_modes

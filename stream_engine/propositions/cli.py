@@ -1,0 +1,146 @@
+"""`stream-engine propositions serve|invalidate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stream_engine.settings import Settings
+
+log = logging.getLogger("stream_engine.propositions")
+
+KAFKA_START_TIMEOUT_S = 5.0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("propositions", help="Reference proposition service and cache invalidations.")
+    sub = parser.add_subparsers(dest="propositions_command", required=True)
+
+    serve = sub.add_parser("serve", help="Run the rule-based proposition service (HTTP).")
+    serve.add_argument("--host", default="127.0.0.1", help="Bind address (default 127.0.0.1).")
+    serve.add_argument("--port", type=int, default=None, help="Port (default: settings propositions_port).")
+    serve.add_argument("--rules", default=None, metavar="PATH", help="Rule book JSON (default: the shipped rules.json).")
+    serve.add_argument("--latency-median-ms", type=float, default=None, metavar="X", help="Simulated latency median.")
+    serve.add_argument("--latency-p99-ms", type=float, default=None, metavar="Y", help="Simulated latency p99 (default = median: fixed).")
+    serve.add_argument("--seed", type=int, default=None, help="Seed of the simulated latency.")
+    serve.add_argument("--no-updates", action="store_true", help="Do not publish invalidations to Kafka.")
+    serve.set_defaults(func=serve_handler)
+
+    invalidate = sub.add_parser("invalidate", help="Publish one cache invalidation to the updates topic.")
+    invalidate.add_argument("--scope", required=True, choices=("key", "type", "all"))
+    invalidate.add_argument("--key", default=None, help="Proposition key (scope key).")
+    invalidate.add_argument("--alert-type", default=None, help="Alert type (scope type).")
+    invalidate.add_argument("--rules-version", default="manual", help="Version to stamp on the message.")
+    invalidate.set_defaults(func=invalidate_handler)
+
+
+def _configure_logging(settings: "Settings") -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve_handler(args: argparse.Namespace, settings: "Settings") -> int:
+    import asyncio
+
+    _configure_logging(settings)
+    try:
+        return asyncio.run(_serve(args, settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(args: argparse.Namespace, settings: "Settings") -> int:
+    import asyncio
+    import signal
+
+    from aiohttp import web
+
+    from stream_engine.propositions.rules import DEFAULT_RULES_PATH, RuleBook, RuleBookError
+    from stream_engine.propositions.service import LatencyModel, make_app
+    from stream_engine.propositions.updates import UpdatesPublisher
+
+    try:
+        rulebook = RuleBook.load(args.rules or DEFAULT_RULES_PATH)
+    except (OSError, RuleBookError) as exc:
+        print(f"cannot load rules: {exc}", file=sys.stderr)
+        return 2
+    latency = None
+    if args.latency_median_ms is not None:
+        try:
+            latency = LatencyModel(args.latency_median_ms, args.latency_p99_ms, seed=args.seed)
+        except ValueError as exc:
+            print(f"bad latency: {exc}", file=sys.stderr)
+            return 2
+
+    publisher = None
+    if not args.no_updates:
+        publisher = UpdatesPublisher(settings.kafka_bootstrap, settings.topic_updates, timeout_s=KAFKA_START_TIMEOUT_S)
+        try:
+            await publisher.start()
+        except Exception as exc:  # noqa: BLE001 - the service must come up without Kafka
+            # The publisher retries its start on the first publish, so nothing else to do here.
+            log.warning("Kafka at %s unreachable (%r): serving anyway; invalidations will retry", settings.kafka_bootstrap, exc)
+
+    app = make_app(rulebook, latency=latency, updates_publisher=publisher)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    port = args.port if args.port is not None else settings.propositions_port
+    try:
+        site = web.TCPSite(runner, args.host, port)
+        await site.start()
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{port}: {exc}", file=sys.stderr)
+        await runner.cleanup()
+        if publisher is not None:
+            await publisher.stop()
+        return 1
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    log.info(
+        "proposition service on http://%s:%d rules %s latency %s updates %s",
+        args.host,
+        port,
+        rulebook.version,
+        latency.describe() if latency else None,
+        f"{settings.kafka_bootstrap}/{settings.topic_updates}" if publisher else "off",
+    )
+    await stopping.wait()
+    log.info("shutting down")
+    await runner.cleanup()  # stops accepting, lets in-flight requests finish
+    if publisher is not None:
+        await publisher.stop()
+    return 0
+
+
+def invalidate_handler(args: argparse.Namespace, settings: "Settings") -> int:
+    import asyncio
+
+    from stream_engine.propositions.updates import Invalidation, InvalidInvalidation, UpdatesPublisher
+
+    _configure_logging(settings)
+    try:
+        invalidation = Invalidation(scope=args.scope, version=args.rules_version, key=args.key, alert_type=args.alert_type)
+    except InvalidInvalidation as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 2
+
+    async def publish() -> None:
+        publisher = UpdatesPublisher(settings.kafka_bootstrap, settings.topic_updates)
+        try:
+            await publisher.publish(invalidation)
+        finally:
+            await publisher.stop()
+
+    try:
+        asyncio.run(publish())
+    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
+        print(f"publish to {settings.kafka_bootstrap}/{settings.topic_updates} failed: {exc!r}", file=sys.stderr)
+        return 1
+    print(invalidation.to_json().decode())
+    return 0

@@ -1,0 +1,176 @@
+"""Apache Kafka (KRaft, single node) assembled from Maven Central jars and run with `java`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from stream_engine.stack.component import Component, StackError, require_executable
+from stream_engine.stack.process import port_is_open
+from stream_engine.stack.sync import run_coroutine
+
+JAVA_HINT = "apt-get install openjdk-17-jre-headless maven"
+FORMAT_MARKER = "stream-engine-format.txt"
+
+
+def _template(name: str) -> Template:
+    return Template(resources.files("stream_engine.stack").joinpath(name).read_text())
+
+
+def kafka_home(stack_dir: Path, version: str) -> Path:
+    return stack_dir / f"kafka-{version}"
+
+
+def libs_dir(stack_dir: Path, version: str) -> Path:
+    """The jar cache: filled once by Maven, reused by every later `up` without network."""
+    return kafka_home(stack_dir, version) / "libs"
+
+
+def libs_complete(libs: Path, version: str) -> bool:
+    return (libs / f"kafka_2.13-{version}.jar").is_file() and (libs / ".complete").is_file()
+
+
+def ensure_kafka_libs(stack_dir: Path, version: str) -> tuple[Path, bool]:
+    """Download the broker's runtime jars with Maven unless cached; returns (libs dir, downloaded)."""
+    libs = libs_dir(stack_dir, version)
+    if libs_complete(libs, version):
+        return libs, False
+    mvn = require_executable("mvn", JAVA_HINT)
+    home = kafka_home(stack_dir, version)
+    home.mkdir(parents=True, exist_ok=True)
+    pom = home / "pom.xml"
+    pom.write_text(_template("kafka-pom.xml").substitute(kafka_version=version))
+    # Copy into a scratch dir and rename: an interrupted download never looks complete.
+    staging = home / "libs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    result = subprocess.run(
+        [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+         f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0 or not (staging / f"kafka_2.13-{version}.jar").is_file():
+        output = (result.stdout + result.stderr).strip().splitlines()[-15:]
+        raise StackError(f"Maven could not fetch Apache Kafka {version} jars:\n" + "\n".join(output))
+    (staging / ".complete").write_text(version)
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    return libs, True
+
+
+class KafkaComponent(Component):
+    name = "kafka"
+    ready_timeout_s = 90.0
+    stop_timeout_s = 30.0  # controlled shutdown flushes logs and writes a clean-shutdown marker
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.settings.kafka_port, self.settings.kafka_controller_port)
+
+    @property
+    def home(self) -> Path:
+        return self.layout.root / "kafka"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def libs(self) -> Path:
+        return libs_dir(self.layout.root, self.settings.kafka_version)
+
+    def prepare(self) -> str:
+        java = require_executable("java", JAVA_HINT)
+        started = time.monotonic()
+        libs, downloaded = ensure_kafka_libs(self.layout.root, self.settings.kafka_version)
+        notes = [f"jars downloaded in {time.monotonic() - started:.1f}s" if downloaded else "jars cached"]
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "server.properties").write_text(
+            _template("kafka-server.properties").substitute(
+                broker_port=self.settings.kafka_port,
+                controller_port=self.settings.kafka_controller_port,
+                log_dir=self.log_dir.resolve(),
+            )
+        )
+        (self.home / "log4j2.yaml").write_text(_template("kafka-log4j2.yaml").template)
+        if self._format_if_needed(java, libs):
+            notes.append("storage formatted")
+        return ", ".join(notes)
+
+    def _format_if_needed(self, java: str, libs: Path) -> bool:
+        marker = self.log_dir / FORMAT_MARKER
+        wanted = f"controller_port={self.settings.kafka_controller_port}"
+        if (self.log_dir / "meta.properties").is_file():
+            recorded = marker.read_text().strip() if marker.is_file() else wanted
+            if recorded != wanted:
+                # --standalone stored the controller endpoint in the metadata log; a new port would
+                # leave the node unable to find its own quorum.
+                raise StackError(
+                    f"{self.log_dir} was formatted for {recorded}, not {wanted}: "
+                    f"use the old port or delete that directory (its topics and data are lost)"
+                )
+            return False
+        classpath = f"{libs}/*"
+        uuid = self._run_tool(java, classpath, ["random-uuid"]).strip()
+        self._run_tool(
+            java, classpath, ["format", "-t", uuid, "-c", str(self.home / "server.properties"), "--standalone"]
+        )
+        marker.write_text(wanted + "\n")
+        return True
+
+    def _run_tool(self, java: str, classpath: str, args: list[str]) -> str:
+        result = subprocess.run(
+            [java, "-Xmx256m", f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
+             "-cp", classpath, "kafka.tools.StorageTool", *args],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise StackError(f"kafka StorageTool {args[0]} failed:\n{(result.stdout + result.stderr).strip()[-2000:]}")
+        return result.stdout
+
+    def command(self) -> list[str]:
+        return [
+            shutil.which("java") or "java",
+            f"-Xmx{self.settings.kafka_heap}",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
+            "-cp",
+            f"{self.libs}/*",
+            "kafka.Kafka",
+            str(self.home / "server.properties"),
+        ]
+
+    def cwd(self) -> Path | None:
+        return self.home
+
+    def env(self) -> dict[str, str] | None:
+        # Keep an inherited KAFKA_OPTS/JAVA_TOOL_OPTIONS from changing the broker behind our back.
+        return {k: v for k, v in os.environ.items() if k not in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS")}
+
+    def healthy(self) -> bool:
+        return kafka_answers(f"127.0.0.1:{self.settings.kafka_port}")
+
+
+def kafka_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
+    """True when a broker at `bootstrap` answers a metadata request and names at least one broker."""
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    if not port_is_open(int(port), host or "127.0.0.1"):
+        return False  # cheap pre-check; also keeps aiokafka from logging a connect error per poll
+
+    async def probe() -> bool:
+        from aiokafka import AIOKafkaClient
+
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await client.bootstrap()
+            return bool(client.cluster.brokers())
+        except Exception:
+            return False
+        finally:
+            await client.close()
+
+    return run_coroutine(probe, timeout_s=timeout_s + 2)

@@ -75,7 +75,8 @@ class RuleBook:
     __slots__ = ("_document", "_rules_by_type", "_severity_factors", "version")
 
     def __init__(self, document: dict[str, Any]) -> None:
-        self._document = document
+        # Own a private copy: a caller mutating its dict must not change live rules.
+        self._document = document = orjson.loads(orjson.dumps(document))
         self._severity_factors: dict[str, float] = dict(document.get("severity_factors") or {})
         self._rules_by_type: dict[str, tuple[Rule, ...]] = {}
         for alert_type, raw_rules in document["types"].items():
@@ -115,7 +116,8 @@ class RuleBook:
         return cls(document)
 
     def to_dict(self) -> dict[str, Any]:
-        return self._document
+        """A copy of the document (safe to edit and load as a new book)."""
+        return orjson.loads(orjson.dumps(self._document))
 
     # --- queries -----------------------------------------------------------------------------
     @property

@@ -8,8 +8,9 @@ Contract (the engine's client is written against it):
   item). Malformed body -> 400 ``{"error": ...}``.
 * ``POST /v1/propositions`` ``{"key": str, "alert": {...}}`` -> ``{"version", "propositions"}``.
 * ``GET /healthz`` -> ``{"status": "ok", "version"}``.
-* ``GET /v1/rules`` -> ``{"version": <effective version>, "rules": <rule book document>}``.
-  ``PUT /v1/rules`` (a rule book document, or the GET answer) -> validates, replaces, and publishes ONE invalidation:
+* ``GET /v1/rules`` -> the rule book document exactly as loaded (so it can be edited and PUT
+  back); the effective version (label + content hash) is in the ``X-Rules-Version`` header.
+  ``PUT /v1/rules`` (a rule book document) -> validates, replaces, and publishes ONE invalidation:
   scope ``type`` when exactly one alert type's rules changed, else scope ``all``; nothing is
   published when the content did not change. Answer: ``{"version", "changed", "invalidation",
   "published"}`` (``published`` is false when there is no publisher or the broker failed: the new
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 Z_99 = 2.3263478740408408  # standard normal quantile at 0.99
 MAX_BODY_BYTES = 16 * 1024 * 1024
 JSON = "application/json"
+VERSION_HEADER = "X-Rules-Version"
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000)
 
 
@@ -260,13 +262,13 @@ class PropositionService:
         return _json({"status": "ok", "version": self.rulebook.version})
 
     async def get_rules(self, request: web.Request) -> web.Response:
-        return _json({"version": self.rulebook.version, "rules": self.rulebook.to_dict()})
+        response = _json(self.rulebook.to_dict())
+        response.headers[VERSION_HEADER] = self.rulebook.version
+        return response
 
     async def put_rules(self, request: web.Request) -> web.Response:
         try:
             document = await _read_json(request)
-            if isinstance(document, dict) and "rules" in document and "types" not in document:
-                document = document["rules"]  # accept what GET /v1/rules returned
             new_book = RuleBook.from_dict(document)
         except (_BadRequest, RuleBookError) as exc:
             return _error(str(exc))

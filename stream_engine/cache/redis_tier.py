@@ -1,0 +1,256 @@
+"""Redis: the proposition cache shared by every worker.
+
+One round trip per batch each way: ``get_many`` is a single ``MGET``, ``put_many`` a single
+non-transactional pipeline of ``SET key value EX ttl``.
+
+Layout (``ns`` = namespace, default ``se:p``)::
+
+    ns:gen                 current generation, an integer (missing = 0)
+    ns:<gen>:<prop key>    orjson {"v": version?, "p": [[action, confidence, rationale], ...]}
+    ns:seen:<version>      marker: this rules version already bumped the generation
+
+Invalidating *everything* (new rules version) increments ``ns:gen`` instead of deleting keys:
+old entries become unreachable at once and expire by TTL. Every ``MGET`` also reads ``ns:gen``
+(same round trip), so each worker notices a bump on its next batch even if it never sees the
+updates message; a batch that read an outdated generation is treated as all misses.
+``invalidate_all(version)`` bumps once per version however many workers call it (the ``seen``
+marker), so N workers handling one updates message cost one cold cache, not N.
+
+Redis is an optimisation, never a dependency: any error or timeout is counted, the call returns
+empty / does nothing, and the tier is skipped for ``retry_after_s``; after that it is simply
+tried again, so it recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as redis_asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from stream_engine.keys import encode_part, type_prefix
+from stream_engine.models import Proposition
+
+log = logging.getLogger(__name__)
+
+OUTAGE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+SEEN_VERSION_TTL_S = 7 * 24 * 3600
+
+
+@dataclass(slots=True)
+class RedisCounters:
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    skipped: int = 0  # calls not attempted because the tier was degraded
+    corrupt: int = 0  # undecodable values, treated as misses
+    stale_generation: int = 0  # get_many batches discarded because the generation moved
+
+
+class RedisTier:
+    def __init__(
+        self,
+        client: redis_asyncio.Redis,
+        ttl_s: int,
+        namespace: str = "se:p",
+        retry_after_s: float = 1.0,
+        *,
+        scan_batch: int = 500,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self.namespace = namespace
+        self.retry_after_s = retry_after_s
+        self.scan_batch = scan_batch
+        self._clock = clock
+        self._gen_key = f"{namespace}:gen"
+        self._generation = 0
+        self._skip_until = float("-inf")
+        self.counters = RedisCounters()
+
+    @classmethod
+    def from_settings(cls, settings: Any, namespace: str = "se:p") -> "RedisTier":
+        client = redis_asyncio.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            # redis-py retries with backoff by default; we degrade instead of stalling a batch.
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cls(client, settings.redis_ttl_s, namespace, settings.redis_retry_after_s)
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """The generation this worker last saw. Snapshot it *before* ``get_many`` and pass it
+        to ``put_many`` so answers fetched before an invalidation never land in the new one."""
+        return self._generation
+
+    @property
+    def degraded(self) -> bool:
+        return self._clock() < self._skip_until
+
+    def stats(self) -> dict[str, Any]:
+        return {**asdict(self.counters), "degraded": self.degraded, "generation": self._generation}
+
+    def data_key(self, key: str, generation: int | None = None) -> str:
+        return f"{self.namespace}:{self._generation if generation is None else generation}:{key}"
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        self.counters.errors += 1
+        self._skip_until = self._clock() + self.retry_after_s
+        log.warning("redis %s failed (%s: %s); skipping the tier for %.1fs", operation, type(exc).__name__, exc, self.retry_after_s)
+
+    # --- hot path -------------------------------------------------------------------------
+
+    async def get_many(self, keys: list[str]) -> dict[str, list[Proposition]]:
+        """Cached propositions for the keys found; absent keys are misses. One MGET."""
+        if not keys:
+            return {}
+        if self.degraded:
+            self.counters.skipped += 1
+            return {}
+        generation = self._generation
+        try:
+            values = await self.client.mget([self._gen_key, *(f"{self.namespace}:{generation}:{k}" for k in keys)])
+        except OUTAGE_ERRORS as exc:
+            self._failed("MGET", exc)
+            return {}
+        current = _parse_generation(values[0])
+        if current != generation:
+            self._generation = current
+            self.counters.stale_generation += 1
+            self.counters.misses += len(keys)
+            return {}
+        found: dict[str, list[Proposition]] = {}
+        for key, raw in zip(keys, values[1:]):
+            if raw is None:
+                self.counters.misses += 1
+                continue
+            propositions = _decode(raw)
+            if propositions is None:
+                self.counters.corrupt += 1
+                self.counters.misses += 1
+                continue
+            found[key] = propositions
+            self.counters.hits += 1
+        return found
+
+    async def put_many(
+        self, items: dict[str, list[Proposition]], *, generation: int | None = None, version: str | None = None
+    ) -> bool:
+        """Store under ``generation`` (default: the current one). One pipelined round trip.
+
+        Returns False if Redis was skipped or failed (nothing to do for the caller).
+        """
+        if not items:
+            return True
+        if self.degraded:
+            self.counters.skipped += 1
+            return False
+        prefix = f"{self.namespace}:{self._generation if generation is None else generation}:"
+        pipe = self.client.pipeline(transaction=False)
+        for key, propositions in items.items():
+            pipe.set(prefix + key, _encode(propositions, version), ex=self.ttl_s)
+        try:
+            await pipe.execute()
+        except OUTAGE_ERRORS as exc:
+            self._failed("SET pipeline", exc)
+            return False
+        return True
+
+    # --- invalidation (rare; tried even while degraded) ------------------------------------
+
+    async def refresh_generation(self) -> int | None:
+        """Re-read the generation (e.g. when an updates message arrives). None if unreachable."""
+        try:
+            self._generation = _parse_generation(await self.client.get(self._gen_key))
+        except OUTAGE_ERRORS as exc:
+            self._failed("GET generation", exc)
+            return None
+        return self._generation
+
+    async def invalidate_key(self, key: str) -> int | None:
+        """Delete one key in the current generation; the number removed, None if unreachable."""
+        if await self.refresh_generation() is None:
+            return None
+        try:
+            return int(await self.client.unlink(self.data_key(key)))
+        except OUTAGE_ERRORS as exc:
+            self._failed("UNLINK", exc)
+            return None
+
+    async def invalidate_type(self, alert_type: str) -> int | None:
+        """SCAN + UNLINK every key of the type in the current generation, in batches."""
+        if await self.refresh_generation() is None:
+            return None
+        pattern = _glob_escape(self.data_key(type_prefix(alert_type))) + "*"
+        removed = 0
+        batch: list[bytes] = []
+        try:
+            async for redis_key in self.client.scan_iter(match=pattern, count=self.scan_batch):
+                batch.append(redis_key)
+                if len(batch) >= self.scan_batch:
+                    removed += int(await self.client.unlink(*batch))
+                    batch = []
+            if batch:
+                removed += int(await self.client.unlink(*batch))
+        except OUTAGE_ERRORS as exc:
+            self._failed("SCAN/UNLINK", exc)
+            return None
+        return removed
+
+    async def invalidate_all(self, version: str | None = None) -> int | None:
+        """Move every worker to a new, empty generation; returns it (None if unreachable).
+
+        With a version, only the first call for that version bumps; later calls (other workers,
+        redelivered messages within a week) just adopt the current generation.
+        """
+        try:
+            if version is None or await self.client.set(
+                f"{self.namespace}:seen:{encode_part(version)}", b"1", nx=True, ex=SEEN_VERSION_TTL_S
+            ):
+                self._generation = int(await self.client.incr(self._gen_key))
+            else:
+                self._generation = _parse_generation(await self.client.get(self._gen_key))
+        except OUTAGE_ERRORS as exc:
+            self._failed("invalidate_all", exc)
+            return None
+        return self._generation
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _encode(propositions: list[Proposition], version: str | None) -> bytes:
+    rows = [[p.action, p.confidence, p.rationale] for p in propositions]
+    return orjson.dumps({"p": rows} if version is None else {"v": version, "p": rows})
+
+
+def _decode(raw: bytes) -> list[Proposition] | None:
+    try:
+        return [Proposition(str(action), float(confidence), str(rationale)) for action, confidence, rationale in orjson.loads(raw)["p"]]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _parse_generation(raw: bytes | str | None) -> int:
+    try:
+        return int(raw) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
+def _glob_escape(text: str) -> str:
+    """Make a literal SCAN MATCH prefix (the namespace is configurable, so may hold * ? [ ] \\)."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

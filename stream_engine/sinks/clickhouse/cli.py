@@ -1,0 +1,130 @@
+"""``stream-engine clickhouse migrate|info`` and ``stream-engine query <name>``."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stream_engine.settings import Settings
+
+QUERY_NAMES = ("latency", "cache", "modes", "logs", "slowest", "stages")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ch = subparsers.add_parser("clickhouse", help="ClickHouse schema and state")
+    ch_sub = ch.add_subparsers(dest="clickhouse_command", required=True)
+    migrate_cmd = ch_sub.add_parser("migrate", help="create/upgrade the schema (idempotent)")
+    migrate_cmd.set_defaults(func=cmd_migrate)
+    info_cmd = ch_sub.add_parser("info", help="applied migrations and row counts")
+    info_cmd.set_defaults(func=cmd_info)
+
+    query = subparsers.add_parser("query", help="temporal queries over the proposition log")
+    query.add_argument("name", choices=QUERY_NAMES)
+    query.add_argument("--from", dest="start", help="ISO time (default: 1 hour ago, UTC)")
+    query.add_argument("--to", dest="end", help="ISO time (default: now, UTC)")
+    query.add_argument("--interval", default="1m", help="1m, 5m, 15m, 1h or 1d")
+    query.add_argument("--type", dest="alert_type", help="only this alert type")
+    query.add_argument("--ids", help="comma-separated alert ids (for 'logs')")
+    query.add_argument("--limit", type=int, default=20, help="rows for 'slowest'")
+    query.add_argument("--approx", action="store_true", help="'latency' from the per-minute rollup (TDigest)")
+    query.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    query.set_defaults(func=cmd_query)
+
+
+def _parse_time(value: str | None, default: datetime) -> datetime:
+    if not value:
+        return default
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_engine.sinks.clickhouse.client import connect
+    from stream_engine.sinks.clickhouse.schema import migrate
+
+    applied = migrate(connect(settings.effective_clickhouse_url, None), settings.clickhouse_database, settings.clickhouse_ttl_days)
+    where = f"{settings.effective_clickhouse_url} database {settings.clickhouse_database}"
+    print(f"applied migrations {applied} on {where}" if applied else f"schema up to date on {where}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_engine.sinks.clickhouse.client import connect
+
+    client = connect(settings.effective_clickhouse_url, settings.clickhouse_database)
+    versions = client.query("SELECT version, name, applied_at FROM schema_migrations ORDER BY version").result_rows
+    for version, name, applied_at in versions:
+        print(f"migration {version:3d} {name:30s} {applied_at:%Y-%m-%d %H:%M:%S}")
+    for table in ("proposition_log", "latency_metrics", "proposition_minute"):
+        count = client.query(f"SELECT count() FROM {table}").result_rows[0][0]
+        print(f"{table:20s} {count} rows")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    try:
+        return _run_query(args, settings)
+    except ValueError as exc:  # a bad --interval, --from or --limit
+        print(f"error: {exc}")
+        return 2
+    except ClickHouseError as exc:
+        print(f"ClickHouse error: {str(exc).splitlines()[0]}")
+        return 1
+
+
+def _run_query(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from stream_engine.sinks.clickhouse import queries
+    from stream_engine.sinks.clickhouse.client import connect
+
+    client = connect(settings.effective_clickhouse_url, settings.clickhouse_database)
+    now = datetime.now(UTC)
+    start, end = _parse_time(args.start, now - timedelta(hours=1)), _parse_time(args.end, now)
+    rows: list[dict[str, Any]]
+    if args.name == "logs":
+        ids = [i for i in (args.ids or "").split(",") if i]
+        if not ids:
+            print("query logs needs --ids a,b,…")
+            return 2
+        rows = list(queries.get_proposition_logs_batch(client, ids).values())
+    elif args.name == "slowest":
+        rows = queries.slowest_alerts(client, start, end, args.limit, args.alert_type)
+    elif args.name == "latency":
+        rows = queries.latency_percentiles(client, start, end, args.interval, args.alert_type, exact=not args.approx)
+    else:
+        fn = {"cache": queries.cache_hit_ratio, "modes": queries.decisions_by_mode, "stages": queries.stage_latency}[args.name]
+        rows = fn(client, start, end, args.interval, args.alert_type)
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode())
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, (list, dict)):
+        import orjson
+
+        return orjson.dumps(value).decode()
+    return "" if value is None else str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)"
+    headers = list(rows[0])
+    cells = [[_cell(row.get(h)) for h in headers] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -240,3 +241,44 @@ async def test_cli_invalidate_publishes_one_message(topic: str) -> None:
     finally:
         await listener.stop()
     assert (received.scope, received.key, received.version) == ("key", "k1", "manual")
+
+
+@pytest.mark.integration
+def test_serve_comes_up_without_kafka_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_engine.cli", "--kafka-bootstrap", "127.0.0.1:1", "propositions", "serve", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            health = None
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).json()
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            assert health is not None and health["status"] == "ok", log_path.read_text()
+            answer = httpx.post(f"http://127.0.0.1:{port}/v1/admin/invalidate", json={"scope": "all"}, timeout=15)
+            assert answer.status_code == 502  # Kafka still down: reported, service keeps serving
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(20)
+    assert code == 0
+    text = log_path.read_text()
+    assert "serving anyway" in text and "shutting down" in text

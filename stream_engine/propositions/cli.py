@@ -68,7 +68,7 @@ async def _serve(args: argparse.Namespace, settings: "Settings") -> int:
         print(f"cannot load rules: {exc}", file=sys.stderr)
         return 2
     latency = None
-    if args.latency_median_ms is not None:
+    if args.latency_median_ms:  # 0 means off, as in PUT /v1/admin/latency
         try:
             latency = LatencyModel(args.latency_median_ms, args.latency_p99_ms, seed=args.seed)
         except ValueError as exc:

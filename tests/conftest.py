@@ -1,0 +1,85 @@
+"""Shared fixtures.
+
+* ``settings`` (session): ``Settings()`` from the environment, so ``STREAM_ENGINE_KAFKA_BOOTSTRAP``,
+  ``STREAM_ENGINE_REDIS_URL`` … point the whole suite at running services.
+* ``stack`` (session): makes sure Kafka and Redis answer at ``settings.kafka_bootstrap`` /
+  ``settings.redis_url``. If they already do, they are reused and never stopped; otherwise a
+  local stack is started on those ports (``Stack(...).up()``) and only what it started is
+  stopped at the end of the session. Returns the settings.
+* ``unique`` (session): ``unique("alerts")`` -> ``"alerts-3f9c2a1b"``, a fresh name on every call.
+* ``topics`` (function): a fresh set of uniquely named topics (alerts, decisions, DLQ, updates)
+  created from topics/*.yaml; returns ``settings`` with ``topic_*`` and ``app_id`` (the consumer
+  group) overridden to those unique names. The topics are deleted after the test.
+
+    async def test_something(topics: Settings) -> None:
+        await publish(topics.kafka_bootstrap, topics.topic_alerts, [...])
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from stream_engine.settings import Settings
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def unique() -> Callable[[str], str]:
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+def _stack_settings_for(settings: Settings) -> Settings:
+    """The local stack that would serve `settings`' Kafka and Redis addresses (same ports)."""
+    kafka_host, _, kafka_port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    redis = urlsplit(settings.redis_url)
+    if kafka_host not in LOOPBACK or (redis.hostname or "") not in LOOPBACK:
+        pytest.fail(
+            f"Kafka ({settings.kafka_bootstrap}) or Redis ({settings.redis_url}) does not answer and is not on "
+            "this machine, so the test stack cannot stand in for it"
+        )
+    return settings.with_overrides(kafka_port=int(kafka_port), redis_port=redis.port or 6379)
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[Settings]:
+    from stream_engine.stack import Stack, kafka_answers, redis_answers
+
+    redis = urlsplit(settings.redis_url)
+    if kafka_answers(settings.kafka_bootstrap) and redis_answers(redis.hostname or "127.0.0.1", redis.port or 6379):
+        yield settings
+        return
+    local = Stack(_stack_settings_for(settings), only=["kafka", "redis"])
+    report = local.up()
+    try:
+        yield settings
+    finally:
+        local.down(only=report.started())
+
+
+@pytest.fixture
+def topics(stack: Settings, unique: Callable[[str], str]) -> Iterator[Settings]:
+    from stream_engine.kafka import TOPIC_SETTINGS, apply_topics, delete_topics, prefixed_settings
+    from stream_engine.stack.sync import run_coroutine
+
+    scoped = prefixed_settings(stack, unique("test") + ".").with_overrides(app_id=unique("group"))
+    report = run_coroutine(lambda: apply_topics(scoped))
+    assert report.in_sync, report.lines()
+    yield scoped
+    names = [getattr(scoped, name) for name in TOPIC_SETTINGS]
+    try:
+        run_coroutine(lambda: delete_topics(scoped, names), timeout_s=30)
+    except Exception:  # cleanup only: a stopped broker must not turn a passing test into an error
+        pass

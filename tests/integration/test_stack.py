@@ -1,0 +1,281 @@
+"""The local stack on private ports and a private stack_dir (never the dev services).
+
+Tests run in file order on one module-scoped stack: up, reuse, health, restart, then down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream_engine.cli import build_parser, main, settings_from_args
+from stream_engine.settings import PROJECT_ROOT, Settings
+from stream_engine.stack import Stack, StackError, StackUpError, ensure_kafka_libs, kafka_answers, libs_dir
+from stream_engine.stack.process import PidFile, group_members, port_is_open, process_start_time, spawn_detached, stop_group
+from stream_engine.stack.propositions import PropositionsComponent, settings_flags, subcommand_available
+from stream_engine.stack.sync import run_coroutine
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def share_jar_cache(stack_dir: Path, version: str) -> None:
+    """Point a fresh stack_dir at the project's jar cache: Maven runs once per machine, not per test."""
+    shared, _ = ensure_kafka_libs(Settings().stack_dir, version)
+    target = libs_dir(stack_dir, version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(shared, target_is_directory=True)
+
+
+def private_settings(stack_dir: Path) -> Settings:
+    kafka, controller, redis, props = free_port(), free_port(), free_port(), free_port()
+    return Settings(
+        stack_dir=stack_dir,
+        kafka_port=kafka,
+        kafka_controller_port=controller,
+        kafka_bootstrap=f"127.0.0.1:{kafka}",
+        redis_port=redis,
+        redis_url=f"redis://127.0.0.1:{redis}/0",
+        propositions_port=props,
+        propositions_url=f"http://127.0.0.1:{props}",
+    )
+
+
+def global_flags(s: Settings) -> list[str]:
+    return settings_flags(s)
+
+
+@pytest.fixture(scope="module")
+def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    stack_dir = tmp_path_factory.mktemp("stack")
+    s = private_settings(stack_dir)
+    share_jar_cache(stack_dir, s.kafka_version)
+    yield s
+    Stack(s).down()  # whatever a failed test left running
+
+
+# --- helpers without the stack ----------------------------------------------------------------
+
+
+def test_settings_flags_reproduce_settings_in_a_child_cli(tmp_path: Path) -> None:
+    s = Settings(stack_dir=tmp_path, kafka_port=1234, key_fields={"x": ["a", "b"]}, batch_max=7)
+    args = build_parser().parse_args([*settings_flags(s), "stack", "status"])
+    assert settings_from_args(args) == s
+    assert "--kafka-port" in settings_flags(s) and "--topic-alerts" not in settings_flags(s)  # defaults omitted
+
+
+def test_stop_group_kills_grandchildren_and_stale_pid_files_are_ignored(tmp_path: Path) -> None:
+    # A shell that ignores SIGTERM and has a child: needs SIGKILL, and the child must die too.
+    script = "trap '' TERM; sleep 300 & wait"
+    record = spawn_detached(["bash", "-c", script], log_path=tmp_path / "x.log")
+    pid_file = PidFile(tmp_path / "x.pid")
+    pid_file.write(record)
+    time.sleep(0.3)
+    assert len(group_members(record.pid)) == 2
+    assert pid_file.live_record() == record
+    assert stop_group(record, timeout_s=0.5) == "killed"
+    assert group_members(record.pid) == []
+    assert process_start_time(record.pid) is None
+    assert pid_file.live_record() is None and not pid_file.path.exists()  # stale file removed
+    assert stop_group(record, timeout_s=0.5) == "not running"
+
+
+def test_missing_java_names_the_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no java, no mvn
+    s = private_settings(tmp_path / "stack")
+    with pytest.raises(StackUpError, match="openjdk-17-jre-headless maven") as caught:
+        Stack(s, only=["kafka"]).up()
+    assert caught.value.report.by_name()["kafka"].state == "failed"
+
+
+def test_maven_failure_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="Maven could not fetch Apache Kafka 0.0.0-nonexistent"):
+        ensure_kafka_libs(tmp_path, "0.0.0-nonexistent")
+    assert not libs_dir(tmp_path, "0.0.0-nonexistent").exists()
+
+
+def test_unknown_part_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="unknown stack parts"):
+        Stack(Settings(stack_dir=tmp_path), only=["zookeeper"])
+
+
+def test_port_held_by_a_foreign_process_is_reported(tmp_path: Path) -> None:
+    s = private_settings(tmp_path / "stack")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", s.redis_port))
+        squatter.listen()
+        with pytest.raises(StackUpError, match=rf"port {s.redis_port} already in use by pid {os.getpid()}"):
+            Stack(s, only=["redis"]).up()
+    assert not (tmp_path / "stack" / "run" / "redis.pid").exists()
+
+
+# --- the private stack, in order ------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_up_starts_every_part(private: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    report = Stack(private).up()
+    states = {p.name: p.state for p in report.parts}
+    assert states["kafka"] == "started" and states["redis"] == "started"
+    assert states["propositions"] == ("started" if subcommand_available("propositions", "serve") else "skipped")
+    assert all(p.seconds > 0 for p in report.parts)
+    assert kafka_answers(private.kafka_bootstrap)
+    assert main([*global_flags(private), "stack", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "kafka" in out and "running" in out
+
+
+@pytest.mark.integration
+def test_second_up_reuses_the_same_processes(private: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    pids = {p.name: p.pid for p in Stack(private).status()}
+    assert main([*global_flags(private), "stack", "up"]) == 0
+    out = capsys.readouterr().out
+    assert "reused" in out and "started" not in out
+    assert {p.name: p.pid for p in Stack(private).status()} == pids
+
+
+@pytest.mark.integration
+def test_redis_answers(private: Settings) -> None:
+    import redis
+
+    client = redis.Redis.from_url(private.redis_url)
+    assert client.ping()
+    client.set("stack-test", b"v")
+    assert client.get("stack-test") == b"v"
+    client.close()
+
+
+@pytest.mark.integration
+def test_proposition_service_answers_healthz(private: Settings) -> None:
+    if not subcommand_available("propositions", "serve"):
+        pytest.skip("propositions serve not in this checkout")
+    import httpx
+
+    assert httpx.get(f"http://127.0.0.1:{private.propositions_port}/healthz", timeout=5).status_code == 200
+    # It was pointed at the stack's own Kafka and Redis, not the caller's defaults.
+    command = " ".join(PropositionsComponent(private, Stack(private).layout).command())
+    assert f"--kafka-bootstrap 127.0.0.1:{private.kafka_port}" in command
+
+
+@pytest.mark.integration
+def test_a_second_stack_on_the_same_ports_reuses_them_as_external(private: Settings, tmp_path: Path) -> None:
+    other = private.with_overrides(stack_dir=tmp_path / "other")
+    report = Stack(other, only=["redis"]).up()
+    assert report.by_name()["redis"].state == "external"
+    assert "not started by this stack" in report.by_name()["redis"].detail
+    assert Stack(other, only=["redis"]).down().by_name()["redis"].state == "external"
+    assert port_is_open(private.redis_port)  # left alone
+
+
+@pytest.mark.integration
+def test_chdb_answers_select_1(tmp_path: Path) -> None:
+    # One chDB path per process: run it in a child so this test process stays clean.
+    code = textwrap.dedent(
+        f"""
+        import clickhouse_connect
+        client = clickhouse_connect.get_client(interface="chdb", path={str(tmp_path / "chdb")!r})
+        print(client.query("SELECT 1").result_rows[0][0])
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "1"
+
+
+@pytest.mark.integration
+def test_kafka_restart_keeps_topics_and_committed_offsets(private: Settings) -> None:
+    from stream_engine.kafka import apply_topics
+
+    topic = private.topic_alerts
+    assert run_coroutine(lambda: apply_topics(private)).in_sync
+    run_coroutine(lambda: _produce(private, topic, [b"a0", b"a1", b"a2"]))
+    assert run_coroutine(lambda: _consume_and_commit(private, topic, "restart-group", 3)) == [b"a0", b"a1", b"a2"]
+
+    kafka_only = Stack(private, only=["kafka"])
+    assert kafka_only.down().by_name()["kafka"].state in ("stopped", "killed")
+    assert not port_is_open(private.kafka_port)
+    assert port_is_open(private.redis_port)  # only Kafka went down
+    assert kafka_only.up().by_name()["kafka"].state == "started"
+
+    report = run_coroutine(lambda: apply_topics(private))
+    assert report.created == [] and report.in_sync  # topics survived
+    run_coroutine(lambda: _produce(private, topic, [b"b0"]))
+    # Same group after the restart: resumes after the committed offset, no re-delivery.
+    assert run_coroutine(lambda: _consume_and_commit(private, topic, "restart-group", 1)) == [b"b0"]
+
+
+@pytest.mark.integration
+def test_down_leaves_nothing_behind(private: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = Stack(private)
+    records = [r for r in (PidFile(stack.layout.pid_path(c.name)).read() for c in stack.components) if r]
+    assert len(records) >= 2
+    assert main([*global_flags(private), "stack", "down"]) == 0
+    for record in records:
+        assert process_start_time(record.pid) is None
+        assert group_members(record.pid) == []
+    for port in (private.kafka_port, private.kafka_controller_port, private.redis_port, private.propositions_port):
+        assert not port_is_open(port)
+    assert list((private.stack_dir / "run").glob("*.pid")) == []
+    capsys.readouterr()
+    assert main([*global_flags(private), "stack", "status"]) == 1
+    assert "down" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_changing_the_controller_port_of_formatted_storage_is_refused(private: Settings) -> None:
+    moved = private.with_overrides(kafka_controller_port=free_port())
+    with pytest.raises(StackUpError, match="was formatted for controller_port"):
+        Stack(moved, only=["kafka"]).up()
+    assert not port_is_open(moved.kafka_port)
+
+
+# --- aiokafka helpers ---------------------------------------------------------------------
+
+
+async def _produce(s: Settings, topic: str, values: list[bytes]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=0)
+    finally:
+        await producer.stop()
+
+
+async def _consume_and_commit(s: Settings, topic: str, group: str, count: int) -> list[bytes]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=s.kafka_bootstrap, group_id=group, auto_offset_reset="earliest",
+        enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=1000,
+    )  # fmt: skip
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(values) < count and asyncio.get_running_loop().time() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=300)).values():
+                values += [m.value for m in messages]
+        await consumer.commit()
+        # Anything beyond `count` would mean the committed offset was not honoured.
+        for messages in (await consumer.getmany(timeout_ms=500)).values():
+            values += [m.value for m in messages]
+    finally:
+        await consumer.stop()
+    return values

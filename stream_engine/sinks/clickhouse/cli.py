@@ -82,6 +82,7 @@ def _run_query(args: argparse.Namespace, settings: Settings) -> int:
     from stream_engine.sinks.clickhouse import queries
     from stream_engine.sinks.clickhouse.client import connect
 
+    queries.bucket_function(args.interval)  # reject a bad interval before connecting
     client = connect(settings.effective_clickhouse_url, settings.clickhouse_database)
     now = datetime.now(UTC)
     start, end = _parse_time(args.start, now - timedelta(hours=1)), _parse_time(args.end, now)

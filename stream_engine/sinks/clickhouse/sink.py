@@ -337,7 +337,7 @@ class ClickHouseSink:
         done: set[str] = set()  # tables already inserted: a retry does not resend them
         loop = asyncio.get_running_loop()
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=self.retry_initial_s, max=self.retry_max_s),
+            wait=wait_exponential_jitter(multiplier=self.retry_initial_s, max=self.retry_max_s, jitter=self.retry_initial_s),
             stop=self._should_give_up,
             retry=retry_if_exception_type(Exception),
             before_sleep=self._on_insert_failure,

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from stream_engine.models import Alert, Decision, Envelope, Proposition
+from stream_engine.sinks import MemorySink, Sink
+from stream_engine.sinks.clickhouse.client import Target, check_identifier, parse_url
+from stream_engine.sinks.clickhouse.queries import INTERVALS, bucket_function
+from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS, LogRow, log_row, metric_row
+from stream_engine.sinks.clickhouse.sink import ClickHouseSink
+
+
+def test_url_parsing() -> None:
+    assert parse_url("chdb:///var/lib/ch") == Target("chdb", path="/var/lib/ch")
+    assert parse_url("http://bob:p%40ss@ch.local:9000") == Target(
+        "http", host="ch.local", port=9000, username="bob", password="p@ss"
+    )
+    assert parse_url("https://ch.local").port == 8443
+    assert parse_url("http://ch.local").username == "default"
+    with pytest.raises(ValueError):
+        parse_url("tcp://ch.local:9000")
+    with pytest.raises(ValueError):
+        parse_url("chdb://")
+
+
+@pytest.mark.parametrize("name", ["db; DROP TABLE x", "a-b", "1abc", "", "x" * 200, "db`"])
+def test_identifiers_are_plain_names_only(name: str) -> None:
+    with pytest.raises(ValueError):
+        check_identifier(name)
+
+
+def test_intervals_are_whitelisted() -> None:
+    assert bucket_function("1m") == "toStartOfMinute"
+    assert bucket_function("1 hour") == "toStartOfHour"
+    assert all(fn.startswith("toStartOf") for fn in INTERVALS.values())
+    for bad in ("2m", "1 minute) OR 1=1 --", "toStartOfMinute"):
+        with pytest.raises(ValueError):
+            bucket_function(bad)
+
+
+def test_log_row_from_decision_and_envelope() -> None:
+    alert = Alert(id="a1", type="scam", timestamp=1.0, severity="high", source="mail")
+    envelope = Envelope(alert=alert, key="k1", partition=3, offset=42, received_ns=1_700_000_000_123_456_789)
+    decision = Decision(
+        alert_id="a1", alert_type="scam", key="k1", mode="auto", action="block", confidence=0.95,
+        propositions=[Proposition("block", 0.95, "known pattern")], cache_tier="redis", latency_ms=2.5,
+        decided_at=1_700_000_000.25, reason=None,
+    )  # fmt: skip
+    row = log_row(decision, envelope, "high", "mail", batch_size=7, worker="w9")
+    assert len(row) == len(LOG_COLUMNS)
+    assert row.received_at_ms == 1_700_000_000_123
+    assert row.decided_at_ms == 1_700_000_000_250
+    assert (row.partition, row.offset, row.batch_size, row.worker) == (3, 42, 7, "w9")
+    assert row.propositions == '[{"action":"block","confidence":0.95,"rationale":"known pattern"}]'
+
+
+def test_metric_row_summarises_samples() -> None:
+    m = metric_row(1.5, "redis", "scam", "w", [1.0, 3.0, 2.0])
+    assert (m.ts_us, m.count, m.sum_ms, m.max_ms) == (1_500_000, 3, 6.0, 3.0)
+
+
+async def test_memory_sink_and_clickhouse_sink_satisfy_the_contract(tmp_path: Path) -> None:
+    sink = MemorySink()
+    assert isinstance(sink, Sink)
+    assert isinstance(ClickHouseSink(lambda: None, tmp_path), Sink)  # type: ignore[arg-type,return-value]
+    await sink.start()
+    row = LogRow("a", "t", "k", "s", "src", 0, 0, "auto", None, None, "lru", 0.0, 1, 0, 0, "w", "[]", None, "v")
+    await sink.write([row], [])
+    await sink.stop()
+    assert sink.rows == [row] and sink.stats()["rows_written"] == 1
+
+
+class _FailingClient:
+    """ClickHouse at the client seam, failing every insert."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def insert_arrow(self, table: str, data: object) -> None:
+        self.calls += 1
+        raise ConnectionError("ClickHouse is down")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_rows_stay_in_the_journal_while_inserts_fail(tmp_path: Path) -> None:
+    client = _FailingClient()
+    sink = ClickHouseSink(
+        lambda: client, tmp_path / "j", flush_rows=5, flush_interval_s=0.05, retry_initial_s=0.01,
+        retry_max_s=0.02, stop_timeout_s=0.2, max_buffer_rows=20,
+    )  # fmt: skip
+    await sink.start()
+    rows = [LogRow(f"a{i}", "t", "k", "s", "src", 0, 0, "auto", None, None, "lru", 0.0, 1, 0, i, "w", "[]", None, "v") for i in range(50)]
+    for i in range(0, 50, 5):
+        await asyncio.wait_for(sink.write(rows[i : i + 5], []), 5)  # never blocks on a dead ClickHouse
+    await sink.stop()
+    stats = sink.stats()
+    assert client.calls > 0 and stats["failures"] >= client.calls - 1
+    assert stats["rows_written"] == 50 and stats["rows_inserted"] == 0
+    assert stats["spills"] >= 1  # memory bound (20) hit while failing: journal only
+    assert "ConnectionError" in stats["last_error"]
+    from stream_engine.sinks.clickhouse.journal import Journal
+
+    journal = Journal(tmp_path / "j")
+    kept = [r for seg in journal.open() for batch_rows, _ in journal.read(seg) for r in batch_rows]
+    assert sorted(r.offset for r in kept) == list(range(50))
+
+
+async def test_write_raises_when_the_journal_cannot_be_written(tmp_path: Path) -> None:
+    import shutil
+
+    sink = ClickHouseSink(lambda: _FailingClient(), tmp_path / "j", stop_timeout_s=0.1)  # type: ignore[arg-type,return-value]
+    await sink.start()
+    shutil.rmtree(tmp_path / "j")  # the disk went away
+    row = LogRow("a", "t", "k", "s", "src", 0, 0, "auto", None, None, "lru", 0.0, 1, 0, 0, "w", "[]", None, "v")
+    with pytest.raises(FileNotFoundError):
+        await sink.write([row], [])
+    assert sink.stats()["rows_written"] == 0
+    await sink.stop()
+
+
+async def test_write_after_stop_is_refused(tmp_path: Path) -> None:
+    sink = ClickHouseSink(lambda: _FailingClient(), tmp_path / "j")  # type: ignore[arg-type,return-value]
+    await sink.start()
+    await sink.stop()
+    row = LogRow("a", "t", "k", "s", "src", 0, 0, "auto", None, None, "lru", 0.0, 1, 0, 0, "w", "[]", None, "v")
+    with pytest.raises(RuntimeError):
+        await sink.write([row], [])

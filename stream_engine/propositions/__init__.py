@@ -1,0 +1,1 @@
+"""Propositions: the HTTP service that ranks actions for an alert, and the worker's client for it."""

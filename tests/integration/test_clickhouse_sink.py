@@ -1,0 +1,230 @@
+"""The sink against the real embedded engine: durability, flushing, backpressure, replay, dedup."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream_engine.sinks.clickhouse.client import connect
+from stream_engine.sinks.clickhouse.journal import Journal, encode_batch
+from stream_engine.sinks.clickhouse.sink import ClickHouseSink
+from tests.clickhouse_fixtures import ch_client, ch_database, ch_url, make_metrics, make_rows  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+def _count(client: Any, table: str, final: bool = False) -> int:
+    return int(client.query(f"SELECT count() FROM {table}{' FINAL' if final else ''}").result_rows[0][0])
+
+
+async def _eventually(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+def _sink(url: str, database: str, journal: Path, **kw: Any) -> ClickHouseSink:
+    params: dict[str, Any] = {"flush_rows": 1000, "flush_interval_s": 0.1, "retry_initial_s": 0.01, "retry_max_s": 0.05}
+    params.update(kw)
+    return ClickHouseSink(lambda: connect(url, database), journal, **params)
+
+
+async def test_every_row_written_arrives(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+    sink = _sink(ch_url, ch_database, tmp_path / "j", flush_rows=700)
+    await sink.start()
+    rows, metrics = make_rows(5000), make_metrics(40)
+    for i in range(0, 5000, 125):
+        await sink.write(rows[i : i + 125], metrics[i // 125 : i // 125 + 1])
+    await sink.stop()
+    assert _count(ch_client, "proposition_log") == 5000
+    assert _count(ch_client, "latency_metrics") == 40
+    stored = {r[0]: r for r in ch_client.query("SELECT alert_id, offset, action, confidence FROM proposition_log").result_rows}
+    assert stored["a11"][2:] == (None, None) and stored["a12"][2] == "rerun"
+    assert {r[1] for r in stored.values()} == set(range(5000))
+    stats = sink.stats()
+    assert stats["rows_inserted"] == 5000 and stats["flushes"] >= 2 and stats["journal_segments"] == 0
+    # the rollup saw every row
+    assert int(ch_client.query("SELECT countMerge(decisions) FROM proposition_minute").result_rows[0][0]) == 5000
+
+
+async def test_flush_by_size(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+    sink = _sink(ch_url, ch_database, tmp_path / "j", flush_rows=100, flush_interval_s=3600)
+    await sink.start()
+    await sink.write(make_rows(60, prefix="x"), [])
+    await sink.write(make_rows(60, prefix="y"), [])  # 120 >= 100: a flush without waiting for time
+    await _eventually(lambda: _count(ch_client, "proposition_log") == 120)
+    await sink.write(make_rows(10, prefix="z"), [])  # below the size, and the interval is an hour
+    await asyncio.sleep(0.3)
+    assert _count(ch_client, "proposition_log") == 120
+    assert sink.stats()["buffered_rows"] == 10
+    await sink.stop()  # stop flushes the rest
+    assert _count(ch_client, "proposition_log") == 130
+
+
+async def test_flush_by_time(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+    sink = _sink(ch_url, ch_database, tmp_path / "j", flush_rows=1_000_000, flush_interval_s=0.2)
+    await sink.start()
+    await sink.write(make_rows(7), [])
+    await _eventually(lambda: sink.stats()["flushes"] == 1)  # no size trigger: the interval did it
+    assert _count(ch_client, "proposition_log") == 7
+    await sink.stop()
+
+
+class _GatedClient:
+    """The real client, whose inserts wait for a gate: ClickHouse slow but healthy."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.gate = threading.Event()
+        self.inserting = threading.Event()
+
+    def insert_arrow(self, table: str, data: Any) -> Any:
+        self.inserting.set()
+        assert self.gate.wait(30)
+        return self.client.insert_arrow(table, data)
+
+    def close(self) -> None:
+        pass
+
+
+async def test_backpressure_when_the_buffer_is_full(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+    gated = _GatedClient(connect(ch_url, ch_database))
+    sink = ClickHouseSink(lambda: gated, tmp_path / "j", flush_rows=50, flush_interval_s=0.05, max_buffer_rows=100)  # type: ignore[arg-type,return-value]
+    await sink.start()
+    await sink.write(make_rows(60, prefix="a"), [])
+    await _eventually(gated.inserting.is_set)  # the flush of 60 is in flight, stuck
+    await sink.write(make_rows(30, prefix="b"), [])  # 90 <= 100: accepted
+    blocked = asyncio.create_task(sink.write(make_rows(30, prefix="c"), []))  # 120 > 100
+    await asyncio.sleep(0.3)
+    assert not blocked.done(), "write must wait while memory is full and ClickHouse is healthy"
+    assert sink.stats()["rows_written"] == 90
+    gated.gate.set()
+    await asyncio.wait_for(blocked, 10)
+    await sink.stop()
+    assert _count(ch_client, "proposition_log") == 120
+    assert sink.stats()["write_wait_seconds"] > 0 and sink.stats()["spills"] == 0
+
+
+async def test_clickhouse_down_then_a_new_sink_replays_everything(
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    def down() -> Any:
+        raise ConnectionRefusedError("ClickHouse unreachable")
+
+    journal_dir = tmp_path / "j"
+    dead = ClickHouseSink(down, journal_dir, flush_rows=100, flush_interval_s=0.02, max_buffer_rows=300,
+                          retry_initial_s=0.01, retry_max_s=0.02, stop_timeout_s=0.3)  # fmt: skip
+    await dead.start()
+    rows, now_us = make_rows(2000), int(time.time() * 1_000_000)
+    for i in range(0, 2000, 50):
+        await asyncio.wait_for(dead.write(rows[i : i + 50], make_metrics(1, start_us=now_us + i)), 10)
+    await dead.stop()
+    stats = dead.stats()
+    assert stats["rows_inserted"] == 0 and stats["failures"] > 0
+    assert stats["journal_segments"] >= 1 and stats["journal_bytes"] > 0
+    assert _count(ch_client, "proposition_log") == 0
+
+    alive = _sink(ch_url, ch_database, journal_dir, flush_rows=700)
+    await alive.start()
+    await _eventually(lambda: alive.stats()["replayed_rows"] == 2000)
+    await alive.stop()
+    assert _count(ch_client, "proposition_log", final=True) == 2000
+    assert _count(ch_client, "latency_metrics", final=True) == 40
+    assert alive.stats()["journal_segments"] == 0
+
+
+async def test_closed_http_port_counts_as_down(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    sink = ClickHouseSink(lambda: connect(f"http://127.0.0.1:{port}", "x", connect_timeout_s=0.2), tmp_path / "j",
+                          flush_interval_s=0.02, retry_initial_s=0.01, retry_max_s=0.02, stop_timeout_s=0.3)  # fmt: skip
+    await sink.start()
+    await sink.write(make_rows(25), [])
+    await sink.stop()
+    journal = Journal(tmp_path / "j")
+    kept = [r for seg in journal.open() for rows, _ in journal.read(seg) for r in rows]
+    assert len(kept) == 25 and sink.stats()["failures"] >= 1
+
+
+async def test_recovery_while_running_after_spilling(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+    healthy = threading.Event()
+
+    def flaky() -> Any:
+        if not healthy.is_set():
+            raise ConnectionRefusedError("down for now")
+        return connect(ch_url, ch_database)
+
+    sink = ClickHouseSink(flaky, tmp_path / "j", flush_rows=50, flush_interval_s=0.02, max_buffer_rows=100,
+                          retry_initial_s=0.01, retry_max_s=0.02)  # fmt: skip
+    await sink.start()
+    rows = make_rows(1000)
+    for i in range(0, 1000, 20):
+        await asyncio.wait_for(sink.write(rows[i : i + 20], []), 10)  # never blocked while failing
+    assert sink.stats()["spills"] >= 1
+    healthy.set()
+    await _eventually(lambda: _count(ch_client, "proposition_log", final=True) == 1000)
+    await sink.stop()
+    assert sink.stats()["journal_segments"] == 0 and not sink.stats()["failing"]
+
+
+async def test_torn_journal_tail_is_skipped_on_replay(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+    journal_dir = tmp_path / "j"
+    journal = Journal(journal_dir)
+    journal.open()
+    journal.append([encode_batch(make_rows(10), [])])
+    segment = journal.seal()[0]
+    with open(segment, "ab") as f:
+        f.write(b'{"r":[["torn')  # the crash hit mid-write; that write never returned
+    sink = _sink(ch_url, ch_database, journal_dir)
+    await sink.start()
+    await _eventually(lambda: sink.stats()["replayed_rows"] == 10)
+    await sink.stop()
+    assert _count(ch_client, "proposition_log") == 10 and sink.stats()["journal_torn_lines"] == 1
+
+
+async def test_duplicates_collapse(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+    sink = _sink(ch_url, ch_database, tmp_path / "j")
+    await sink.start()
+    rows = make_rows(300)
+    await sink.write(rows, [])
+    await _eventually(lambda: sink.stats()["rows_inserted"] == 300)
+    await sink.write(rows, [])  # journal replay / retried insert: identical rows
+    # a Kafka redelivery: same alert, later receive and decision, another worker
+    redelivered = rows[5]._replace(received_at_ms=rows[5].received_at_ms + 60_000,
+                                   decided_at_ms=rows[5].decided_at_ms + 60_000, worker="w2")  # fmt: skip
+    await sink.write([redelivered], [])
+    await sink.stop()
+    assert _count(ch_client, "proposition_log") >= 300
+    assert _count(ch_client, "proposition_log", final=True) == 300
+    ch_client.command("OPTIMIZE TABLE proposition_log FINAL")
+    assert _count(ch_client, "proposition_log") == 300
+    worker = ch_client.query("SELECT worker FROM proposition_log WHERE alert_id = {id:String}", parameters={"id": "a5"})
+    assert worker.result_rows == [("w2",)]  # the newest decision won
+
+
+async def test_from_settings_migrates_and_writes(ch_url: str, tmp_path: Path) -> None:  # noqa: F811
+    from stream_engine.settings import Settings
+    from tests.clickhouse_fixtures import unique_database
+
+    database = unique_database("fs")
+    settings = Settings(clickhouse_url=ch_url, clickhouse_database=database, data_dir=tmp_path, sink_flush_interval_s=0.05)
+    sink = ClickHouseSink.from_settings(settings)
+    await sink.start()
+    await sink.write(make_rows(3), make_metrics(2))
+    await sink.stop()
+    client = connect(ch_url, database)
+    try:
+        assert _count(client, "proposition_log") == 3 and _count(client, "latency_metrics") == 2
+        assert (tmp_path / "journal").is_dir()
+    finally:
+        client.command(f"DROP DATABASE {database}")

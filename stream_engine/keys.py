@@ -41,7 +41,13 @@ _PLAIN = re.compile(r"[A-Za-z0-9/:@.,+\-_~]*")
 
 def encode_part(value: Any) -> str:
     """A key component: strings stripped, other JSON values as canonical JSON, then escaped."""
-    text = value.strip() if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if isinstance(value, str):
+        text = value.strip()
+    else:
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError:  # e.g. an integer beyond 64 bits in a publisher's dict: still a stable key
+            text = str(value)
     return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
 
 

@@ -43,6 +43,12 @@ def test_values_are_stripped_and_non_strings_canonical() -> None:
     assert key == same
 
 
+def test_values_orjson_cannot_write_still_make_a_key() -> None:
+    builder = KeyBuilder({"t": ["n", "m"]})
+    key = builder.key_for(alert({"n": 2**70, "m": {1: "non-str key"}}, type="t"))
+    assert key == f"t|n={2**70}|m=%7B1:%20%27non-str%20key%27%7D"
+
+
 def test_missing_field_falls_back_to_fingerprint_then_id() -> None:
     partial = {"repo": "acme/web", "job": "test"}
     assert BUILDER.key_for(alert(partial, fingerprint="abc")) == "ci_failure|fp=abc"

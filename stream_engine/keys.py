@@ -98,9 +98,8 @@ class KeyBuilder:
     def key_for_dict(self, alert: Mapping[str, Any]) -> str:
         """The same key from an alert as published (a JSON object), before validation."""
         alert_type = str(alert.get("type", ""))
-        return build_key(
-            alert_type, alert.get("attributes"), alert.get("fingerprint"), alert.get("id"), self.key_fields.get(alert_type)
-        )
+        fields = self.key_fields.get(alert_type)
+        return build_key(alert_type, alert.get("attributes"), alert.get("fingerprint"), alert.get("id"), fields)
 
 
 _DEFAULT_BUILDER = KeyBuilder(DEFAULT_KEY_FIELDS)

@@ -109,7 +109,9 @@ class RedisTier:
     def _failed(self, operation: str, exc: BaseException) -> None:
         self.counters.errors += 1
         self._skip_until = self._clock() + self.retry_after_s
-        log.warning("redis %s failed (%s: %s); skipping the tier for %.1fs", operation, type(exc).__name__, exc, self.retry_after_s)
+        log.warning(
+            "redis %s failed (%s: %s); skipping the tier for %.1fs", operation, type(exc).__name__, exc, self.retry_after_s
+        )
 
     # --- hot path -------------------------------------------------------------------------
 
@@ -239,7 +241,8 @@ def _encode(propositions: list[Proposition], version: str | None) -> bytes:
 
 def _decode(raw: bytes) -> list[Proposition] | None:
     try:
-        return [Proposition(str(action), float(confidence), str(rationale)) for action, confidence, rationale in orjson.loads(raw)["p"]]
+        rows = orjson.loads(raw)["p"]
+        return [Proposition(str(action), float(confidence), str(rationale)) for action, confidence, rationale in rows]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
 

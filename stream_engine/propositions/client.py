@@ -199,7 +199,9 @@ class PropositionClient:
     async def _post_with_retries(self, body: bytes) -> Any:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retries + 1),
-            wait=wait_exponential_jitter(multiplier=self.backoff_initial_s, max=self.backoff_max_s, jitter=self.backoff_initial_s),
+            wait=wait_exponential_jitter(
+                multiplier=self.backoff_initial_s, max=self.backoff_max_s, jitter=self.backoff_initial_s
+            ),
             retry=retry_if_exception_type(_Retryable),
             before_sleep=self._count_retry,
             reraise=True,

@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     query = subparsers.add_parser("query", help="temporal queries over the proposition log")
     query.add_argument("name", choices=QUERY_NAMES)
     query.add_argument("--from", dest="start", help="ISO time (default: 1 hour ago, UTC)")
-    query.add_argument("--to", dest="end", help="ISO time (default: now, UTC)")
+    # --until too: the top-level parser abbreviates options, so "--to" alone is ambiguous with
+    # --topic-* unless it is built with allow_abbrev=False.
+    query.add_argument("--to", "--until", dest="end", help="ISO time (default: now, UTC)")
     query.add_argument("--interval", default="1m", help="1m, 5m, 15m, 1h or 1d")
     query.add_argument("--type", dest="alert_type", help="only this alert type")
     query.add_argument("--ids", help="comma-separated alert ids (for 'logs')")

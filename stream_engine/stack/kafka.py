@@ -17,6 +17,35 @@ from stream_engine.stack.sync import run_coroutine
 JAVA_HINT = "apt-get install openjdk-17-jre-headless maven"
 FORMAT_MARKER = "stream-engine-format.txt"
 
+# Kept in code rather than a .xml data file: pyproject's package-data ships json/yaml/properties
+# only, and the pom must be there in a non-editable install too.
+POM_TEMPLATE = Template(
+    """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Assembles an Apache Kafka broker's runtime classpath from Maven Central (the tarball mirrors
+     are not reachable here). Rendered by stream_engine.stack.kafka with the wanted version. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.stream-engine</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>${kafka_version}</version>
+    </dependency>
+    <!-- The broker logs through slf4j 1.x; this binds it to log4j2 (read from our yaml). -->
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>2.24.3</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+)
+
 
 def _template(name: str) -> Template:
     return Template(resources.files("stream_engine.stack").joinpath(name).read_text())
@@ -44,7 +73,7 @@ def ensure_kafka_libs(stack_dir: Path, version: str) -> tuple[Path, bool]:
     home = kafka_home(stack_dir, version)
     home.mkdir(parents=True, exist_ok=True)
     pom = home / "pom.xml"
-    pom.write_text(_template("kafka-pom.xml").substitute(kafka_version=version))
+    pom.write_text(POM_TEMPLATE.substitute(kafka_version=version))
     # Copy into a scratch dir and rename: an interrupted download never looks complete.
     staging = home / "libs.partial"
     shutil.rmtree(staging, ignore_errors=True)

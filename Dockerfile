@@ -1,0 +1,25 @@
+# stream-engine image: the worker, the proposition service and the CLI (`topics apply` …).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY stream_engine ./stream_engine
+COPY topics ./topics
+RUN pip install . && useradd --system --uid 10001 --home-dir /app stream && mkdir -p /data && chown stream /data
+
+# A non-editable install puts the package in site-packages, so paths derived from the package
+# location would be wrong: point them at the image's copies. Bind 0.0.0.0 inside a container.
+ENV STREAM_ENGINE_TOPICS_DIR=/app/topics \
+    STREAM_ENGINE_DATA_DIR=/data \
+    STREAM_ENGINE_STACK_DIR=/data/stack \
+    STREAM_ENGINE_API_HOST=0.0.0.0
+
+USER stream
+VOLUME ["/data"]
+ENTRYPOINT ["stream-engine"]
+CMD ["worker"]

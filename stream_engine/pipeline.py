@@ -119,6 +119,8 @@ class Triage:
         if not misses:
             return out
 
+        # Answers fetched under this generation must not land in a newer one (invalidate_all).
+        generation = self.redis.generation
         for key, props in (await self.redis.get_many(list(misses))).items():
             self._fill(out, envelopes, misses.pop(key), props, "redis")
         t2 = time.perf_counter_ns()
@@ -132,7 +134,7 @@ class Triage:
         for key, props in result.found.items():
             self._fill(out, envelopes, misses.pop(key), props, "service")
         if result.found:
-            await self.redis.put_many(result.found)
+            await self.redis.put_many(result.found, generation=generation, version=result.version)
             times.redis += time.perf_counter_ns() - t3
         for key, idx in misses.items():
             reason = result.failed.get(key, "no_response")

@@ -78,7 +78,7 @@ class RedisTier:
         self.counters = RedisCounters()
 
     @classmethod
-    def from_settings(cls, settings: Any, namespace: str = "se:p") -> "RedisTier":
+    def from_settings(cls, settings: Any, namespace: str | None = None) -> "RedisTier":
         client = redis_asyncio.Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,
@@ -86,7 +86,7 @@ class RedisTier:
             # redis-py retries with backoff by default; we degrade instead of stalling a batch.
             retry=Retry(NoBackoff(), 0),
         )
-        return cls(client, settings.redis_ttl_s, namespace, settings.redis_retry_after_s)
+        return cls(client, settings.redis_ttl_s, namespace or settings.redis_namespace, settings.redis_retry_after_s)
 
     # --- state ----------------------------------------------------------------------------
 

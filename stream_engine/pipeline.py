@@ -26,7 +26,7 @@ from stream_engine.models import Alert, CacheTier, DeadLetter, Decision, Envelop
 from stream_engine.policy import DecisionPolicy
 from stream_engine.propositions.client import PropositionClient
 from stream_engine.sinks import Sink
-from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow, log_row, metric_rows
+from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow, log_row, metric_row
 from stream_engine.validation import AlertDecoder, InvalidAlert
 
 
@@ -176,8 +176,7 @@ class Pipeline:
         t2 = time.perf_counter_ns()
         times.produce = t2 - t1
 
-        rows = self.rows(envelopes, decisions)
-        await self.sink.write(rows, metric_rows(times.as_ms(), decisions, self.worker))
+        await self.sink.write(self.rows(envelopes, decisions), self.metrics(times, decisions, received_ns))
         times.sink = time.perf_counter_ns() - t2
 
         tiers: dict[str, int] = {}
@@ -202,4 +201,19 @@ class Pipeline:
 
     def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision]) -> list[LogRow]:
         n = len(decisions)
-        return [log_row(d, env, n, self.worker) for d, env in zip(decisions, envelopes)]
+        return [
+            log_row(d, env, env.alert.severity, env.alert.source, n, self.worker) for d, env in zip(decisions, envelopes)
+        ]
+
+    def metrics(self, times: StageTimes, decisions: Sequence[Decision], received_ns: int) -> list[MetricRow]:
+        """Per-batch stage times (the sink's own time is only known after it wrote them), plus
+        end-to-end latency per alert type."""
+        ts = received_ns / 1e9
+        rows = [
+            metric_row(ts, stage, "*", self.worker, [ms]) for stage, ms in times.as_ms().items() if stage != "sink"
+        ]
+        by_type: dict[str, list[float]] = {}
+        for d in decisions:
+            by_type.setdefault(d.alert_type, []).append(d.latency_ms)
+        rows.extend(metric_row(ts, "end_to_end", t, self.worker, lat) for t, lat in by_type.items())
+        return rows

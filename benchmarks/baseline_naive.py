@@ -1,0 +1,170 @@
+"""The naive path the engine replaces: one alert at a time, one awaited service call each.
+
+consume one record → decode and validate (the engine's AlertDecoder) → ``POST /v1/propositions``
+(single endpoint, no cache, no batching) → the engine's DecisionPolicy → produce the decision
+and await its ack → next. Offsets auto-commit, as a hand-written consumer usually does.
+
+Run against the same proposition service as the engine (simulated latency median 20 ms,
+p99 50 ms by default); with ``--latency-median-ms 0`` it shows the CPU-bound naive rate.
+
+    python -m benchmarks.baseline_naive --messages 500 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from benchmarks.common import (
+    BenchResult,
+    Progress,
+    Stopwatch,
+    bench_settings,
+    create_topics,
+    drop_topics,
+    encoded_alerts,
+    fill_topic,
+    median_of,
+    require_kafka,
+)
+from benchmarks.services import proposition_service, with_private_service_and_data, workspace
+from stream_engine.keys import KeyBuilder
+from stream_engine.models import Proposition
+from stream_engine.policy import DecisionPolicy
+from stream_engine.propositions.client import alert_payload
+from stream_engine.settings import Settings
+from stream_engine.validation import AlertDecoder, InvalidAlert
+from stream_engine.workload import Workload
+
+
+async def naive_loop(settings: Settings, group: str, expected: int, progress: Progress | None = None) -> dict[str, Any]:
+    decoder = AlertDecoder.from_settings(settings)
+    keys = KeyBuilder.from_settings(settings)
+    policy = DecisionPolicy.from_settings(settings)
+    consumer = AIOKafkaConsumer(
+        settings.topic_alerts,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        session_timeout_ms=int(settings.session_timeout_s * 1000),
+        heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0, acks="all")
+    http = httpx.AsyncClient(base_url=settings.propositions_url, timeout=settings.service_timeout_s * 4)
+    await producer.start()
+    await consumer.start()
+    done = invalid = failed = 0
+    first = last = 0.0
+    per_alert_ms: list[float] = []
+    try:
+        while done + invalid < expected:
+            record = await consumer.getone()
+            if not first:
+                first = time.perf_counter()
+            t0 = time.perf_counter()
+            try:
+                alert = decoder.decode(record.value)
+            except InvalidAlert:
+                invalid += 1
+                continue
+            key = keys.key_for(alert)
+            propositions: list[Proposition] | None
+            reason = None
+            try:
+                response = await http.post("/v1/propositions", content=orjson.dumps({"key": key, "alert": alert_payload(alert)}))
+                response.raise_for_status()
+                propositions = [Proposition(**p) for p in orjson.loads(response.content)["propositions"]]
+            except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+                propositions, reason = None, f"service_error:{type(exc).__name__}"
+                failed += 1
+            now = time.time_ns()
+            decision = policy.decide(alert, key, propositions, reason, "service", now, now)
+            await producer.send_and_wait(settings.topic_decisions, decision.to_json(), key=alert.id.encode())
+            done += 1
+            last = time.perf_counter()
+            per_alert_ms.append((last - t0) * 1000)
+            if progress is not None:
+                progress.update(done)
+    finally:
+        await http.aclose()
+        await consumer.stop()
+        await producer.stop()
+    elapsed = last - first
+    per_alert_ms.sort()
+    return {
+        "messages": done,
+        "invalid": invalid,
+        "service_failures": failed,
+        "seconds": round(elapsed, 4),
+        "msgs_per_s": round(done / elapsed, 1) if elapsed > 0 else None,
+        "per_alert_p50_ms": round(per_alert_ms[len(per_alert_ms) // 2], 3) if per_alert_ms else None,
+    }
+
+
+async def run(
+    settings: Settings | None = None,
+    messages: int = 500,
+    runs: int = 3,
+    latency_median_ms: float = 20.0,
+    latency_p99_ms: float = 50.0,
+    profile: str = "typical",
+    log_dir: Path | None = None,
+) -> BenchResult:
+    watch = Stopwatch()
+    with workspace(log_dir) as work:
+        s = with_private_service_and_data(bench_settings(settings, "naive"), work / "data")
+        await create_topics(s)
+        try:
+            records = encoded_alerts(Workload(profile, seed=12).alerts(messages))
+            await fill_topic(s.kafka_bootstrap, s.topic_alerts, records)
+            per_run = []
+            with proposition_service(s, work, latency_median_ms, latency_p99_ms):
+                for i in range(runs):
+                    with Progress(f"naive run {i + 1}/{runs}", messages) as bar:
+                        per_run.append(await naive_loop(s, f"{s.app_id}-run{i}", messages, bar))
+        finally:
+            await drop_topics(s)
+    result = BenchResult(
+        name="baseline_naive" if latency_median_ms else "baseline_naive_nolatency",
+        command="",
+        params={"messages": messages, "runs": runs, "latency_median_ms": latency_median_ms,
+                "latency_p99_ms": latency_p99_ms if latency_median_ms else 0, "profile": profile},
+        metrics={
+            "msgs_per_s_median": median_of(per_run, "msgs_per_s"),
+            "per_alert_p50_ms_median": median_of(per_run, "per_alert_p50_ms"),
+        },
+        runs=per_run,
+        notes=["One record at a time: getone, decode, POST /v1/propositions, decide, send_and_wait."],
+    )
+    return watch.finish(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--latency-median-ms", type=float, default=20.0)
+    parser.add_argument("--latency-p99-ms", type=float, default=50.0)
+    parser.add_argument("--profile", default="typical")
+    parser.add_argument("--results-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    require_kafka(settings)
+    result = asyncio.run(
+        run(settings, args.messages, args.runs, args.latency_median_ms, args.latency_p99_ms, args.profile)
+    )
+    path = result.write(args.results_dir) if args.results_dir else result.write()
+    print(f"naive: {result.metrics['msgs_per_s_median']:.0f} msg/s (median of {args.runs}) -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

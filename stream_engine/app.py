@@ -63,13 +63,15 @@ async def process_until_done(runtime: Runtime, messages: list[RawMessage]) -> No
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faust.App, Runtime]:
     runtime = runtime or Runtime(settings)
+    datadir = settings.data_dir / "faust" / runtime.worker.replace(":", "-")
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
-        datadir=str(settings.data_dir / "faust" / runtime.worker.replace(":", "-")),
+        datadir=str(datadir),
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_s,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from stream_engine.cli import build_parser, main, settings_from_args
-from stream_engine.settings import PROJECT_ROOT, Settings
+from stream_engine.settings import Settings
 from stream_engine.stack import Stack, StackError, StackUpError, ensure_kafka_libs, kafka_answers, libs_dir
 from stream_engine.stack.process import PidFile, group_members, port_is_open, process_start_time, spawn_detached, stop_group
 from stream_engine.stack.propositions import PropositionsComponent, settings_flags, subcommand_available

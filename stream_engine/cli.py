@@ -26,7 +26,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stream-engine", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="stream-engine", description=__doc__.splitlines()[0], allow_abbrev=False)
     settings_group = parser.add_argument_group("settings (also STREAM_ENGINE_<NAME> env vars)")
     for name, field in Settings.model_fields.items():
         settings_group.add_argument(

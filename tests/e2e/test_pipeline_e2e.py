@@ -101,7 +101,7 @@ async def test_an_invalidation_changes_the_next_decision_on_both_workers(
     e2e_settings: Settings, propositions: Proc, tmp_path: Path
 ) -> None:
     s = e2e_settings
-    timeouts = [a for a in Workload("ci_failures", seed=5).alerts(600) if a["attributes"]["error_class"] == "Timeout"]
+    timeouts = [a for a in Workload("ci_failures", seed=5).alerts(2000) if a["attributes"]["error_class"] == "Timeout"]
     assert len(timeouts) > 20
     workers = [start_worker(s.with_overrides(data_dir=tmp_path / n), tmp_path, n) for n in ("w1", "w2")]
     try:

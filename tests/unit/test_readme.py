@@ -1,0 +1,18 @@
+"""The README is the first thing a user reads: it must document every setting and the two commands."""
+
+from __future__ import annotations
+
+from stream_engine.settings import PROJECT_ROOT, Settings
+
+README = (PROJECT_ROOT / "README.md").read_text()
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    missing = [name for name in Settings.model_fields if f"`STREAM_ENGINE_{name.upper()}`" not in README]
+    assert not missing, f"add these settings to the README table: {missing}"
+
+
+def test_the_readme_names_the_two_commands_and_ci_runs_the_test_one() -> None:
+    assert "./run demo" in README and "./run test" in README
+    ci = (PROJECT_ROOT / ".ci" / "run").read_text()
+    assert "./run test" in ci

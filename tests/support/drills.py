@@ -1,0 +1,242 @@
+"""Shared pieces of the reliability drills (tests/reliability).
+
+* :class:`Publisher` publishes alerts with a plain aiokafka producer (paced if asked) and remembers
+  where each id landed (partition, offset): the at-least-once window is defined by offsets.
+* :class:`Tail` reads a topic from the beginning in the background while a drill breaks things.
+* :func:`account` turns published ids + decisions + ClickHouse rows into one :class:`DrillRow`;
+  :func:`record` keeps it for the session-end table (tests/reliability/conftest.py prints it).
+* :func:`clickhouse_rows` reads a stopped worker's embedded chDB directory in a subprocess
+  (a chDB directory is locked by one process, and one process can only ever open one path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from stream_engine.keys import message_key
+from stream_engine.settings import Settings
+
+RESULTS_ENV = "STREAM_ENGINE_DRILL_RESULTS"
+Position = tuple[int, int]  # (partition, offset)
+
+
+# --- accounting ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DrillRow:
+    drill: str
+    published: int
+    decisions: int
+    missing: int
+    duplicates: int
+    clickhouse_rows: int | None  # rows in proposition_log FINAL (None: the drill has no sink check)
+    recover_s: float | None  # from the fault's end to the first sign of recovery
+
+    def cells(self) -> list[str]:
+        ch = "-" if self.clickhouse_rows is None else str(self.clickhouse_rows)
+        rec = "-" if self.recover_s is None else f"{self.recover_s:.1f}"
+        return [self.drill, str(self.published), str(self.decisions), str(self.missing), str(self.duplicates), ch, rec]
+
+
+TABLE_HEADER = ["drill", "published", "decisions", "missing", "duplicates", "ClickHouse rows", "recover s"]
+
+
+def account(
+    drill: str,
+    published: Iterable[str],
+    decisions: Sequence[dict[str, Any]],
+    clickhouse_rows: int | None = None,
+    recover_s: float | None = None,
+) -> DrillRow:
+    """Decisions of ids outside ``published`` are ignored (topics are per test, so there are none)."""
+    wanted = set(published)
+    counts = Counter(d["alert_id"] for d in decisions if d["alert_id"] in wanted)
+    return DrillRow(
+        drill=drill,
+        published=len(wanted),
+        decisions=sum(counts.values()),
+        missing=len(wanted - counts.keys()),
+        duplicates=sum(counts.values()) - len(counts),
+        clickhouse_rows=clickhouse_rows,
+        recover_s=recover_s,
+    )
+
+
+def results_dir() -> Path:
+    path = Path(os.environ.get(RESULTS_ENV) or Path(tempfile.gettempdir()) / "stream-engine-drills")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def record(row: DrillRow) -> DrillRow:
+    (results_dir() / f"{row.drill}.json").write_text(json.dumps(asdict(row)))
+    return row
+
+
+def load_rows(directory: Path) -> list[DrillRow]:
+    return [DrillRow(**json.loads(p.read_text())) for p in sorted(directory.glob("*.json"))]
+
+
+def format_table(rows: Sequence[DrillRow]) -> str:
+    lines = [TABLE_HEADER, *(r.cells() for r in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_HEADER))]
+    out = [" | ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
+    out.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+# --- Kafka ------------------------------------------------------------------------------------
+
+
+class Publisher:
+    """One producer for a drill; ``positions`` maps each published alert id to where it landed."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.positions: dict[str, Position] = {}
+        self.sent = 0
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+
+    async def __aenter__(self) -> Publisher:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.stop()
+
+    async def send(self, alerts: Sequence[dict[str, Any]], per_second: float | None = None) -> None:
+        """Publish and wait for every ack. Paced in small chunks when ``per_second`` is given,
+        so a drill can break something while the stream is still flowing."""
+        chunk = max(1, int(per_second // 20)) if per_second else len(alerts) or 1
+        started = time.monotonic()
+        for start in range(0, len(alerts), chunk):
+            part = alerts[start : start + chunk]
+            futures = [await self._producer.send(self.topic, orjson.dumps(a), key=message_key(a)) for a in part]
+            for alert, meta in zip(part, await asyncio.gather(*futures)):
+                self.positions[alert["id"]] = (meta.partition, meta.offset)
+            self.sent += len(part)
+            if per_second:
+                ahead = started + self.sent / per_second - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+
+    async def send_raw(self, payloads: Sequence[bytes]) -> list[Position]:
+        futures = [await self._producer.send(self.topic, p) for p in payloads]
+        return [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
+
+
+class Tail:
+    """Everything on ``topic`` from the beginning, read by a background task."""
+
+    def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], Any] = orjson.loads) -> None:
+        self.records: list[Any] = []
+        self.arrivals: list[float] = []  # time.monotonic() per record, for recovery times
+        self._decode = decode
+        self._consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Tail:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        await self._consumer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            now = time.monotonic()
+            for messages in batch.values():
+                for m in messages:
+                    self.records.append(self._decode(m.value))
+                    self.arrivals.append(now)
+
+    async def wait_for(self, predicate: Callable[[list[Any]], bool], timeout: float, what: str) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.records):
+            if self._task is not None and self._task.done():
+                self._task.result()  # the consumer died: raise its error
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what} ({len(self.records)} records)")
+            await asyncio.sleep(0.1)
+        return self.records
+
+    async def wait_ids(self, ids: Iterable[str], timeout: float, what: str = "decisions") -> list[Any]:
+        wanted = set(ids)
+        seen: set[str] = set()
+        scanned = 0
+
+        def done(records: list[Any]) -> bool:
+            nonlocal scanned
+            seen.update(r["alert_id"] for r in records[scanned:] if r["alert_id"] in wanted)
+            scanned = len(records)
+            return seen >= wanted
+
+        try:
+            return await self.wait_for(done, timeout, f"{what} for {len(wanted)} ids")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {len(wanted - seen)} ids still missing") from None
+
+    def decided(self) -> set[str]:
+        return {r["alert_id"] for r in self.records}
+
+
+# --- ClickHouse ---------------------------------------------------------------------------------
+
+_READ_LOG = """
+import sys, orjson
+from stream_engine.sinks.clickhouse.client import connect
+client = connect(sys.argv[1], sys.argv[2])
+rows = client.query("SELECT alert_id FROM proposition_log FINAL").result_rows
+print(orjson.dumps([r[0] for r in rows]).decode())
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LogCount:
+    rows: int  # rows of proposition_log FINAL (duplicates collapsed)
+    ids: frozenset[str]
+
+
+def clickhouse_rows(settings: Settings, timeout: float = 120.0) -> LogCount:
+    """The proposition log of a *stopped* worker's embedded chDB (its lock is held while it runs)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_LOG, settings.effective_clickhouse_url, settings.clickhouse_database],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"reading {settings.effective_clickhouse_url} failed:\n{result.stderr[-3000:]}")
+    ids = json.loads(result.stdout.strip().splitlines()[-1])
+    return LogCount(len(ids), frozenset(ids))
+
+
+def journal_segments(settings: Settings) -> int:
+    directory = settings.data_dir / "journal"
+    return len(list(directory.glob("seg-*.jsonl"))) if directory.exists() else 0

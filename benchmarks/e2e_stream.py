@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -36,14 +38,17 @@ from benchmarks.common import (
     median_of,
     require_kafka,
 )
-from benchmarks.services import proposition_service, with_private_service_and_data, worker, workspace
+from benchmarks.services import cpu_seconds, proposition_service, with_private_service_and_data, worker, workspace
 from benchmarks.streamio import DecisionCollector, publish_paced
 from benchmarks.trace import TraceSpec, make_trace
 from stream_engine.keys import message_key
 from stream_engine.settings import Settings
+from tests.support.procs import Proc
 
 SERVICE_MEDIAN_MS = 20.0
 SERVICE_P99_MS = 50.0
+
+WorkerObserver = Callable[[Proc], contextlib.AbstractContextManager[Any]]
 
 
 def _records(alerts: list[dict[str, Any]], settings: Settings) -> list[tuple[str, bytes, bytes]]:
@@ -134,7 +139,8 @@ async def latency(
 
 
 async def _throughput_run(base: Settings, work: Path, backlog: int, profile: str, run: int,
-                          service_median_ms: float, service_p99_ms: float) -> dict[str, Any]:
+                          service_median_ms: float, service_p99_ms: float,
+                          observe: WorkerObserver | None = None) -> dict[str, Any]:
     s = with_private_service_and_data(bench_settings(base, f"tput{run}"), work / f"data-{run}")
     trace = make_trace(TraceSpec(profile, size=backlog, seed=100 + run), s)
     ids = {a["id"] for a in trace.alerts}
@@ -143,11 +149,17 @@ async def _throughput_run(base: Settings, work: Path, backlog: int, profile: str
         with Progress("fill backlog", backlog) as bar:
             await fill_topic(s.kafka_bootstrap, s.topic_alerts, [(k, v) for _, k, v in _records(trace.alerts, s)], bar.update)
         collector = DecisionCollector(s.kafka_bootstrap, s.topic_decisions)
-        with proposition_service(s, work, service_median_ms, service_p99_ms), worker(s, work, f"worker-tput{run}"):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(proposition_service(s, work, service_median_ms, service_p99_ms))
+            proc = stack.enter_context(worker(s, work, f"worker-tput{run}"))
+            if observe is not None:  # e.g. a profiler attached while the backlog drains
+                stack.enter_context(observe(proc))
+            cpu_before = cpu_seconds(proc.popen.pid)
             await collector.start()
             try:
                 with Progress(f"throughput run {run + 1}", backlog) as bar:
                     complete = await collector.wait_for(ids, timeout_s=120 + backlog / 500, progress=bar.update)
+                cpu_used = cpu_seconds(proc.popen.pid) - cpu_before
             finally:
                 collected = await collector.stop()
     finally:
@@ -162,6 +174,9 @@ async def _throughput_run(base: Settings, work: Path, backlog: int, profile: str
         "seconds": round(span, 3),
         "msgs_per_s": round(len(created) / span, 1) if span > 0 else None,
         "tiers": _tier_counts(collected.decisions, ids),
+        # CPU seconds of the worker while the backlog drained, per wall second: < 1 means it waited.
+        "worker_cpu_s": round(cpu_used, 2),
+        "worker_cpu_per_wall_s": round(cpu_used / span, 2) if span > 0 else None,
     }
 
 

@@ -207,13 +207,26 @@ class Tail:
 
 # --- ClickHouse ---------------------------------------------------------------------------------
 
-_READ_LOG = """
+_QUERY = """
 import sys, orjson
 from stream_engine.sinks.clickhouse.client import connect
 client = connect(sys.argv[1], sys.argv[2])
-rows = client.query("SELECT alert_id FROM proposition_log FINAL").result_rows
-print(orjson.dumps([r[0] for r in rows]).decode())
+rows = client.query(sys.argv[3], parameters=orjson.loads(sys.argv[4])).result_rows
+print(orjson.dumps([list(r) for r in rows], default=str).decode())
 """
+
+
+def clickhouse_query(settings: Settings, sql: str, parameters: dict[str, Any] | None = None, timeout: float = 120.0) -> list[list[Any]]:
+    """Rows of ``sql`` on a *stopped* worker's embedded chDB (its lock is held while it runs)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _QUERY, settings.effective_clickhouse_url, settings.clickhouse_database, sql,
+         json.dumps(parameters or {})],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise AssertionError(f"{sql!r} on {settings.effective_clickhouse_url} failed:\n{result.stderr[-3000:]}")
+    rows: list[list[Any]] = json.loads(result.stdout.strip().splitlines()[-1])
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,18 +235,8 @@ class LogCount:
     ids: frozenset[str]
 
 
-def clickhouse_rows(settings: Settings, timeout: float = 120.0) -> LogCount:
-    """The proposition log of a *stopped* worker's embedded chDB (its lock is held while it runs)."""
-    result = subprocess.run(
-        [sys.executable, "-c", _READ_LOG, settings.effective_clickhouse_url, settings.clickhouse_database],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"reading {settings.effective_clickhouse_url} failed:\n{result.stderr[-3000:]}")
-    ids = json.loads(result.stdout.strip().splitlines()[-1])
+def clickhouse_rows(settings: Settings) -> LogCount:
+    ids = [r[0] for r in clickhouse_query(settings, "SELECT alert_id FROM proposition_log FINAL")]
     return LogCount(len(ids), frozenset(ids))
 
 

@@ -16,8 +16,8 @@ import faust
 from faust.types import TP
 
 from stream_engine.models import DeadLetter, Decision
-from stream_engine.pipeline import RawMessage
-from stream_engine.runtime import Runtime
+from stream_engine.pipeline import BatchReport, RawMessage
+from stream_engine.runtime import OffsetsProbe, Runtime
 from stream_engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class FaustEmitter:
             await asyncio.gather(*acks)
 
 
-async def process_until_done(runtime: Runtime, messages: list[RawMessage]) -> None:
+async def process_until_done(runtime: Runtime, messages: list[RawMessage]) -> BatchReport:
     """A failed batch (broker or sink trouble) is retried, never skipped: its events stay
     un-acked meanwhile, so nothing is committed past it. Retries may duplicate decisions,
     which at-least-once allows and ClickHouse collapses."""
@@ -51,14 +51,56 @@ async def process_until_done(runtime: Runtime, messages: list[RawMessage]) -> No
     while True:
         try:
             assert runtime.pipeline is not None
-            await runtime.pipeline.process(messages)
-            return
+            return await runtime.pipeline.process(messages)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("batch of %d failed; retrying in %.1fs", len(messages), delay)
+        except Exception as exc:
+            runtime.monitor.batch_failed(exc)
+            log.exception(
+                "batch of %d failed; retrying in %.1fs", len(messages), delay, extra=batch_context(messages)
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def batch_context(messages: Sequence[RawMessage]) -> dict[str, Any]:
+    """``extra=`` for a log line about a batch: its size and where it starts."""
+    first = messages[0] if messages else None
+    return {
+        "batch_size": len(messages),
+        "partition": first.partition if first else None,
+        "offset": first.offset if first else None,
+    }
+
+
+def log_dead_letters(dead: Sequence[DeadLetter]) -> None:
+    # The payload is never logged: it may hold secrets, and the DLQ keeps it anyway.
+    for dl in dead:
+        log.warning(
+            "dead letter: %s",
+            dl.reason,
+            extra={"reason": dl.reason, "error": dl.error[:300], "partition": dl.partition, "offset": dl.offset},
+        )
+
+
+def consumer_offsets_probe(app: faust.App, topic: str) -> OffsetsProbe:
+    """(topic, partition, high-watermark, fetch position) per assigned partition of ``topic``."""
+
+    async def probe() -> list[tuple[str, int, int | None, int | None]]:
+        consumer = app.consumer
+        out: list[tuple[str, int, int | None, int | None]] = []
+        for tp in sorted(consumer.assignment()):
+            if tp.topic != topic:
+                continue
+            highwater = consumer.highwater(tp)  # None until the first fetch response
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            except Exception:  # mid-rebalance (or a timeout): the position is unknown for now
+                position = None
+            out.append((tp.topic, tp.partition, highwater, position))
+        return out
+
+    return probe
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faust.App, Runtime]:
@@ -83,6 +125,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         stream_buffer_maxsize=max(4096, settings.batch_max * 4),
     )
     alerts = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
+    runtime.consumer_offsets = consumer_offsets_probe(app, settings.topic_alerts)
     ready = asyncio.Event()
 
     @app.task
@@ -98,15 +141,20 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
             messages = [
                 RawMessage(e.message.value, e.message.partition, e.message.offset, e.message.topic) for e in events
             ]
-            await process_until_done(runtime, messages)
+            report = await process_until_done(runtime, messages)
+            runtime.monitor.observe_batch(report, messages)
+            if report.dead:
+                log_dead_letters(report.dead)
 
     @app.on_partitions_revoked.connect
     async def drop_revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
         runtime.lru.revoke([tp.partition for tp in revoked if tp.topic == settings.topic_alerts])
+        runtime.monitor.partitions_revoked((tp.topic, tp.partition) for tp in revoked if tp.topic == settings.topic_alerts)
 
     @app.on_partitions_assigned.connect
     async def keep_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
         runtime.lru.assign([tp.partition for tp in assigned if tp.topic == settings.topic_alerts])
+        runtime.monitor.partitions_assigned((tp.topic, tp.partition) for tp in assigned if tp.topic == settings.topic_alerts)
 
     @app.service
     class RuntimeStopper(faust.Service):  # type: ignore[misc]

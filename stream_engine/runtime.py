@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier
 from stream_engine.keys import KeyBuilder
+from stream_engine.monitor import Monitor
 from stream_engine.pipeline import Emitter, Pipeline, Triage
 from stream_engine.policy import DecisionPolicy
 from stream_engine.propositions.client import PropositionClient
@@ -17,10 +20,14 @@ from stream_engine.settings import Settings
 from stream_engine.validation import AlertDecoder
 
 if TYPE_CHECKING:
+    from stream_engine.api import ApiServer
     from stream_engine.propositions.updates import Invalidation, UpdatesListener
     from stream_engine.sinks import Sink
 
 log = logging.getLogger(__name__)
+
+# (topic, partition, high-watermark, fetch position) per assigned partition, for consumer lag.
+OffsetsProbe = Callable[[], Awaitable[list[tuple[str, int, "int | None", "int | None"]]]]
 
 
 def default_worker_name() -> str:
@@ -41,6 +48,10 @@ class Runtime:
         self._sink = sink
         self._listener: UpdatesListener | None = None
         self.pipeline: Pipeline | None = None
+        self.monitor = Monitor()
+        self.consumer_offsets: OffsetsProbe | None = None  # set by the faust app
+        self.api: ApiServer | None = None
+        self.started = False
 
     @property
     def sink(self) -> Sink:
@@ -50,16 +61,39 @@ class Runtime:
             self._sink = ClickHouseSink.from_settings(self.settings)
         return self._sink
 
-    async def start(self, emitter: Emitter) -> Pipeline:
+    async def start(self, emitter: Emitter, *, serve_api: bool = True) -> Pipeline:
         from stream_engine.propositions.updates import UpdatesListener
 
         await self.sink.start()
         self._listener = UpdatesListener(self.settings.kafka_bootstrap, self.settings.topic_updates, self.on_invalidation)
         await self._listener.start()
         self.pipeline = Pipeline(self.decoder, self.triage, emitter, self.sink, self.worker)
+        self.started = True
+        if serve_api:
+            await self._start_api()
         return self.pipeline
 
+    async def _start_api(self) -> None:
+        """The API is a side door: a taken port is logged loudly but does not stop the stream
+        (docker-compose's healthcheck on the port then reports the worker unhealthy)."""
+        from stream_engine.api import ApiServer
+
+        api = ApiServer(self)
+        try:
+            await api.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            log.error(
+                "api disabled: cannot bind %s:%s (%s)", self.settings.api_host, self.settings.api_port, exc.strerror
+            )
+            return
+        self.api = api
+
     async def stop(self) -> None:
+        self.started = False
+        if self.api is not None:
+            await self.api.stop()
         if self._listener is not None:
             await self._listener.stop()
         await self.client.close()

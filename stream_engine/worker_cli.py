@@ -20,6 +20,9 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging(settings)
     app, _ = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    # override_logging=False: keep our JSON lines instead of mode's colour console format.
+    worker = faust.Worker(
+        app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False
+    )
     worker.execute_from_commandline()
     return 0

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ClientFactory = Callable[[], "Client"]
+T = TypeVar("T")
 
 
 def log_rows_to_arrow(rows: Sequence[LogRow]) -> pyarrow.Table:
@@ -217,6 +218,23 @@ class ClickHouseSink:
             "journal_torn_lines": self._journal.torn_lines,
             "write_wait_seconds": self.write_wait_seconds,
         }
+
+    async def run_query(self, fn: Callable[[Client], T]) -> T:
+        """Run ``fn`` with the sink's own client in the sink's insert thread.
+
+        chDB lets one process open its data directory once, so while a worker runs, its sink's
+        client is the only way in: the worker's HTTP API serves analytics through here. Queries
+        queue behind an insert in progress (one thread), never beside it.
+        """
+        if self._stopping or self._flusher is None:
+            raise RuntimeError("ClickHouseSink is not running")
+
+        def call() -> T:
+            if self._client is None:
+                self._client = self._client_factory()
+            return fn(self._client)
+
+        return await asyncio.get_running_loop().run_in_executor(self._insert_pool, call)
 
     # --- write path -----------------------------------------------------------------------
 

@@ -1,0 +1,195 @@
+"""Route handlers of the worker HTTP API.
+
+``POST /api/v1/alerts/process`` decisions go through ``runtime.triage`` — the stream's own core,
+caches and proposition client — with two documented differences from the stream:
+
+* LRU: API alerts use a dedicated pseudo-partition, ``API_PARTITION`` (65535, the largest value
+  of ClickHouse's ``partition UInt16``). Kafka partitions are owned by the consumer group and
+  their LRUs are dropped on revocation; an API call must neither fill nor depend on them. Redis
+  is shared, so API calls still hit what the stream cached (and vice versa).
+* Logging: each API decision is written to ClickHouse through the sink like a stream decision,
+  with ``partition = 65535`` and ``offset = 0`` marking it as an API decision, before the
+  response is sent (so an answered decision is durable). Decisions are NOT published to the
+  ``decisions`` topic: the caller receives them in the response.
+
+A list is all-or-nothing: one invalid alert rejects the request (400 with its ``index``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from stream_engine.api.analytics import BadParams, build_query
+from stream_engine.api.metrics import RuntimeCollector, exposition
+from stream_engine.models import Alert
+from stream_engine.monitor import rss_bytes
+from stream_engine.pipeline import StageTimes
+from stream_engine.validation import InvalidAlert
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from stream_engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+API_PARTITION = 65535
+API_OFFSET = 0
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    # default=str: ClickHouse values orjson has no native form for (Decimal, UUID …) still render.
+    return web.Response(
+        body=orjson.dumps(body, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def error(status: int, kind: str, detail: str, **more: Any) -> web.Response:
+    return json_response({"error": kind, "detail": detail, **more}, status)
+
+
+class Handlers:
+    def __init__(self, runtime: Runtime, registry: CollectorRegistry, collector: RuntimeCollector) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.collector = collector
+
+    # --- POST /api/v1/alerts/process --------------------------------------------------------
+
+    async def process(self, request: web.Request) -> web.Response:
+        runtime = self.runtime
+        if not runtime.started or runtime.pipeline is None:
+            return error(503, "not_ready", "the worker is not started")
+        body = await request.read()  # aiohttp raises 413 past client_max_size
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return error(400, "not_json", str(exc))
+        items = data if isinstance(data, list) else [data]
+        alerts: list[Alert] = []
+        decode = runtime.decoder.decode
+        for i, item in enumerate(items):
+            try:
+                # Re-encoding one item costs microseconds and gives exactly the stream's rules
+                # (size limit, object check, schema and its error wording).
+                alerts.append(decode(orjson.dumps(item)))
+            except InvalidAlert as exc:
+                return error(400, exc.reason, exc.detail, index=i)
+        if not alerts:
+            return json_response({"decisions": []})
+
+        received_ns = time.time_ns()
+        triage = runtime.triage
+        envelopes = [triage.envelope(a, API_PARTITION, API_OFFSET, received_ns) for a in alerts]
+        times = StageTimes()
+        decisions = await triage.decide(envelopes, times)
+        t0 = time.perf_counter_ns()
+        pipeline = runtime.pipeline
+        metrics = [m for m in pipeline.metrics(times, decisions, received_ns) if m.stage not in ("decode", "produce")]
+        await runtime.sink.write(pipeline.rows(envelopes, decisions), metrics)
+        times.sink = time.perf_counter_ns() - t0
+        runtime.monitor.observe_api(times, decisions)
+        log.debug("api decided %d alert(s)", len(decisions), extra={"batch_size": len(decisions)})
+        return json_response({"decisions": decisions})
+
+    # --- GET /api/v1/stats ------------------------------------------------------------------
+
+    async def stats(self, request: web.Request) -> web.Response:
+        runtime = self.runtime
+        monitor = runtime.monitor
+        snapshot = monitor.snapshot()
+        client = runtime.client.stats()
+        redis = runtime.redis.stats()
+        sink = runtime.sink.stats() if runtime.started else {}
+        pool_max = runtime.settings.service_pool_size
+        open_connections = client.get("pool_connections")
+        snapshot["errors"].update(
+            redis_errors=redis["errors"],
+            service_failed_batches=client["failures"],
+            service_breaker_rejections=client["breaker_rejections"],
+            sink_failures=sink.get("failures", 0),
+            sink_last_error=sink.get("last_error", ""),
+        )
+        snapshot.update(
+            worker=runtime.worker,
+            started=runtime.started,
+            http_pool={
+                "open_connections": open_connections,
+                "max_connections": pool_max,
+                "utilisation": (open_connections / pool_max) if open_connections is not None else None,
+            },
+            consumer_lag=await self.refresh_lag(),
+            lru=runtime.lru.stats(),
+            redis=redis,
+            service=client,
+            sink=sink,
+        )
+        return json_response(snapshot)
+
+    async def refresh_lag(self) -> dict[str, dict[str, Any]]:
+        probe = self.runtime.consumer_offsets
+        if probe is None:
+            return {}
+        try:
+            offsets = await probe()
+        except Exception as exc:  # lag is informative; a consumer mid-rebalance must not fail /stats
+            log.debug("consumer offsets unavailable: %s", exc)
+            return {}
+        self.collector.lag = self.runtime.monitor.consumer_lag(offsets)
+        return self.collector.lag
+
+    # --- GET /api/v1/analytics/{name} -------------------------------------------------------
+
+    async def analytics(self, request: web.Request) -> web.Response:
+        sink = self.runtime.sink
+        run_query = getattr(sink, "run_query", None)
+        if run_query is None:
+            return error(501, "no_clickhouse", "this worker's sink does not answer queries")
+        try:
+            query = build_query(request.match_info["name"], request.query)
+        except BadParams as exc:
+            return error(400, "params", str(exc))
+        started = time.perf_counter()
+        try:
+            result = await run_query(query)
+        except ValueError as exc:  # the query API's own parameter checks
+            return error(400, "params", str(exc))
+        except RuntimeError as exc:
+            return error(503, "not_ready", str(exc))
+        except Exception as exc:
+            log.warning("analytics query %s failed: %s", request.match_info["name"], exc)
+            return error(502, "clickhouse", f"{type(exc).__name__}: {exc}"[:500])
+        return json_response({"query": request.match_info["name"], "seconds": time.perf_counter() - started, "rows": result})
+
+    # --- GET /healthz, GET /metrics ---------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        runtime = self.runtime
+        monitor = runtime.monitor
+        why = None
+        if not runtime.started:
+            why = "runtime not started"
+        elif runtime.consumer_offsets is not None and not monitor.assignment_seen:
+            why = "waiting for a partition assignment"
+        body = {
+            "status": "ok" if why is None else "unavailable",
+            "worker": runtime.worker,
+            "partitions": sorted(p for _, p in monitor.assigned),
+            "uptime_s": monitor.uptime_s,
+            "rss_bytes": rss_bytes(),
+        }
+        if why is not None:
+            body["why"] = why
+        return json_response(body, 200 if why is None else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        await self.refresh_lag()
+        return web.Response(body=exposition(self.registry), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})

@@ -1,0 +1,281 @@
+"""RESULTS.md and PNG plots from the JSON results in a directory.
+
+    python -m benchmarks.report [--results-dir benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, BenchResult
+
+AIM_ALERTS_PER_S = 25_000
+AIM_OF_BARE = 0.5
+AIM_OF_NAIVE = 10.0
+AIM_P99_MS_AT_1K = 50.0
+
+
+def load_all(directory: Path) -> dict[str, BenchResult]:
+    return {p.stem: BenchResult.load(p) for p in sorted(directory.glob("*.json"))}
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and digits:
+        return f"{value:,.{digits}f}"
+    return f"{value:,.0f}" if isinstance(value, (int, float)) else str(value)
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def throughput_rows(r: dict[str, BenchResult]) -> tuple[list[list[str]], dict[str, float | None]]:
+    get = lambda name: r[name].metrics.get("msgs_per_s_median") if name in r else None  # noqa: E731
+    bare, naive, naive0 = get("baseline_bare"), get("baseline_naive"), get("baseline_naive_nolatency")
+    ours_hit, ours_typ = get("e2e_throughput_ci_failures"), get("e2e_throughput_typical")
+    ratios = {
+        "hit_heavy_vs_bare": _ratio(ours_hit, bare),
+        "typical_vs_naive": _ratio(ours_typ, naive),
+        "hit_heavy_vs_naive": _ratio(ours_hit, naive),
+        "typical_vs_naive_nolatency": _ratio(ours_typ, naive0),
+    }
+    def runs(name: str) -> str:
+        return str(len(r[name].runs)) if name in r else "–"
+    def cpu(name: str) -> str:
+        if name not in r:
+            return "–"
+        values = [x.get("worker_cpu_per_wall_s") for x in r[name].runs if x.get("worker_cpu_per_wall_s") is not None]
+        return f"{sorted(values)[len(values) // 2]:.2f}" if values else "–"
+    rows = [
+        ["bare aiokafka consume→produce (ceiling)", _num(bare), runs("baseline_bare"), "–", "–"],
+        ["naive: one alert at a time, service 20/50 ms", _num(naive, 1), runs("baseline_naive"), "–", "–"],
+        ["naive, service without latency", _num(naive0, 1), runs("baseline_naive_nolatency"), "–", "–"],
+        ["**engine**, hit-heavy (ci_failures), service 20/50 ms", _num(ours_hit), runs("e2e_throughput_ci_failures"),
+         cpu("e2e_throughput_ci_failures"), f"{_num(ratios['hit_heavy_vs_bare'], 2)}× bare (aim ≥ {AIM_OF_BARE}); "
+         f"aim ≥ {AIM_ALERTS_PER_S:,}/s"],
+        ["**engine**, typical, service 20/50 ms", _num(ours_typ), runs("e2e_throughput_typical"),
+         cpu("e2e_throughput_typical"), f"{_num(ratios['typical_vs_naive'], 1)}× naive (aim ≥ {AIM_OF_NAIVE:.0f}×)"],
+    ]
+    return rows, ratios
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(r: dict[str, BenchResult], command: str) -> str:
+    any_result = next(iter(r.values()), None)
+    machine = any_result.machine if any_result else {}
+    started = min((x.started_at for x in r.values() if x.started_at), default="?")
+    loads = [x.machine.get("loadavg_at_start", [None])[0] for x in r.values()]
+    out = [
+        "# Benchmark results",
+        "",
+        f"- **Command**: `{command}`",
+        f"- **Date**: {started} (UTC)",
+        f"- **Machine**: nproc={machine.get('nproc')}, RAM={_num(machine.get('ram_mb'))} MB, CPU={machine.get('cpu')}, "
+        f"Python {machine.get('python')}, Kafka {machine.get('kafka')}, {machine.get('platform')}",
+        f"- **Load average (1 min) at the start of each benchmark**: {', '.join(_num(x, 2) for x in loads if x is not None)} "
+        "(2 cores: anything above ~0.3 means other work shared the machine)",
+        "- Every number below comes from the JSON next to this file (same directory), which also holds each run.",
+        "",
+        "## Throughput (alerts/s, median of runs)",
+        "",
+    ]
+    rows, _ = throughput_rows(r)
+    out.append(table(["path", "alerts/s", "runs", "worker CPU s / wall s", "vs"], rows))
+    out += ["", "![throughput](throughput.png)", ""]
+
+    if "e2e_latency" in r:
+        lat = r["e2e_latency"]
+        out += [f"## Publish → decision latency at fixed rates (profile `{lat.params.get('profile')}`, "
+                f"service median {lat.params.get('service_median_ms')} ms / p99 {lat.params.get('service_p99_ms')} ms)", ""]
+        rows = []
+        for run in lat.runs:
+            rec, seen, lru = run["record"], run["seen"], run["by_tier"].get("lru", {})
+            rows.append([_num(run["rate"]), _num(run["achieved_publish_rate"]), _num(run["decided"]),
+                         _num(rec.get("p50_ms"), 1), _num(rec.get("p95_ms"), 1), _num(rec.get("p99_ms"), 1),
+                         _num(rec.get("max_ms"), 1), _num(lru.get("p99_ms"), 1), _num(seen.get("p99_ms"), 1),
+                         ", ".join(f"{k} {v}" for k, v in sorted(run["tiers"].items()))])
+        out.append(table(["rate/s", "achieved", "decided", "p50 ms", "p95 ms", "p99 ms", "max ms", "p99 ms (lru hits)",
+                          "p99 ms (seen by consumer)", "tiers"], rows))
+        out += ["", f"Aim: p99 ≤ {AIM_P99_MS_AT_1K:.0f} ms at 1k alerts/s on hits (column *lru hits*).", "",
+                "![latency](latency.png)", ""]
+
+    if "hitratio" in r:
+        hr = r["hitratio"]
+        out += [f"## Hit ratio per profile ({_num(hr.params.get('size'))} alerts at {_num(hr.params.get('rate'))}/s, "
+                f"LRU {_num(hr.params.get('lru_size_per_partition'))}/partition, TTL {_num(hr.params.get('lru_ttl_s'))} s)", ""]
+        rows = []
+        for row in hr.runs:
+            b, eng = row["bounds"], row.get("engine", {})
+            target = row.get("target")
+            target_text = "–" if not target else (f"≥ {target[0]:.0%}" if target[1] is None else f"{target[0]:.0%}–{target[1]:.0%}")
+            rows.append([row["profile"], _num(row["distinct_keys"]), _pct(eng.get("hit_ratio")), _pct(eng.get("service_avoided_ratio")),
+                         _pct(b["best_achievable"]), _pct(b["lru"]), _pct(b.get("lru_batched")), target_text, row.get("verdict", "–")])
+        out.append(table(["profile", "distinct keys", "engine hit ratio", "engine: alerts not sent to service",
+                          "trace optimum", "LRU bound", f"LRU, batched lookups (batch≈{hr.runs[0].get('expected_batch', '?') if hr.runs else '?'})",
+                          "target", "verdict"], rows))
+        out += ["", "Trace optimum = min(1 − compulsory misses within the TTL, Belady OPT at the LRU capacity). "
+                "TTL optimum of the larger sweep trace if it arrived slowly (the TTL starts to matter):", ""]
+        rows = [[row["profile"], *(_pct(v) for v in row["ttl_optimum_by_rate"].values())] for row in hr.runs]
+        rates = list(hr.runs[0]["ttl_optimum_by_rate"]) if hr.runs else []
+        out.append(table(["profile", *(f"{x}/s" for x in rates)], rows))
+        out += ["", "![hit ratio](hitratio.png) ![capacity](hitratio_capacity.png)", ""]
+
+    if "memory" in r:
+        m = r["memory"]
+        out += ["## Worker memory (RSS)", ""]
+        growth = m.metrics.get("growth_per_100k_steady_mb")
+        out.append(table(["measure", "value", "target"], [
+            ["idle", f"{_num(m.metrics.get('rss_idle_mb'), 1)} MB", "~50 MB"],
+            [f"with {m.params.get('cached')} cached propositions",
+             f"{_num(m.metrics.get('rss_with_%s_cached_mb' % m.params.get('cached')), 1)} MB", "~150 MB"],
+            ["growth, first step, per 100k alerts", f"{_num(m.metrics.get('growth_first_step_per_100k_mb'), 1)} MB", "–"],
+            ["growth, later steps, per 100k alerts (median)", f"{_num(growth, 1)} MB",
+             "< 1 MB per 100 requests = < 1000 MB per 100k"],
+        ]))
+        out += ["", "![memory](memory.png)", ""]
+
+    if "profile_worker" in r:
+        p = r["profile_worker"]
+        summary = p.runs[1] if len(p.runs) > 1 else {}
+        out += [f"## Where the worker's time goes at maximum throughput (py-spy, {_num(summary.get('samples'))} samples, "
+                f"{_num(p.metrics.get('msgs_per_s_while_sampled'))} alerts/s while sampled)", ""]
+        out.append(table(["area", "% of samples"], [[a, f"{v:.1f}"] for a, v in summary.get("by_area", {}).items()]))
+        out += ["", table(["function (own time)", "% of samples"], [[f"`{x['frame']}`", f"{x['pct']:.1f}"] for x in summary.get("top_own", [])[:15]]), ""]
+
+    out += ["## API targets (`POST /api/v1/alerts/process`)", "",
+            "Not measured: the worker HTTP API is another issue and is not built yet (see benchmarks/README.md, TODO).", ""]
+    return "\n".join(out)
+
+
+def render_plots(r: dict[str, BenchResult], directory: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    subtitle = ""
+    if r:
+        m = next(iter(r.values())).machine
+        subtitle = f"{m.get('nproc')} cores, {m.get('cpu')}, Python {m.get('python')}, Kafka {m.get('kafka')}"
+
+    def save(fig: Any, name: str) -> None:
+        fig.text(0.01, 0.01, subtitle, fontsize=7, color="gray")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        path = directory / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    names = [("baseline_bare", "bare loop"), ("baseline_naive", "naive\n(20 ms svc)"),
+             ("baseline_naive_nolatency", "naive\n(0 ms svc)"), ("e2e_throughput_ci_failures", "engine\nhit-heavy"),
+             ("e2e_throughput_typical", "engine\ntypical")]
+    present = [(label, r[n].metrics.get("msgs_per_s_median")) for n, label in names if n in r]
+    if present:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar([p[0] for p in present], [p[1] or 0 for p in present], color=["#888", "#c66", "#e99", "#36c", "#69c"][: len(present)])
+        ax.set_yscale("log")
+        ax.set_ylabel("alerts/s (median, log scale)")
+        ax.axhline(AIM_ALERTS_PER_S, ls="--", color="green", lw=1, label=f"aim {AIM_ALERTS_PER_S:,}/s")
+        ax.legend()
+        ax.set_title("Maximum sustained throughput")
+        save(fig, "throughput.png")
+
+    if "e2e_latency" in r and r["e2e_latency"].runs:
+        runs = r["e2e_latency"].runs
+        labels = [str(x["rate"]) for x in runs]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        width = 0.2
+        for i, q in enumerate(("p50_ms", "p95_ms", "p99_ms", "max_ms")):
+            ax.bar([j + i * width for j in range(len(runs))], [x["record"].get(q, 0) for x in runs], width, label=q[:-3])
+        ax.set_xticks([j + 1.5 * width for j in range(len(runs))], labels)
+        ax.set_xlabel("publish rate (alerts/s)")
+        ax.set_ylabel("publish → decision (ms, log)")
+        ax.set_yscale("log")
+        ax.axhline(AIM_P99_MS_AT_1K, ls="--", color="green", lw=1, label="aim p99 at 1k/s")
+        ax.legend()
+        ax.set_title("Streaming latency")
+        save(fig, "latency.png")
+
+    if "hitratio" in r and r["hitratio"].runs:
+        rows = r["hitratio"].runs
+        fig, ax = plt.subplots(figsize=(7, 4))
+        width = 0.25
+        xs = range(len(rows))
+        ax.bar([x - width for x in xs], [row.get("engine", {}).get("hit_ratio") or 0 for row in rows], width, label="engine")
+        ax.bar(list(xs), [row["bounds"]["best_achievable"] for row in rows], width, label="trace optimum")
+        ax.bar([x + width for x in xs], [row["bounds"].get("lru_batched", 0) for row in rows], width, label="LRU, batched lookups")
+        for x, row in zip(xs, rows):
+            if row.get("target"):
+                low, high = row["target"]
+                ax.plot([x - 0.4, x + 0.4], [low, low], color="black", lw=2)
+                if high:
+                    ax.plot([x - 0.4, x + 0.4], [high, high], color="black", lw=1, ls="--")
+        ax.set_xticks(list(xs), [row["profile"] for row in rows])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("hit ratio")
+        ax.legend(loc="lower left", fontsize=8)
+        ax.set_title("Hit ratio per profile (black: target range)")
+        save(fig, "hitratio.png")
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for row in rows:
+            sweep = row["sweep"]
+            line = ax.plot(sweep["capacities"], sweep["lru"], marker="o", label=f"{row['profile']} LRU")[0]
+            ax.plot(sweep["capacities"], sweep["belady"], ls="--", color=line.get_color(), label=f"{row['profile']} OPT")
+        ax.set_xscale("log")
+        ax.set_xlabel("cache capacity per partition (entries)")
+        ax.set_ylabel("hit ratio")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"Hit ratio vs capacity ({_num(rows[0]['sweep']['size'])}-alert traces)")
+        save(fig, "hitratio_capacity.png")
+
+    if "memory" in r and r["memory"].runs:
+        points = r["memory"].runs
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot([p["alerts"] for p in points], [p["rss_mb"] for p in points], marker="o")
+        for p in points:
+            ax.annotate(p["stage"], (p["alerts"], p["rss_mb"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        ax.set_xlabel("alerts processed")
+        ax.set_ylabel("worker RSS (MB)")
+        ax.set_title("Worker memory")
+        save(fig, "memory.png")
+    return written
+
+
+def render(directory: Path = RESULTS_DIR, command: str | None = None) -> Path:
+    results = load_all(directory)
+    command = command or next((x.command for x in results.values()), "?")
+    path = directory / "RESULTS.md"
+    path.write_text(render_markdown(results, command))
+    render_plots(results, directory)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    print(render(args.results_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

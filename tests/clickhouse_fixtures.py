@@ -32,6 +32,33 @@ def http_clickhouse_url() -> str | None:
     return url if url.startswith(("http://", "https://")) else None
 
 
+REAL_HTTP_SKIP_REASON = (
+    "HTTP ClickHouse backend NOT TESTED against a real server: "
+    "set STREAM_ENGINE_CLICKHOUSE_URL=http(s)://user:pass@host:port"
+)
+
+
+@pytest.fixture(scope="module")
+def chdb_http_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The chDB-backed TEST DOUBLE of ClickHouse's HTTP interface, in its own process, any free port."""
+    from tests.chdb_http_double import start_double
+
+    double = start_double(tmp_path_factory.mktemp("chdb-http-double") / "data")
+    yield double
+    double.stop()
+
+
+@pytest.fixture(scope="module", params=["real-server", "chdb-http-double"])
+def http_clickhouse(request: pytest.FixtureRequest) -> str:
+    """An http(s) ClickHouse URL: the real server if configured (else SKIPPED), and the test double."""
+    if request.param == "real-server":
+        url = http_clickhouse_url()
+        if url is None:
+            pytest.skip(REAL_HTTP_SKIP_REASON)
+        return url
+    return str(request.getfixturevalue("chdb_http_double").url)
+
+
 def unique_database(prefix: str = "t") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 

@@ -1,7 +1,9 @@
-"""The same client/schema/sink/query path over HTTP, against a real ClickHouse server.
+"""The same client/schema/sink/query path over HTTP, against a real ClickHouse server and the double.
 
-Runs only when STREAM_ENGINE_CLICKHOUSE_URL is an http(s) URL (no modern server is installable
-on the dev machines, see shared notes); otherwise it is SKIPPED, which is not a pass.
+``real-server`` runs only when STREAM_ENGINE_CLICKHOUSE_URL is an http(s) URL (no modern server is
+installable on the dev machines, see shared notes); otherwise it is SKIPPED, which is not a pass.
+``chdb-http-double`` runs the same test through ``tests/chdb_http_double.py``, a TEST DOUBLE of the
+HTTP interface over chDB (not a ClickHouse server), so the HTTP code path runs everywhere.
 """
 
 from __future__ import annotations
@@ -15,31 +17,23 @@ from stream_engine.sinks.clickhouse import queries
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.schema import migrate
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.clickhouse_fixtures import http_clickhouse_url, make_rows, unique_database
+from tests.clickhouse_fixtures import chdb_http_double, http_clickhouse, make_rows, unique_database  # noqa: F401
 
-HTTP_URL = http_clickhouse_url()
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        HTTP_URL is None,
-        reason="HTTP ClickHouse backend NOT TESTED: set STREAM_ENGINE_CLICKHOUSE_URL=http(s)://user:pass@host:port",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 
-async def test_http_migrate_write_query(tmp_path: Path) -> None:
-    assert HTTP_URL is not None
+async def test_http_migrate_write_query(http_clickhouse: str, tmp_path: Path) -> None:  # noqa: F811
     database = unique_database("http")
-    admin = connect(HTTP_URL, None)
+    admin = connect(http_clickhouse, None)
     try:
         assert migrate(admin, database, ttl_days=30) == [1, 2, 3]
         assert migrate(admin, database, ttl_days=30) == []
-        sink = ClickHouseSink(lambda: connect(HTTP_URL, database), tmp_path / "j", flush_interval_s=0.05)
+        sink = ClickHouseSink(lambda: connect(http_clickhouse, database), tmp_path / "j", flush_interval_s=0.05)
         await sink.start()
         rows = make_rows(500)
         await sink.write(rows, [])
         await sink.stop()
-        client = connect(HTTP_URL, database)
+        client = connect(http_clickhouse, database)
         assert client.query("SELECT count() FROM proposition_log FINAL").result_rows[0][0] == 500
         got = queries.get_proposition_logs_batch(client, ["a1", "a2", "x' OR 1=1 --"])
         assert set(got) == {"a1", "a2"}

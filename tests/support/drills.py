@@ -243,3 +243,54 @@ def clickhouse_rows(settings: Settings) -> LogCount:
 def journal_segments(settings: Settings) -> int:
     directory = settings.data_dir / "journal"
     return len(list(directory.glob("seg-*.jsonl"))) if directory.exists() else 0
+
+
+# --- a Redis of the drill's own ------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """``redis-server`` on its own port without persistence, so a drill may crash and restart it
+    (coming back empty, like a crashed cache) without touching the shared dev Redis."""
+
+    def __init__(self, port: int, log_path: Path) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        import redis
+
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        client = redis.Redis.from_url(self.url, socket_timeout=0.5)
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    raise AssertionError(f"redis-server on {self.port} did not start: {self.log_path.read_text()[-2000:]}")
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+
+    def count(self, pattern: str) -> int:
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_timeout=0.5)
+        try:
+            return sum(1 for _ in client.scan_iter(match=pattern, count=500))
+        finally:
+            client.close()

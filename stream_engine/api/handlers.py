@@ -66,9 +66,9 @@ class Handlers:
 
     async def process(self, request: web.Request) -> web.Response:
         runtime = self.runtime
+        body = await request.read()  # aiohttp raises 413 past client_max_size
         if not runtime.started or runtime.pipeline is None:
             return error(503, "not_ready", "the worker is not started")
-        body = await request.read()  # aiohttp raises 413 past client_max_size
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

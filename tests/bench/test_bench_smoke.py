@@ -1,0 +1,149 @@
+"""Every benchmark runs at a tiny size and produces a well-formed result (no timing asserted),
+plus the hit-ratio bounds on hand-checkable traces."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import baseline_bare, baseline_naive, e2e_stream, hitratio, memory, report
+from benchmarks.common import BenchResult, latency_summary, percentile
+from benchmarks.trace import TraceSpec, arrival_times, belady, lru, lru_batched, make_trace, ttl_optimum
+from stream_engine.keys import KeyBuilder
+from stream_engine.models import Alert
+from stream_engine.settings import Settings
+
+
+# --- pure: bounds and statistics --------------------------------------------------------------
+def test_ttl_optimum_counts_only_compulsory_misses_and_expiry() -> None:
+    keys = ["a", "b", "a", "a", "b"]
+    assert ttl_optimum(keys, [0, 1, 2, 3, 4], ttl_s=100) == pytest.approx(3 / 5)
+    # "a" filled at 0 expires at 2.5: the lookup at 3 misses and refills; "b" (1 → 3.5) misses at 4.
+    assert ttl_optimum(keys, [0, 1, 2, 3, 4], ttl_s=2.5) == pytest.approx(1 / 5)
+    assert ttl_optimum([], [], 1) == 0.0
+
+
+def test_belady_beats_lru_where_lru_thrashes_and_both_respect_capacity() -> None:
+    keys = ["a", "b", "c"] * 4  # cyclic over 3 keys with room for 2: LRU never hits
+    parts = [0] * len(keys)
+    times = list(range(len(keys)))
+    assert lru(keys, times, parts, capacity=2, ttl_s=1e9) == 0.0
+    assert belady(keys, parts, capacity=2) > 0.3
+    assert belady(keys, parts, capacity=3) == lru(keys, times, parts, capacity=3, ttl_s=1e9) == pytest.approx(9 / 12)
+
+
+def test_partitions_have_separate_capacity() -> None:
+    keys = ["a", "b", "a", "b"]
+    times = [0, 1, 2, 3]
+    assert lru(keys, times, [0, 0, 0, 0], capacity=1, ttl_s=1e9) == 0.0
+    assert lru(keys, times, [0, 1, 0, 1], capacity=1, ttl_s=1e9) == pytest.approx(0.5)
+
+
+def test_batched_lookups_miss_every_copy_inside_a_batch() -> None:
+    keys = ["a", "a", "a", "a"]
+    args = (keys, [0, 1, 2, 3], [0] * 4, 10, 1e9)
+    assert lru(*args) == pytest.approx(3 / 4)
+    assert lru_batched(*args, batch=2) == pytest.approx(2 / 4)
+    assert lru_batched(*args, batch=4) == 0.0
+
+
+def test_trace_keys_are_the_engines_keys_and_bursts_keep_the_mean_rate() -> None:
+    settings = Settings()
+    trace = make_trace(TraceSpec("typical", size=300, rate=100.0, burst=5.0, burst_period_s=1.0, burst_duty=0.1, seed=3))
+    builder = KeyBuilder.from_settings(settings)
+    assert trace.keys == [builder.key_for(Alert(**a)) for a in trace.alerts]
+    assert all(0 <= p < 6 for p in trace.partitions)
+    assert trace.times == sorted(trace.times)
+    assert 300 / trace.times[-1] == pytest.approx(100.0, rel=0.1)
+    peak, quiet = TraceSpec(rate=100.0, burst=5.0, burst_duty=0.1).rates()
+    assert (peak, round(quiet, 6)) == (500.0, round(50 / 0.9, 6))
+    with pytest.raises(ValueError):
+        TraceSpec(burst=20.0, burst_duty=0.1)
+    assert arrival_times(TraceSpec(size=3, rate=2.0)) == [0.0, 0.5, 1.0]
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0 and percentile(values, 99) == 99.0 and percentile(values, 100) == 100.0
+    assert math.isnan(percentile([], 50))
+    summary = latency_summary([3.0, 1.0, 2.0])
+    assert summary["count"] == 3 and summary["max_ms"] == 3.0 and summary["p50_ms"] == 2.0
+    assert latency_summary([]) == {"count": 0}
+
+
+# --- every benchmark at a tiny size on the real stack --------------------------------------------
+def _well_formed(result: BenchResult, name: str, tmp_path: Path) -> BenchResult:
+    assert result.name == name
+    assert result.machine["nproc"] and result.machine["python"] and result.machine["kafka"]
+    assert result.started_at and result.duration_s > 0 and result.runs
+    path = result.write(tmp_path)
+    again = BenchResult.load(path)
+    assert again.metrics == result.metrics
+    return again
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+async def test_every_benchmark_runs_at_a_tiny_size_and_the_report_renders(stack: Settings, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+
+    bare = _well_formed(await baseline_bare.run(stack, messages=300, runs=1), "baseline_bare", out)
+    assert bare.runs[0]["messages"] == 300 and bare.metrics["msgs_per_s_median"] > 0
+
+    naive = _well_formed(await baseline_naive.run(stack, messages=10, runs=1, latency_median_ms=0), "baseline_naive_nolatency", out)
+    assert naive.runs[0]["messages"] == 10 and naive.runs[0]["service_failures"] == 0
+
+    tput = _well_formed(await e2e_stream.throughput(stack, backlog=300, runs=1, profile="ci_failures"),
+                        "e2e_throughput_ci_failures", out)
+    run = tput.runs[0]
+    assert run["complete"] and run["decided"] == 300 and sum(run["tiers"].values()) == 300
+
+    lat = _well_formed(await e2e_stream.latency(stack, rates=(50,), seconds=1.0, profile="typical"), "e2e_latency", out)
+    assert lat.runs[0]["decided"] == 50 and lat.runs[0]["record"]["count"] == 50
+
+    hits = _well_formed(await hitratio.run(stack, size=200, rate=500, profiles=("ci_failures",), sweep_size=300),
+                        "hitratio", out)
+    row = hits.runs[0]
+    assert row["engine"]["decided"] == 200 and 0 <= row["engine"]["hit_ratio"] <= row["bounds"]["best_achievable"] + 1e-9
+    assert len(row["sweep"]["lru"]) == len(row["sweep"]["capacities"])
+
+    mem = _well_formed(await memory.run(stack, step_alerts=200, steps=2, cached=20), "memory", out)
+    assert [p["stage"] for p in mem.runs] == ["idle", "20_cached", "after_step_1", "after_step_2"]
+    assert all(p["rss_mb"] > 0 for p in mem.runs) and mem.metrics["complete"]
+
+    md = report.render(out, "pytest smoke")
+    text = md.read_text()
+    assert "pytest smoke" in text and "nproc=" in text and "## Throughput" in text and "## Hit ratio" in text
+    assert {p.name for p in out.glob("*.png")} >= {"throughput.png", "latency.png", "hitratio.png", "memory.png"}
+
+
+def test_profile_summary_charges_own_time_to_leaves_and_areas() -> None:
+    from benchmarks.profile_worker import summarise
+
+    collapsed = "\n".join([
+        "main (stream_engine/cli.py:1);process (stream_engine/pipeline.py:10);loads (orjson/__init__.py:1) 6",
+        "main (stream_engine/cli.py:1);insert (site-packages/chdb/state/sqlitelike.py:5) 3",
+        "main (stream_engine/cli.py:1) 1",
+        "garbage line",
+    ])
+    summary = summarise(collapsed)
+    assert summary["samples"] == 10
+    assert summary["top_own"][0] == {"frame": "loads (orjson/__init__.py)", "pct": 60.0}
+    assert summary["by_area"]["json/orjson"] == 60.0 and summary["by_area"]["clickhouse"] == 30.0
+    assert {"frame": "main (stream_engine/cli.py)", "pct": 100.0} in summary["top_inclusive"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+async def test_profile_worker_runs_at_a_tiny_size(stack: Settings, tmp_path: Path) -> None:
+    from benchmarks import profile_worker
+
+    try:
+        profile_worker.py_spy()
+    except SystemExit:
+        pytest.skip("py-spy is not installed (pip install py-spy)")
+    result = _well_formed(await profile_worker.run(stack, backlog=500, out_dir=tmp_path), "profile_worker", tmp_path)
+    assert result.runs[0]["complete"] and result.runs[0]["decided"] == 500
+    assert result.metrics["samples"] == result.runs[1]["samples"] and (tmp_path / "profile_worker.collapsed.txt").exists()

@@ -11,6 +11,7 @@ the event loop, so no locks.
 
 from __future__ import annotations
 
+import itertools
 import os
 import resource
 import time
@@ -38,6 +39,8 @@ class StageHistogram:
     def __init__(self) -> None:
         self.hist = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
         self.clamped = 0
+        # Our own exact sum: hdrh's get_mean_value walks every bucket in Python (~60 ms).
+        self.sum_us = 0
 
     def record_us(self, value_us: int, count: int = 1) -> None:
         if value_us < LOWEST_US:
@@ -46,6 +49,7 @@ class StageHistogram:
             value_us = HIGHEST_US
             self.clamped += count
         self.hist.record_value(value_us, count)
+        self.sum_us += value_us * count
 
     @property
     def count(self) -> int:
@@ -61,7 +65,7 @@ class StageHistogram:
         values = h.get_percentile_to_value_dict([50, 95, 99])
         return {
             "count": self.count,
-            "avg_ms": h.get_mean_value() / 1000.0,
+            "avg_ms": self.sum_us / self.count / 1000.0,
             "p50_ms": values[50] / 1000.0,
             "p95_ms": values[95] / 1000.0,
             "p99_ms": values[99] / 1000.0,
@@ -69,23 +73,18 @@ class StageHistogram:
         }
 
     def cumulative_counts(self, bounds_us: Sequence[int]) -> list[int]:
-        """Samples ≤ each bound (ascending bounds): Prometheus histogram buckets from the HDR one."""
-        out = [0] * len(bounds_us)
-        i = 0
-        running = 0
-        for item in self.hist.get_recorded_iterator():
-            value = item.value_iterated_to
-            while i < len(bounds_us) and value > bounds_us[i]:
-                out[i] = running
-                i += 1
-            running += item.count_at_value_iterated_to
-        while i < len(bounds_us):
-            out[i] = running
-            i += 1
-        return out
+        """Samples ≤ each bound (ascending): Prometheus histogram buckets from the HDR one.
+
+        A sample in the same HDR bucket as a bound (within 0.1% of it) counts as ≤ the bound.
+        One pass over the fixed counts array, not hdrh's (much slower) recorded-value iterator.
+        """
+        h = self.hist
+        ends = [h.get_counts_array_index(min(max(b, LOWEST_US), HIGHEST_US)) + 1 for b in bounds_us]
+        totals = list(itertools.accumulate(h.counts[: ends[-1]])) if ends else []
+        return [totals[e - 1] if e > 0 else 0 for e in ends]
 
     def sum_ms(self) -> float:
-        return self.hist.get_mean_value() * self.count / 1000.0
+        return self.sum_us / 1000.0
 
 
 @dataclass(slots=True)

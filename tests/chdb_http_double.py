@@ -50,6 +50,7 @@ import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,7 +171,11 @@ class Engine:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         self._session = Session(data_dir)
         self._lock = threading.Lock()
-        self._spool = tempfile.mkdtemp(prefix="chdb-http-double-")
+        # Insert data is spooled next to the data directory: a killed double leaves nothing in /tmp
+        # and the next start clears what it left.
+        self._spool = str(Path(data_dir).resolve()) + ".http-double-spool"
+        shutil.rmtree(self._spool, ignore_errors=True)
+        os.mkdir(self._spool)
         self.version, self.timezone = self._raw("SELECT version(), timezone()").decode().rstrip("\n").split("\t")
         compression = self._raw("SELECT value FROM system.settings WHERE name = 'enable_http_compression'")
         self.http_compression_default = compression.decode().strip() or "0"
@@ -182,6 +187,7 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             self._session.close()
+        shutil.rmtree(self._spool, ignore_errors=True)
 
     def execute(self, args: dict[str, str], body: bytes) -> tuple[bytes, str | None, dict[str, str]]:
         """(result bytes, result format or None for a statement without a result set, summary)."""

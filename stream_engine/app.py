@@ -121,6 +121,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         broker_commit_interval=settings.commit_interval_s,
         producer_linger_ms=settings.producer_linger_ms,
         producer_acks=-1,
+        # A dead letter carries its original base64-encoded (+1/3): a 1 MiB alert must still fit.
+        producer_max_request_size=4 * 1024 * 1024,
         topic_replication_factor=1,
         stream_buffer_maxsize=max(4096, settings.batch_max * 4),
     )

@@ -74,8 +74,9 @@ class DeadLetter:
     source_topic: str
     partition: int
     offset: int
-    original: bytes  # exactly as received
+    original: bytes  # exactly as received, unless redacted (secret fields masked)
     received_at: float
+    redacted: bool = False
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -87,6 +88,7 @@ class DeadLetter:
                 "offset": self.offset,
                 "original_b64": base64.b64encode(self.original).decode("ascii"),
                 "received_at": self.received_at,
+                "redacted": self.redacted,
             }
         )
 
@@ -101,6 +103,7 @@ class DeadLetter:
             offset=d["offset"],
             original=base64.b64decode(d["original_b64"]),
             received_at=d["received_at"],
+            redacted=d.get("redacted", False),
         )
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+
+import orjson
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,7 +29,7 @@ from stream_engine.policy import DecisionPolicy
 from stream_engine.propositions.client import PropositionClient
 from stream_engine.sinks import Sink
 from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow, log_row, metric_row
-from stream_engine.validation import AlertDecoder, InvalidAlert
+from stream_engine.validation import AlertDecoder, InvalidAlert, redact
 
 
 @dataclass(slots=True)
@@ -155,8 +157,17 @@ class Pipeline:
     """One micro-batch of Kafka messages, end to end. Returns after decisions and dead letters
     are acknowledged by the broker and the log rows are durable, so offsets may be committed."""
 
-    def __init__(self, decoder: AlertDecoder, triage: Triage, emitter: Emitter, sink: Sink, worker: str) -> None:
+    def __init__(
+        self,
+        decoder: AlertDecoder,
+        triage: Triage,
+        emitter: Emitter,
+        sink: Sink,
+        worker: str,
+        redact_fields: Sequence[str] = (),
+    ) -> None:
         self.decoder = decoder
+        self.redact_fields = list(redact_fields)
         self.triage = triage
         self.emitter = emitter
         self.sink = sink
@@ -192,12 +203,31 @@ class Pipeline:
             try:
                 alert = decode(m.value if m.value is not None else b"")
             except InvalidAlert as exc:
+                original, redacted = self.scrub(m.value or b"", exc.reason)
                 dead.append(
-                    DeadLetter(exc.reason, exc.detail, m.topic, m.partition, m.offset, m.value or b"", received_ns / 1e9)
+                    DeadLetter(exc.reason, exc.detail, m.topic, m.partition, m.offset, original, received_ns / 1e9, redacted)
                 )
                 continue
             envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns))
         return envelopes, dead
+
+    def scrub(self, raw: bytes, reason: str) -> tuple[bytes, bool]:
+        """Secrets must not sit in clear text in the DLQ: a payload that parses as a JSON object
+        and holds configured secret fields is re-encoded with them masked; anything else keeps
+        its exact bytes (cold path: only dead letters pay for the second parse)."""
+        if not self.redact_fields or reason in ("not_utf8", "not_json", "too_deep"):
+            return raw, False
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw, False
+        if not isinstance(data, dict):
+            return raw, False
+        try:
+            clean = redact(data, self.redact_fields)
+        except RecursionError:  # nesting orjson accepts (<1024) can exceed Python's stack
+            return raw, False
+        return (orjson.dumps(clean), True) if clean != data else (raw, False)
 
     def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision]) -> list[LogRow]:
         n = len(decisions)

@@ -67,7 +67,9 @@ class Runtime:
         await self.sink.start()
         self._listener = UpdatesListener(self.settings.kafka_bootstrap, self.settings.topic_updates, self.on_invalidation)
         await self._listener.start()
-        self.pipeline = Pipeline(self.decoder, self.triage, emitter, self.sink, self.worker)
+        self.pipeline = Pipeline(
+            self.decoder, self.triage, emitter, self.sink, self.worker, self.settings.redact_fields
+        )
         self.started = True
         if serve_api:
             await self._start_api()

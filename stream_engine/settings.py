@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(0.02, gt=0, description="stream.take() max wait for a batch.")
     batch_concurrency: int = Field(2, ge=1, description="Batches processed concurrently per worker.")
     max_alert_bytes: int = Field(65536, ge=256, description="Larger alerts go to the DLQ.")
-    fetch_max_wait_ms: int = Field(5, ge=0, description="Consumer fetch wait (aiokafka default 500).")
+    fetch_max_wait_ms: int = Field(
+        5, ge=0, description="Fetch wait of plain aiokafka consumers (benchmarks); faust fixes its own at 1500 ms."
+    )
     producer_linger_ms: int = Field(1, ge=0, description="Producer linger: small batches, low latency.")
     commit_interval_s: float = Field(0.5, gt=0, description="Offset commit interval (faust default 2.8).")
     session_timeout_s: float = Field(6.0, gt=0, description="Consumer group session timeout.")
@@ -75,6 +77,7 @@ class Settings(BaseSettings):
     redis_namespace: str = Field("se:p", description="Prefix of proposition keys in Redis.")
     redis_ttl_s: int = Field(3600, ge=1, description="Redis entry time-to-live.")
     redis_timeout_s: float = Field(0.1, gt=0, description="Redis socket timeout; an outage degrades past it.")
+    clickhouse_timeout_s: float = Field(30.0, gt=0, description="ClickHouse HTTP send/receive timeout.")
     redis_retry_after_s: float = Field(1.0, gt=0, description="After a Redis failure, skip the tier this long.")
 
     # --- proposition service client ----------------------------------------------------

@@ -18,6 +18,7 @@ def e2e_settings(topics: Settings, tmp_path: Path, unique) -> Settings:  # type:
         redis_namespace=unique("se"),
         propositions_url=f"http://127.0.0.1:{free_port()}",
         batch_within_s=0.01,
+        api_port=0,  # every worker gets its own API port (logged as "api listening on …")
     )
 
 

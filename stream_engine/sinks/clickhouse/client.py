@@ -54,7 +54,9 @@ def parse_url(url: str) -> Target:
     raise ValueError(f"unsupported ClickHouse URL scheme {parts.scheme!r} (want chdb, http or https)")
 
 
-def connect(url: str, database: str | None = None, *, connect_timeout_s: float = 3.0) -> Client:
+def connect(
+    url: str, database: str | None = None, *, connect_timeout_s: float = 3.0, send_receive_timeout_s: float = 30.0
+) -> Client:
     """A sync client on ``database`` (which must exist; ``None`` = the server default)."""
     import clickhouse_connect
 
@@ -75,4 +77,6 @@ def connect(url: str, database: str | None = None, *, connect_timeout_s: float =
         secure=target.interface == "https",
         database=database,
         connect_timeout=connect_timeout_s,
+        # clickhouse-connect's default is 300 s: a hung server would stall a flush (and stop()) that long.
+        send_receive_timeout=send_receive_timeout_s,
     )

@@ -132,14 +132,15 @@ class ClickHouseSink:
         from stream_engine.sinks.clickhouse.schema import migrate
 
         url, database, ttl_days = settings.effective_clickhouse_url, settings.clickhouse_database, settings.clickhouse_ttl_days
+        timeout = settings.clickhouse_timeout_s
         migrated = False
 
         def factory() -> Client:
             nonlocal migrated
             if not migrated:
-                migrate(connect(url, None), database, ttl_days)
+                migrate(connect(url, None, send_receive_timeout_s=timeout), database, ttl_days)
                 migrated = True
-            return connect(url, database)
+            return connect(url, database, send_receive_timeout_s=timeout)
 
         params: dict[str, Any] = {
             "flush_rows": settings.sink_flush_rows,

@@ -85,15 +85,33 @@ def build_key(
 
 
 class KeyBuilder:
+    # Keys repeat (that is why caching pays): remember the key per (type, field values) so the
+    # hot path skips escaping. Only all-str values are memoised: 1, 1.0 and True compare equal
+    # in a tuple but encode differently.
+    MEMO_MAX = 100_000
+
     def __init__(self, key_fields: Mapping[str, list[str]]) -> None:
         self.key_fields = {alert_type: list(fields) for alert_type, fields in key_fields.items()}
+        self._memo: dict[tuple[str, ...], str] = {}
 
     @classmethod
     def from_settings(cls, settings: Any) -> "KeyBuilder":
         return cls(settings.key_fields)
 
     def key_for(self, alert: Alert) -> str:
-        return build_key(alert.type, alert.attributes, alert.fingerprint, alert.id, self.key_fields.get(alert.type))
+        fields = self.key_fields.get(alert.type)
+        attributes = alert.attributes
+        if fields and type(attributes) is dict:
+            values = [attributes.get(name) for name in fields]
+            if all(type(v) is str and v.strip() for v in values):  # else the key falls back to fp/id
+                memo_key = (alert.type, *values)
+                key = self._memo.get(memo_key)
+                if key is None:
+                    if len(self._memo) >= self.MEMO_MAX:
+                        self._memo.clear()
+                    key = self._memo[memo_key] = build_key(alert.type, attributes, None, alert.id, fields)
+                return key
+        return build_key(alert.type, attributes, alert.fingerprint, alert.id, fields)
 
     def key_for_dict(self, alert: Mapping[str, Any]) -> str:
         """The same key from an alert as published (a JSON object), before validation."""

@@ -127,3 +127,22 @@ def test_every_key_is_safe_bounded_and_typed(type: str, attributes: dict[str, ob
     assert len(key) <= MAX_KEY_LENGTH
     assert KEY_CHARS.fullmatch(key), key
     assert key.startswith(type + "|")
+
+
+def test_memoised_keys_equal_freshly_built_ones_for_every_kind_of_value() -> None:
+    from stream_engine.keys import build_key
+
+    builder = KeyBuilder({"ci_failure": ["repo", "job"]})
+    cases = [
+        {"repo": "a", "job": "b"},
+        {"repo": "a", "job": "b"},  # the memo hit
+        {"repo": " a ", "job": "b"},
+        {"repo": "a", "job": "   "},  # blank: falls back to the fingerprint, never memoised
+        {"repo": 1, "job": "b"},
+        {"repo": True, "job": "b"},
+        {"repo": "a|job=c", "job": "b"},
+    ]
+    for i, attributes in enumerate(cases):
+        alert = Alert(id=f"id{i}", type="ci_failure", timestamp=0, severity="low", source="s",
+                      attributes=attributes, fingerprint=f"fp{i}")
+        assert builder.key_for(alert) == build_key("ci_failure", attributes, f"fp{i}", f"id{i}", ["repo", "job"])

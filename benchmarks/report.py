@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, BenchResult
+from benchmarks.hitratio import verdict
 
 AIM_ALERTS_PER_S = 25_000
 AIM_OF_BARE = 0.5
@@ -125,7 +126,7 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
             target = row.get("target")
             target_text = "–" if not target else (f"≥ {target[0]:.0%}" if target[1] is None else f"{target[0]:.0%}–{target[1]:.0%}")
             rows.append([row["profile"], _num(row["distinct_keys"]), _pct(eng.get("hit_ratio")), _pct(eng.get("service_avoided_ratio")),
-                         _pct(b["best_achievable"]), _pct(b["lru"]), _pct(b.get("lru_batched")), target_text, row.get("verdict", "–")])
+                         _pct(b["best_achievable"]), _pct(b["lru"]), _pct(b.get("lru_batched")), target_text, verdict(row["profile"], eng.get("hit_ratio"))])
         out.append(table(["profile", "distinct keys", "engine hit ratio", "engine: alerts not sent to service",
                           "trace optimum", "LRU bound", f"LRU, batched lookups (batch≈{hr.runs[0].get('expected_batch', '?') if hr.runs else '?'})",
                           "target", "verdict"], rows))

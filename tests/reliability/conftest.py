@@ -47,6 +47,7 @@ def drill_settings(topics: Settings, tmp_path: Path, unique: Callable[[str], str
         redis_namespace=unique("se"),
         propositions_url=f"http://127.0.0.1:{free_port()}",
         batch_within_s=0.01,
+        api_port=0,  # every worker its own ephemeral API port (logged as "api listening on …")
     )
 
 

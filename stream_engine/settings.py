@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
 
     # --- worker ------------------------------------------------------------------------
     app_id: str = Field("stream-engine", description="Faust app id = Kafka consumer group.")
+    engine: Literal["faust", "aiokafka"] = Field(
+        "faust",
+        description="Stream engine: faust agent, or a plain aiokafka fetch/process/commit loop (faster).",
+    )
     worker_name: str = Field("", description="Worker name in logs and ClickHouse rows (default host:pid).")
     batch_max: int = Field(500, ge=1, description="stream.take() batch size.")
     batch_within_s: float = Field(0.02, gt=0, description="stream.take() max wait for a batch.")

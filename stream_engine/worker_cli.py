@@ -1,4 +1,4 @@
-"""`stream-engine worker`: run the faust worker (the main job)."""
+"""`stream-engine worker`: run a stream worker (the main job) on the chosen engine."""
 
 from __future__ import annotations
 
@@ -6,19 +6,38 @@ import argparse
 
 from stream_engine.settings import Settings
 
+ENGINES = ("faust", "aiokafka")
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("worker", help="Run a stream worker: alerts → decisions (scale by starting more).")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="faust (the default, see STREAM_ENGINE_ENGINE) or aiokafka: same pipeline, higher throughput ceiling",
+    )
     p.set_defaults(func=run_worker)
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_engine.logs import configure_logging
+
+    if args.engine is not None and args.engine != settings.engine:
+        settings = settings.with_overrides(engine=args.engine)
+    configure_logging(settings)
+    if settings.engine == "aiokafka":
+        from stream_engine.kafka.batch_worker import run_worker as run_batch_worker
+
+        return run_batch_worker(settings)
+    return run_faust_worker(settings)
+
+
+def run_faust_worker(settings: Settings) -> int:
     import faust
 
     from stream_engine.app import create_app
-    from stream_engine.logs import configure_logging
 
-    configure_logging(settings)
     app, _ = create_app(settings)
     # override_logging=False: keep our JSON lines instead of mode's colour console format.
     worker = faust.Worker(

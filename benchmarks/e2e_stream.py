@@ -225,8 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--service-p99-ms", type=float, default=SERVICE_P99_MS)
         p.add_argument("--results-dir", type=Path, default=None)
         p.add_argument("--keep", type=Path, default=None, help="keep logs and worker data here")
+        p.add_argument("--engine", choices=("faust", "aiokafka"), default=None,
+                       help="worker engine (default: STREAM_ENGINE_ENGINE); non-faust results get a name suffix")
     args = parser.parse_args(argv)
     settings = Settings()
+    if args.engine is not None:
+        settings = settings.with_overrides(engine=args.engine)
     require_kafka(settings)
     t0 = time.monotonic()
     if args.what == "latency":
@@ -235,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = asyncio.run(throughput(settings, args.backlog, args.runs, args.profile,
                                         args.service_median_ms, args.service_p99_ms, args.keep))
+    result.params["engine"] = settings.engine
+    if settings.engine != "faust":  # keep the faust results the report reads
+        result.name += f"_{settings.engine}"
     path = result.write(args.results_dir) if args.results_dir else result.write()
     print(f"{result.name}: {orjson.dumps(result.metrics).decode()} ({time.monotonic() - t0:.0f}s) -> {path}")
     return 0

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks.api import CACHING_TARGET, REFERENCE_P99_MS
 from benchmarks.common import RESULTS_DIR, BenchResult
 from benchmarks.hitratio import verdict
 
@@ -159,9 +160,46 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
         out.append(table(["area", "% of samples"], [[a, f"{v:.1f}"] for a, v in summary.get("by_area", {}).items()]))
         out += ["", table(["function (own time)", "% of samples"], [[f"`{x['frame']}`", f"{x['pct']:.1f}"] for x in summary.get("top_own", [])[:15]]), ""]
 
-    out += ["## API targets (`POST /api/v1/alerts/process`)", "",
-            "Not measured: the worker HTTP API is another issue and is not built yet (see benchmarks/README.md, TODO).", ""]
+    out += api_section(r)
     return "\n".join(out)
+
+
+def api_verdict(p99: Any, target: Any) -> str:
+    if not isinstance(p99, (int, float)):
+        return "–"
+    if target is None:
+        return f"no target ({'<' if p99 < REFERENCE_P99_MS else '≥'} {REFERENCE_P99_MS / 1000:.0f} s)"
+    return "met" if p99 < target else "**missed**"
+
+
+def api_section(r: dict[str, BenchResult]) -> list[str]:
+    if "api" not in r:
+        return ["## API targets (`POST /api/v1/alerts/process`)", "", "Not measured in this run (`python -m benchmarks.api`).", ""]
+    api = r["api"]
+    out = [f"## API targets (`POST /api/v1/alerts/process` on a worker subprocess, service median "
+           f"{api.params.get('service_median_ms')} ms / p99 {api.params.get('service_p99_ms')} ms, {api.params.get('client')})", ""]
+    rows = []
+    for row in api.runs:
+        if row.get("cache") not in ("cold", "warm"):
+            continue
+        lat, target = row["latency"], row.get("target_p99_ms")
+        rows.append([row["shape"], row["cache"], _num(row["requests"]), _num(row["alerts"]), _num(lat.get("p50_ms"), 1),
+                     _num(lat.get("p95_ms"), 1), _num(lat.get("p99_ms"), 1), _num(lat.get("max_ms"), 1),
+                     _num(row["alerts_per_s"]), ", ".join(f"{k} {v}" for k, v in sorted(row["tiers"].items())),
+                     str(sum(row["degraded"].values())), f"{row['client_queued']} / {_num(row['client_start_lag_ms'], 1)} ms",
+                     f"{_num(row.get('worker_cpu_per_wall_s'), 2)}",
+                     "–" if target is None else f"< {_num(target)} ms", api_verdict(lat.get("p99_ms"), target)])
+    out.append(table(["shape", "cache", "requests", "alerts", "p50 ms", "p95 ms", "p99 ms", "max ms", "alerts/s", "tiers",
+                      "degraded", "client queued / start lag", "worker CPU s / wall s", "target p99", "verdict"], rows))
+    low, high = CACHING_TARGET
+    reductions = api.metrics.get("caching_p50_reduction", {})
+    out += ["", f"Latency reduction from caching (1 − warm p50 / cold p50; target {low:.0%}–{high:.0%} lower): "
+            + ", ".join(f"{shape} {_pct(v)}" for shape, v in reductions.items()) + ".",
+            "cold = every alert's key new (LRU + Redis miss, one service call per request); warm = keys answered just "
+            "before (the API's LRU pseudo-partition). *client queued*: requests that waited for a client connection; "
+            "*start lag*: how late the client sent the last request of a round (its own event loop). Latency is "
+            "client-side, send → last response byte.", "", "![api](api.png)", ""]
+    return out
 
 
 def render_plots(r: dict[str, BenchResult], directory: Path) -> list[Path]:
@@ -258,6 +296,24 @@ def render_plots(r: dict[str, BenchResult], directory: Path) -> list[Path]:
         ax.set_ylabel("worker RSS (MB)")
         ax.set_title("Worker memory")
         save(fig, "memory.png")
+
+    api_rows = [x for x in r["api"].runs if x.get("cache") in ("cold", "warm")] if "api" in r else []
+    if api_rows:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width = 0.2
+        labels = [f"{x['shape']}\n{x['cache']}" for x in api_rows]
+        for i, q in enumerate(("p50_ms", "p95_ms", "p99_ms", "max_ms")):
+            ax.bar([j + i * width for j in range(len(api_rows))], [x["latency"].get(q) or 0 for x in api_rows], width, label=q[:-3])
+        for j, x in enumerate(api_rows):
+            target = x.get("target_p99_ms")
+            if target:
+                ax.plot([j - 0.1, j + 0.7], [target, target], color="green", lw=1.5, ls="--")
+        ax.set_xticks([j + 1.5 * width for j in range(len(api_rows))], labels, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("client latency (ms, log)")
+        ax.legend(fontsize=8)
+        ax.set_title("POST /api/v1/alerts/process (green dashes: target p99)")
+        save(fig, "api.png")
     return written
 
 

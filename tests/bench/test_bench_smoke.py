@@ -147,3 +147,52 @@ async def test_profile_worker_runs_at_a_tiny_size(stack: Settings, tmp_path: Pat
     result = _well_formed(await profile_worker.run(stack, backlog=500, out_dir=tmp_path), "profile_worker", tmp_path)
     assert result.runs[0]["complete"] and result.runs[0]["decided"] == 500
     assert result.metrics["samples"] == result.runs[1]["samples"] and (tmp_path / "profile_worker.collapsed.txt").exists()
+
+
+# --- API targets ----------------------------------------------------------------------------------
+def _api_row(shape: str, cache: str, p50: float, p99: float) -> dict[str, object]:
+    from benchmarks.api import TARGET_P99_MS
+
+    return {"shape": shape, "cache": cache, "latency": {"p50_ms": p50, "p99_ms": p99}, "alerts_per_s": 1.0,
+            "client_queued": 1 if shape == "concurrent1000" else 0, "statuses": {"200": 3, "503": 1 if cache == "cold" else 0},
+            "degraded": {"timeout": 2} if cache == "cold" else {}, "target_p99_ms": TARGET_P99_MS[shape]}
+
+
+def test_api_headline_holds_each_shape_against_its_target_and_measures_caching() -> None:
+    from benchmarks.api import headline
+    from benchmarks.report import api_verdict
+
+    rows = [_api_row("single", "cold", 40, 150), _api_row("single", "warm", 10, 20),
+            _api_row("batch10", "cold", 100, 600), _api_row("batch10", "warm", 5, 10),
+            _api_row("concurrent1000", "cold", 3000, 9000), _api_row("concurrent1000", "warm", 300, 400)]
+    metrics = headline(rows)
+    assert metrics["single_target_met"] is True and metrics["batch10_target_met"] is False
+    assert "concurrent1000_target_met" not in metrics and "concurrent100_target_met" not in metrics
+    assert metrics["caching_p50_reduction"] == {"single": 0.75, "batch10": 0.95, "concurrent1000": 0.9}
+    assert metrics["client_queued_requests"] == 2 and metrics["non_200_responses"] == 3 and metrics["degraded_decisions"] == 6
+    assert api_verdict(600.0, 500.0) == "**missed**" and api_verdict(150.0, 200.0) == "met"
+    assert api_verdict(None, 200.0) == "–" and api_verdict(9000.0, None).startswith("no target (≥")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+async def test_api_benchmark_runs_at_a_tiny_size_cold_misses_and_warm_hits(stack: Settings, tmp_path: Path) -> None:
+    from benchmarks import api
+
+    result = _well_formed(await api.run(stack, single=3, batches=2, rounds_100=1, rounds_1000=0), "api", tmp_path)
+    measured = {(r["shape"], r["cache"]): r for r in result.runs if r["cache"] in ("cold", "warm")}
+    assert set(measured) == {(s, c) for s in ("single", "batch10", "concurrent100") for c in ("cold", "warm")}
+    expected_alerts = {"single": 3, "batch10": 20, "concurrent100": 100}
+    for (shape, cache), row in measured.items():
+        assert row["statuses"] == {"200": row["requests"]} and row["alerts"] == expected_alerts[shape]
+        # cold keys are new to LRU and Redis; warm keys were answered just before by the API's own LRU.
+        assert row["tiers"] == ({"service": row["alerts"]} if cache == "cold" else {"lru": row["alerts"]})
+        assert row["latency"]["count"] == row["requests"] and row["client_queued"] == 0
+    connect = next(r for r in result.runs if r["cache"] == "connect_round")
+    assert connect["shape"] == "concurrent100" and connect["latency"]["count"] == 100
+    assert set(result.metrics["caching_p50_reduction"]) == {"single", "batch10", "concurrent100"}
+
+    from benchmarks import report
+
+    text = report.render(tmp_path, "pytest api").read_text()
+    assert "## API targets" in text and "| concurrent100 | warm |" in text and (tmp_path / "api.png").exists()

@@ -131,7 +131,7 @@ class Publisher:
                 self.positions[alert["id"]] = (meta.partition, meta.offset)
             self.sent += len(part)
             if per_second:
-                ahead = started + self.sent / per_second - time.monotonic()
+                ahead = started + (start + len(part)) / per_second - time.monotonic()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
 
@@ -286,11 +286,14 @@ class PrivateRedis:
             self._proc.kill()
             self._proc.wait(10)
 
-    def count(self, pattern: str) -> int:
+    def keys(self, pattern: str) -> list[str]:
         import redis
 
         client = redis.Redis.from_url(self.url, socket_timeout=0.5)
         try:
-            return sum(1 for _ in client.scan_iter(match=pattern, count=500))
+            return [k.decode() for k in client.scan_iter(match=pattern, count=500)]
         finally:
             client.close()
+
+    def count(self, pattern: str) -> int:
+        return len(self.keys(pattern))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,10 @@ def api_section(r: dict[str, BenchResult]) -> list[str]:
         return ["## API targets (`POST /api/v1/alerts/process`)", "", "Not measured in this run (`python -m benchmarks.api`).", ""]
     api = r["api"]
     out = [f"## API targets (`POST /api/v1/alerts/process` on a worker subprocess, service median "
-           f"{api.params.get('service_median_ms')} ms / p99 {api.params.get('service_p99_ms')} ms, {api.params.get('client')})", ""]
+           f"{api.params.get('service_median_ms')} ms / p99 {api.params.get('service_p99_ms')} ms, {api.params.get('client')})", "",
+           f"Command: `{api.command}`, {api.started_at} (UTC), load average (1 min) "
+           f"{_num(api.machine.get('loadavg_at_start', [None])[0], 2)} at the start and "
+           f"{_num(api.machine.get('loadavg_at_end', [None])[0], 2)} at the end.", ""]
     rows = []
     for row in api.runs:
         if row.get("cache") not in ("cold", "warm"):
@@ -319,7 +323,9 @@ def render_plots(r: dict[str, BenchResult], directory: Path) -> list[Path]:
 
 def render(directory: Path = RESULTS_DIR, command: str | None = None) -> Path:
     results = load_all(directory)
-    command = command or next((x.command for x in results.values()), "?")
+    if command is None:  # the command most results came from (run_all), not whichever file sorts first
+        commands = Counter(x.command for x in results.values() if x.command)
+        command = commands.most_common(1)[0][0] if commands else "?"
     path = directory / "RESULTS.md"
     path.write_text(render_markdown(results, command))
     render_plots(results, directory)

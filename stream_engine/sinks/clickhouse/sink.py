@@ -146,6 +146,7 @@ class ClickHouseSink:
             "flush_rows": settings.sink_flush_rows,
             "flush_interval_s": settings.sink_flush_interval_s,
             "max_buffer_rows": settings.sink_max_buffer_rows,
+            "fsync": settings.sink_fsync,
         }
         params.update(overrides)
         return cls(factory, settings.data_dir / "journal", **params)

@@ -40,6 +40,26 @@ class InvalidAlert(Exception):
         self.detail = detail
 
 
+# orjson parses up to 1024 levels, but orjson.dumps (the service request, the DLQ) and our
+# recursive redaction stop near 255: an accepted alert must survive every later step.
+MAX_ATTRIBUTE_DEPTH = 64
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, walking no deeper than ``limit`` (iterative: no recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if level > deepest:
+            deepest = level
+            if deepest > limit:
+                return deepest
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
 class AlertDecoder:
     def __init__(self, max_bytes: int, schema_path: Path) -> None:
         self.max_bytes = max_bytes
@@ -68,6 +88,10 @@ class AlertDecoder:
         except Exception as exc:  # noqa: BLE001 - a validator bug must not kill the worker
             raise InvalidAlert("schema", f"validator error: {type(exc).__name__}") from None
         attributes = data.get("attributes")
+        # Flat attributes (the norm) cost one pass over the values; only nested ones are walked.
+        if attributes and any(isinstance(v, (dict, list)) for v in attributes.values()):
+            if _depth(attributes, MAX_ATTRIBUTE_DEPTH) > MAX_ATTRIBUTE_DEPTH:
+                raise InvalidAlert("too_deep", f"attributes: nested deeper than {MAX_ATTRIBUTE_DEPTH} levels")
         return Alert(
             id=data["id"],
             type=data["type"],

@@ -178,10 +178,16 @@ class PropositionClient:
             self.counters.breaker_rejections += 1
             return {key: (None, "breaker_open", None) for key in own}
         self.counters.keys_requested += len(own)
-        body = orjson.dumps({"items": [{"key": key, "alert": alert_payload(alert)} for key, alert in own.items()]})
+        body, unencodable = encode_request(own)
+        if unencodable:
+            log.warning("%d of %d alerts cannot be encoded for the service", len(unencodable), len(own))
+            if len(unencodable) == len(own):
+                self.breaker.abandon()
+                return unencodable
         try:
             data = await self._post_with_retries(body)
             outcomes = _parse_batch(data, own)
+            outcomes.update(unencodable)
         except (_Retryable, _Final) as exc:
             if isinstance(exc, _Retryable) or exc.service_unhealthy:
                 self.breaker.record_failure()
@@ -189,7 +195,7 @@ class PropositionClient:
                 self.breaker.record_success()
             self.counters.failures += 1
             log.warning("proposition service batch of %d keys failed: %s", len(own), exc.reason)
-            return {key: (None, exc.reason, None) for key in own}
+            return {key: unencodable.get(key, (None, exc.reason, None)) for key in own}
         except BaseException:
             self.breaker.abandon()
             raise
@@ -301,3 +307,20 @@ def _add(result: FetchResult, key: str, outcome: Outcome) -> None:
             result.version = version
     else:
         result.failed[key] = reason or "unavailable"
+
+
+def encode_request(own: dict[str, Alert]) -> tuple[bytes, dict[str, Outcome]]:
+    """The batch body, and the keys whose alert JSON cannot carry (they fail alone, not the batch)."""
+    try:
+        items = [{"key": key, "alert": alert_payload(alert)} for key, alert in own.items()]
+        return orjson.dumps({"items": items}), {}
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    encoded: list[bytes] = []
+    failed: dict[str, Outcome] = {}
+    for key, alert in own.items():
+        try:
+            encoded.append(orjson.dumps({"key": key, "alert": alert_payload(alert)}))
+        except (TypeError, orjson.JSONEncodeError):
+            failed[key] = (None, "unencodable", None)
+    return b'{"items":[' + b",".join(encoded) + b"]}", failed

@@ -28,7 +28,7 @@ from stream_engine.keys import KeyBuilder
 from stream_engine.models import Alert, DeadLetter
 from stream_engine.propositions.client import alert_payload
 from stream_engine.settings import Settings
-from stream_engine.validation import AlertDecoder, InvalidAlert
+from stream_engine.validation import MAX_ATTRIBUTE_DEPTH, AlertDecoder, InvalidAlert
 from stream_engine.workload import Workload
 from tests.support.drills import Publisher, Tail, account, clickhouse_rows, record
 from tests.support.procs import Proc, start_worker
@@ -205,13 +205,14 @@ def deep_attributes_alert(alert_id: str, depth: int) -> bytes:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: attributes nested 255..1023 deep pass AlertDecoder but PropositionClient._fetch_own's "
-    "orjson.dumps raises (Recursion limit reached) outside its try: the batch fails forever",
-)
-def test_decoded_alert_always_serialises_for_the_service() -> None:
-    alert = DECODER.decode(deep_attributes_alert("deep-1", 300))
+def test_deep_attributes_are_rejected_before_they_can_break_later_steps() -> None:
+    """Found by this drill: 300-deep attributes decoded, then broke orjson.dumps in the service
+    request and the batch retried forever. The decoder now rejects them; anything it accepts
+    serialises for the service."""
+    with pytest.raises(InvalidAlert) as rejected:
+        DECODER.decode(deep_attributes_alert("deep-1", 300))
+    assert rejected.value.reason == "too_deep"
+    alert = DECODER.decode(deep_attributes_alert("deep-2", MAX_ATTRIBUTE_DEPTH - 3))
     orjson.dumps({"items": [{"key": KEYS.key_for(alert), "alert": alert_payload(alert)}]})
 
 
@@ -283,11 +284,6 @@ async def test_worker_sends_hostile_payloads_to_the_dlq_and_keeps_deciding(
         pytest.param(
             lambda: deep_attributes_alert("poison-deep", 300),
             id="attributes-300-deep",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: decodes, then orjson.dumps of the service request raises; process_until_done "
-                "retries the batch forever, so nothing after it is ever decided",
-            ),
         ),
         # Regression: the dead letter (base64, ~1.2 MB) must fit the DLQ producer's max request size.
         pytest.param(lambda: b'{"id":"poison-big","blob":"' + b"x" * 900_000 + b'"}', id="900KB-too-large"),

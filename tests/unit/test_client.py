@@ -404,3 +404,30 @@ async def test_health(service: Service, clock: FakeClock) -> None:
         assert await client.health() == {"status": "ok", "version": "v9"}
     finally:
         await client.close()
+
+
+async def test_an_alert_json_cannot_carry_fails_alone_and_the_rest_are_fetched(
+    client: PropositionClient, service: Service
+) -> None:
+    deep: dict[str, Any] = {}
+    cursor = deep
+    for _ in range(300):  # deeper than orjson.dumps allows (the decoder rejects this; belt and braces)
+        cursor["n"] = {}
+        cursor = cursor["n"]
+    bad = Alert(id="bad", type="ci_failure", timestamp=1, severity="low", source="s", attributes=deep)
+    result = await client.fetch_many({"k-bad": bad, "k-ok": alert("ok")})
+    assert result.failed == {"k-bad": "unencodable"}
+    assert set(result.found) == {"k-ok"}
+    assert service.keys_per_request() == [["k-ok"]]
+
+
+async def test_a_request_of_only_unencodable_alerts_is_not_sent(client: PropositionClient, service: Service) -> None:
+    deep: dict[str, Any] = {}
+    cursor = deep
+    for _ in range(300):
+        cursor["n"] = {}
+        cursor = cursor["n"]
+    bad = Alert(id="bad", type="ci_failure", timestamp=1, severity="low", source="s", attributes=deep)
+    result = await client.fetch_many({"k-bad": bad})
+    assert result.failed == {"k-bad": "unencodable"} and not result.found
+    assert service.requests == []

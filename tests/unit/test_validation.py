@@ -231,3 +231,20 @@ def test_redact_replaces_whole_secret_subtrees_and_ignores_no_fields() -> None:
     }
     attributes = {"password": "p"}
     assert redact(attributes, []) == attributes
+
+
+@pytest.mark.parametrize("depth, accepted", [(10, True), (60, True), (70, False), (1000, False)])
+def test_nested_attributes_deeper_than_the_limit_are_too_deep(decoder: AlertDecoder, depth: int, accepted: bool) -> None:
+    from stream_engine.validation import MAX_ATTRIBUTE_DEPTH
+
+    raw = (
+        b'{"id":"d","type":"infra","timestamp":1,"severity":"low","source":"s","attributes":{"x":'
+        + b'[{"y":' * (depth // 2) + b"1" + b"}]" * (depth // 2) + b"}}"
+    )
+    if accepted:
+        alert = decoder.decode(raw)
+        orjson.dumps(alert.attributes)  # what the service request does with it
+    else:
+        with pytest.raises(InvalidAlert) as exc:
+            decoder.decode(raw)
+        assert exc.value.reason == "too_deep" and str(MAX_ATTRIBUTE_DEPTH) in exc.value.detail

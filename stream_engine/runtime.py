@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -104,13 +105,22 @@ class Runtime:
             await self._sink.stop()
 
     async def on_invalidation(self, inv: Invalidation) -> None:
-        log.info("invalidation scope=%s key=%s type=%s version=%s", inv.scope, inv.key, inv.alert_type, inv.version)
+        """Applied asynchronously: a batch decided while Redis is still being swept (a type
+        invalidation SCANs the keyspace) may use the old answer; "invalidation applied" marks the end."""
+        started = time.perf_counter()
+        redis_result: int | None = None
+        lru_removed = 0
         if inv.scope == "key" and inv.key:
-            self.lru.invalidate_key(inv.key)
-            await self.redis.invalidate_key(inv.key)
+            lru_removed = self.lru.invalidate_key(inv.key)
+            redis_result = await self.redis.invalidate_key(inv.key)
         elif inv.scope == "type" and inv.alert_type:
-            self.lru.invalidate_type(inv.alert_type)
-            await self.redis.invalidate_type(inv.alert_type)
+            lru_removed = self.lru.invalidate_type(inv.alert_type)
+            redis_result = await self.redis.invalidate_type(inv.alert_type)
         elif inv.scope == "all":
             self.lru.clear()
-            await self.redis.invalidate_all(inv.version)
+            redis_result = await self.redis.invalidate_all(inv.version)
+        log.info(
+            "invalidation applied scope=%s key=%s type=%s version=%s lru_removed=%s redis=%s in %.0f ms",
+            inv.scope, inv.key, inv.alert_type, inv.version, lru_removed, redis_result,
+            (time.perf_counter() - started) * 1000,
+        )  # fmt: skip

@@ -111,7 +111,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
 
     @app.on_partitions_revoked.connect
     async def drop_revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
-        runtime.lru.revoke([tp.partition for tp in revoked if tp.topic == settings.topic_alerts])
+        partitions = sorted(tp.partition for tp in revoked if tp.topic == settings.topic_alerts)
+        runtime.lru.revoke(partitions)
+        log.info("partitions revoked: %s (their LRU caches dropped)", partitions)
         runtime.monitor.partitions_revoked((tp.topic, tp.partition) for tp in revoked if tp.topic == settings.topic_alerts)
 
     @app.on_partitions_assigned.connect

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from aiokafka.errors import KafkaError
+
 from stream_engine.models import DeadLetter
-from stream_engine.pipeline import BatchReport, RawMessage
+from stream_engine.pipeline import BatchReport, RawMessage, StageTimes
+from stream_engine.sinks.clickhouse.sink import SinkStopped
 
 if TYPE_CHECKING:
     from stream_engine.runtime import Runtime
@@ -17,11 +21,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# Outages: wait them out, however long. Anything else is a fault of some message in the batch.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError, SinkStopped)
+ATTEMPTS_BEFORE_ISOLATING = 3
+
+
 async def process_until_done(runtime: Runtime, messages: list[RawMessage]) -> BatchReport:
-    """A failed batch (broker or sink trouble) is retried, never skipped: its offsets stay
-    uncommitted meanwhile, so nothing is committed past it. Retries may duplicate decisions,
-    which at-least-once allows and ClickHouse collapses."""
+    """A failed batch is retried, never skipped: its offsets stay uncommitted meanwhile, so
+    nothing is committed past it. Retries may duplicate decisions, which at-least-once allows
+    and ClickHouse collapses. Outages are retried forever; after a few failures that are not an
+    outage, the batch is split to isolate the poison message, which goes to the dead-letter
+    topic (reason ``processing_error``) instead of stalling its partition for good."""
+    runtime.in_flight += 1
+    try:
+        return await _process_until_done(runtime, messages)
+    finally:
+        runtime.in_flight -= 1
+
+
+async def _process_until_done(runtime: Runtime, messages: list[RawMessage]) -> BatchReport:
     delay = 0.1
+    attempts = 0
     while True:
         try:
             assert runtime.pipeline is not None
@@ -30,11 +50,31 @@ async def process_until_done(runtime: Runtime, messages: list[RawMessage]) -> Ba
             raise
         except Exception as exc:
             runtime.monitor.batch_failed(exc)
-            log.exception(
-                "batch of %d failed; retrying in %.1fs", len(messages), delay, extra=batch_context(messages)
-            )
+            attempts += 1
+            if not isinstance(exc, INFRASTRUCTURE_ERRORS) and attempts >= ATTEMPTS_BEFORE_ISOLATING:
+                return await isolate_poison(runtime, messages, exc)
+            log.exception("batch of %d failed; retrying in %.1fs", len(messages), delay, extra=batch_context(messages))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+async def isolate_poison(runtime: Runtime, messages: list[RawMessage], exc: Exception) -> BatchReport:
+    assert runtime.pipeline is not None
+    if len(messages) == 1:
+        (m,) = messages
+        log.error("message failed %d times: dead-lettered", ATTEMPTS_BEFORE_ISOLATING, extra=batch_context(messages))
+        original, redacted = runtime.pipeline.scrub(m.value or b"", "processing_error")
+        detail = f"{type(exc).__name__}: {exc}"[:1000]
+        dead = DeadLetter("processing_error", detail, m.topic, m.partition, m.offset, original, time.time(), redacted)
+        await runtime.pipeline.emitter.emit([], [dead])
+        return BatchReport([], [dead], StageTimes())
+    log.error("batch of %d keeps failing (%r): processing its messages one by one", len(messages), exc)
+    reports = [await _process_until_done(runtime, [m]) for m in messages]
+    merged = BatchReport([d for r in reports for d in r.decisions], [d for r in reports for d in r.dead], StageTimes())
+    for r in reports:
+        for tier, n in r.tiers.items():
+            merged.tiers[tier] = merged.tiers.get(tier, 0) + n
+    return merged
 
 
 def batch_context(messages: Sequence[RawMessage]) -> dict[str, Any]:

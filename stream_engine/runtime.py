@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import asyncio
 import logging
 import time
 import os
@@ -49,6 +50,7 @@ class Runtime:
         self._sink = sink
         self._listener: UpdatesListener | None = None
         self.pipeline: Pipeline | None = None
+        self.in_flight = 0  # batches inside process_until_done
         self.monitor = Monitor()
         self.consumer_offsets: OffsetsProbe | None = None  # set by the faust app
         self.api: ApiServer | None = None
@@ -93,7 +95,11 @@ class Runtime:
             return
         self.api = api
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Let batches in flight finish (their offsets then commit) before closing their tools."""
+        deadline = time.monotonic() + drain_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         self.started = False
         if self.api is not None:
             await self.api.stop()

@@ -61,6 +61,10 @@ def metric_rows_to_arrow(rows: Sequence[MetricRow]) -> pyarrow.Table:
     return pa.table([pa.array(c, t) for c, t in zip(cols, types, strict=True)], names=list(METRIC_COLUMNS))
 
 
+class SinkStopped(RuntimeError):
+    """write() after stop(): an infrastructure state (shutdown), never a fault of the rows."""
+
+
 class _GaveUp(Exception):
     """Stopping and the deadline passed: what is left stays in the journal for the next start."""
 
@@ -166,7 +170,7 @@ class ClickHouseSink:
         if n == 0:
             return
         if self._stopping or self._flusher is None:
-            raise RuntimeError("ClickHouseSink is not running")
+            raise SinkStopped("ClickHouseSink is not running")
         await self._wait_for_space(n)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((rows, metrics, future))
@@ -229,7 +233,7 @@ class ClickHouseSink:
         queue behind an insert in progress (one thread), never beside it.
         """
         if self._stopping or self._flusher is None:
-            raise RuntimeError("ClickHouseSink is not running")
+            raise SinkStopped("ClickHouseSink is not running")
 
         def call() -> T:
             if self._client is None:

@@ -15,10 +15,10 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from stream_engine.batching import log_dead_letters, process_until_done
+from stream_engine.batching import consumer_offsets_probe, log_dead_letters, process_until_done
 from stream_engine.models import DeadLetter, Decision
 from stream_engine.pipeline import RawMessage
-from stream_engine.runtime import OffsetsProbe, Runtime
+from stream_engine.runtime import Runtime
 from stream_engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,26 +42,6 @@ class FaustEmitter:
             acks.append(await send(self.dlq_topic, None, dl.to_json(), None, None, headers))
         if acks:
             await asyncio.gather(*acks)
-
-
-def consumer_offsets_probe(app: faust.App, topic: str) -> OffsetsProbe:
-    """(topic, partition, high-watermark, fetch position) per assigned partition of ``topic``."""
-
-    async def probe() -> list[tuple[str, int, int | None, int | None]]:
-        consumer = app.consumer
-        out: list[tuple[str, int, int | None, int | None]] = []
-        for tp in sorted(consumer.assignment()):
-            if tp.topic != topic:
-                continue
-            highwater = consumer.highwater(tp)  # None until the first fetch response
-            try:
-                position = await asyncio.wait_for(consumer.position(tp), 1.0)
-            except Exception:  # mid-rebalance (or a timeout): the position is unknown for now
-                position = None
-            out.append((tp.topic, tp.partition, highwater, position))
-        return out
-
-    return probe
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faust.App, Runtime]:
@@ -88,7 +68,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         stream_buffer_maxsize=max(4096, settings.batch_max * 4),
     )
     alerts = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
-    runtime.consumer_offsets = consumer_offsets_probe(app, settings.topic_alerts)
+    runtime.consumer_offsets = consumer_offsets_probe(lambda: app.consumer, settings.topic_alerts)
     ready = asyncio.Event()
 
     @app.task

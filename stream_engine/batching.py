@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
@@ -16,7 +16,7 @@ from stream_engine.pipeline import BatchReport, RawMessage, StageTimes
 from stream_engine.sinks.clickhouse.sink import SinkStopped
 
 if TYPE_CHECKING:
-    from stream_engine.runtime import Runtime
+    from stream_engine.runtime import OffsetsProbe, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,27 @@ async def isolate_poison(runtime: Runtime, messages: list[RawMessage], exc: Exce
         for tier, n in r.tiers.items():
             merged.tiers[tier] = merged.tiers.get(tier, 0) + n
     return merged
+
+
+def consumer_offsets_probe(consumer: Callable[[], Any], topic: str) -> OffsetsProbe:
+    """(topic, partition, high-watermark, fetch position) per assigned partition of ``topic``,
+    for lag. ``consumer()`` returns the live consumer (faust's or aiokafka's: same three calls)."""
+
+    async def probe() -> list[tuple[str, int, int | None, int | None]]:
+        live = consumer()
+        out: list[tuple[str, int, int | None, int | None]] = []
+        for tp in sorted(live.assignment()):
+            if tp.topic != topic:
+                continue
+            highwater = live.highwater(tp)  # None until the first fetch response
+            try:
+                position: int | None = await asyncio.wait_for(live.position(tp), 1.0)
+            except Exception:  # mid-rebalance (or a timeout): the position is unknown for now
+                position = None
+            out.append((tp.topic, tp.partition, highwater, position))
+        return out
+
+    return probe
 
 
 def batch_context(messages: Sequence[RawMessage]) -> dict[str, Any]:

@@ -7,6 +7,10 @@
   local stack is started on those ports (``Stack(...).up()``) and only what it started is
   stopped at the end of the session. Returns the settings.
 * ``unique`` (session): ``unique("alerts")`` -> ``"alerts-3f9c2a1b"``, a fresh name on every call.
+* ``worker_settings`` (function): ``topics`` plus a unique consumer group, data dir, Redis
+  namespace, proposition-service port and an ephemeral API port: what a test needs to run real
+  worker processes without meeting another test's state. ``propositions`` starts a reference
+  proposition service at that port for the test.
 * ``topics`` (function): a fresh set of uniquely named topics (alerts, decisions, DLQ, updates)
   created from topics/*.yaml; returns ``settings`` with ``topic_*`` and ``app_id`` (the consumer
   group) overridden to those unique names. The topics are deleted after the test.
@@ -19,11 +23,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
 
 from stream_engine.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.support.procs import Proc
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -83,3 +92,26 @@ def topics(stack: Settings, unique: Callable[[str], str]) -> Iterator[Settings]:
         run_coroutine(lambda: delete_topics(scoped, names), timeout_s=30)
     except Exception:  # cleanup only: a stopped broker must not turn a passing test into an error
         pass
+
+
+@pytest.fixture
+def worker_settings(topics: Settings, tmp_path: Path, unique: Callable[[str], str]) -> Settings:
+    from tests.support.procs import free_port
+
+    return topics.with_overrides(
+        app_id=unique("group"),
+        data_dir=tmp_path / "data",
+        redis_namespace=unique("se"),
+        propositions_url=f"http://127.0.0.1:{free_port()}",
+        batch_within_s=0.01,
+        api_port=0,  # every worker gets its own API port (logged as "api listening on …")
+    )
+
+
+@pytest.fixture
+def propositions(worker_settings: Settings, tmp_path: Path) -> Iterator[Proc]:
+    from tests.support.procs import start_propositions
+
+    proc = start_propositions(worker_settings, tmp_path)
+    yield proc
+    proc.stop()

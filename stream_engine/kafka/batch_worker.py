@@ -27,10 +27,10 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from stream_engine.batching import batch_context, log_dead_letters, process_until_done
+from stream_engine.batching import batch_context, consumer_offsets_probe, log_dead_letters, process_until_done
 from stream_engine.models import DeadLetter, Decision
 from stream_engine.pipeline import RawMessage
-from stream_engine.runtime import OffsetsProbe, Runtime
+from stream_engine.runtime import Runtime
 from stream_engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,25 +100,6 @@ class OffsetTracker:
             self._queues.pop(tp, None)
 
 
-def consumer_offsets_probe(consumer: AIOKafkaConsumer, topic: str) -> OffsetsProbe:
-    """(topic, partition, high-watermark, fetch position) per assigned partition of ``topic``."""
-
-    async def probe() -> list[tuple[str, int, int | None, int | None]]:
-        out: list[tuple[str, int, int | None, int | None]] = []
-        for tp in sorted(consumer.assignment()):
-            if tp.topic != topic:
-                continue
-            highwater = consumer.highwater(tp)  # None until the first fetch response
-            try:
-                position: int | None = await asyncio.wait_for(consumer.position(tp), 1.0)
-            except Exception:  # mid-rebalance (or a timeout): the position is unknown for now
-                position = None
-            out.append((tp.topic, tp.partition, highwater, position))
-        return out
-
-    return probe
-
-
 def to_messages(records: Iterable[ConsumerRecord[bytes, bytes]]) -> list[RawMessage]:
     return [RawMessage(r.value, r.partition, r.offset, r.topic) for r in records]
 
@@ -162,7 +143,7 @@ class BatchWorker(ConsumerRebalanceListener):  # type: ignore[misc]
     async def run(self) -> None:
         """Start everything, fetch until :meth:`stop`, then drain, commit and stop everything."""
         topic = self.settings.topic_alerts
-        self.runtime.consumer_offsets = consumer_offsets_probe(self.consumer, topic)
+        self.runtime.consumer_offsets = consumer_offsets_probe(lambda: self.consumer, topic)
         await self.producer.start()
         try:
             await self.runtime.start(KafkaEmitter(self.producer, self.settings.topic_decisions, self.settings.topic_dlq))

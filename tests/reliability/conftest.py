@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from stream_engine.settings import Settings
 from tests.support.drills import RESULTS_ENV, format_table, load_rows
-from tests.support.procs import Proc, free_port, start_propositions
 
 _results: list[Path] = []
 
@@ -40,19 +38,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture
-def drill_settings(topics: Settings, tmp_path: Path, unique: Callable[[str], str]) -> Settings:
-    return topics.with_overrides(
-        app_id=unique("group"),
-        data_dir=tmp_path / "data",
-        redis_namespace=unique("se"),
-        propositions_url=f"http://127.0.0.1:{free_port()}",
-        batch_within_s=0.01,
-        api_port=0,  # every worker its own ephemeral API port (logged as "api listening on …")
-    )
-
-
-@pytest.fixture
-def propositions(drill_settings: Settings, tmp_path: Path) -> Iterator[Proc]:
-    proc = start_propositions(drill_settings, tmp_path)
-    yield proc
-    proc.stop()
+def drill_settings(worker_settings: Settings) -> Settings:
+    """See ``worker_settings`` in tests/conftest.py (``propositions`` starts its service)."""
+    return worker_settings

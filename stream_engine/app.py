@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
@@ -32,7 +32,7 @@ class FaustEmitter:
         self.decisions_topic = decisions_topic
         self.dlq_topic = dlq_topic
 
-    async def emit(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> None:
+    async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> Awaitable[Any]:
         send = self.app.producer.send
         acks: list[Any] = []
         for d in decisions:
@@ -40,8 +40,7 @@ class FaustEmitter:
         for dl in dead:
             headers = [("reason", dl.reason.encode())]
             acks.append(await send(self.dlq_topic, None, dl.to_json(), None, None, headers))
-        if acks:
-            await asyncio.gather(*acks)
+        return asyncio.gather(*acks)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faust.App, Runtime]:

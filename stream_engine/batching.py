@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from stream_engine.models import DeadLetter
-from stream_engine.pipeline import BatchReport, RawMessage, StageTimes
+from stream_engine.pipeline import BatchReport, RawMessage, StageTimes, emit
 from stream_engine.sinks.clickhouse.sink import SinkStopped
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ async def isolate_poison(runtime: Runtime, messages: list[RawMessage], exc: Exce
         original, redacted = runtime.pipeline.scrub(m.value or b"", "processing_error")
         detail = f"{type(exc).__name__}: {exc}"[:1000]
         dead = DeadLetter("processing_error", detail, m.topic, m.partition, m.offset, original, time.time(), redacted)
-        await runtime.pipeline.emitter.emit([], [dead])
+        await emit(runtime.pipeline.emitter, [], [dead])
         return BatchReport([], [dead], StageTimes())
     log.error("batch of %d keeps failing (%r): processing its messages one by one", len(messages), exc)
     reports = [await _process_until_done(runtime, [m]) for m in messages]

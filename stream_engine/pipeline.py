@@ -14,8 +14,9 @@ decoding, emitting and logging for one micro-batch of Kafka messages.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import orjson
 from dataclasses import dataclass, field
@@ -41,8 +42,14 @@ class RawMessage:
 
 
 class Emitter(Protocol):
-    async def emit(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> None:
-        """Publish; return only once the broker acknowledged every record."""
+    async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> Awaitable[object]:
+        """Hand the records to the producer; the returned awaitable completes once the broker
+        acknowledged every one of them (and raises if any was not)."""
+
+
+async def emit(emitter: Emitter, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> None:
+    """Publish and wait for the broker's acknowledgements."""
+    await (await emitter.send(decisions, dead))
 
 
 @dataclass(slots=True)
@@ -93,33 +100,59 @@ class Triage:
         return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns)
 
     async def decide(self, envelopes: Sequence[Envelope], times: StageTimes | None = None) -> list[Decision]:
+        """Every envelope's decision, in order (the HTTP API's path)."""
         times = times if times is not None else StageTimes()
-        resolved = await self.resolve(envelopes, times)
+        hits, misses = self.split(envelopes, times)
+        hit_decisions = self.decide_hits(hits, times)
+        if not misses:
+            return hit_decisions
+        by_envelope = {id(env): d for (env, _), d in zip(hits, hit_decisions)}
+        by_envelope.update((id(env), d) for env, d in zip(misses, await self.decide_misses(misses, times)))
+        return [by_envelope[id(env)] for env in envelopes]
+
+    def split(
+        self, envelopes: Sequence[Envelope], times: StageTimes
+    ) -> tuple[list[tuple[Envelope, list[Proposition]]], list[Envelope]]:
+        """(LRU hits with their propositions, misses): the first tier, no I/O."""
+        t0 = time.perf_counter_ns()
+        hits: list[tuple[Envelope, list[Proposition]]] = []
+        misses: list[Envelope] = []
+        for env in envelopes:
+            props = self.lru.for_partition(env.partition).get(env.key)
+            if props is None:
+                misses.append(env)
+            else:
+                hits.append((env, props))
+        times.lru += time.perf_counter_ns() - t0
+        return hits, misses
+
+    def decide_hits(self, hits: Sequence[tuple[Envelope, list[Proposition]]], times: StageTimes) -> list[Decision]:
+        t0 = time.perf_counter_ns()
+        now_ns = time.time_ns()
+        decide = self.policy.decide
+        decisions = [decide(env.alert, env.key, props, None, "lru", env.received_ns, now_ns) for env, props in hits]
+        times.decide += time.perf_counter_ns() - t0
+        return decisions
+
+    async def decide_misses(self, misses: Sequence[Envelope], times: StageTimes) -> list[Decision]:
+        resolved = await self.resolve(misses, times)
         t0 = time.perf_counter_ns()
         now_ns = time.time_ns()
         decide = self.policy.decide
         decisions = [
             decide(env.alert, env.key, props, reason, tier, env.received_ns, now_ns)
-            for env, (props, tier, reason) in zip(envelopes, resolved)
+            for env, (props, tier, reason) in zip(misses, resolved)
         ]
         times.decide += time.perf_counter_ns() - t0
         return decisions
 
     async def resolve(self, envelopes: Sequence[Envelope], times: StageTimes) -> list[Resolved]:
+        """LRU misses through Redis (one MGET) and the service (one batch call per distinct key)."""
         out: list[Resolved] = [(None, "none", "unresolved")] * len(envelopes)
-
-        t0 = time.perf_counter_ns()
         misses: dict[str, list[int]] = {}
         for i, env in enumerate(envelopes):
-            props = self.lru.for_partition(env.partition).get(env.key)
-            if props is None:
-                misses.setdefault(env.key, []).append(i)
-            else:
-                out[i] = (props, "lru", None)
+            misses.setdefault(env.key, []).append(i)
         t1 = time.perf_counter_ns()
-        times.lru += t1 - t0
-        if not misses:
-            return out
 
         # Answers fetched under this generation must not land in a newer one (invalidate_all).
         generation = self.redis.generation
@@ -180,12 +213,27 @@ class Pipeline:
         envelopes, dead = self.decode(messages, received_ns)
         times.decode = time.perf_counter_ns() - t0
 
-        decisions = await self.triage.decide(envelopes, times) if envelopes else []
-
+        # LRU hits (most alerts) are sent at once; they don't wait for their batch's misses.
+        hits, misses = self.triage.split(envelopes, times)
+        decisions = self.triage.decide_hits(hits, times)
         t1 = time.perf_counter_ns()
-        await self.emitter.emit(decisions, dead)
+        acks = [await self.emitter.send(decisions, dead)]
+        times.produce = time.perf_counter_ns() - t1
+        try:
+            if misses:
+                miss_decisions = await self.triage.decide_misses(misses, times)
+                t1 = time.perf_counter_ns()
+                acks.append(await self.emitter.send(miss_decisions, ()))
+                decisions += miss_decisions
+                envelopes = [env for env, _ in hits] + misses  # aligned with decisions again
+            else:
+                t1 = time.perf_counter_ns()
+        except BaseException:
+            await asyncio.gather(*acks, return_exceptions=True)  # the batch is retried; settle what was sent
+            raise
+        await asyncio.gather(*acks)  # every record acknowledged before the rows are made durable
         t2 = time.perf_counter_ns()
-        times.produce = t2 - t1
+        times.produce += t2 - t1
 
         await self.sink.write(self.rows(envelopes, decisions), self.metrics(times, decisions, received_ns))
         times.sink = time.perf_counter_ns() - t2

@@ -19,8 +19,9 @@ import asyncio
 import logging
 import signal
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.abc import ConsumerRebalanceListener
@@ -50,15 +51,14 @@ class KafkaEmitter:
         self.decisions_topic = decisions_topic
         self.dlq_topic = dlq_topic
 
-    async def emit(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> None:
+    async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> Awaitable[Any]:
         send = self.producer.send
         acks: list[asyncio.Future[object]] = []
         for d in decisions:
             acks.append(await send(self.decisions_topic, d.to_json(), d.alert_id.encode()))
         for dl in dead:
             acks.append(await send(self.dlq_topic, dl.to_json(), None, headers=[("reason", dl.reason.encode())]))
-        if acks:
-            await asyncio.gather(*acks)
+        return asyncio.gather(*acks)
 
 
 @dataclass(eq=False, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -22,8 +23,9 @@ class FlakyPipeline:
         self.emitted: list[DeadLetter] = []
         self.emitter = self
 
-    async def emit(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> None:
+    async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> Any:
         self.emitted.extend(dead)
+        return asyncio.sleep(0)
 
     def scrub(self, raw: bytes, reason: str) -> tuple[bytes, bool]:
         return raw, False

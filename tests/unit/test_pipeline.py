@@ -3,7 +3,8 @@ proposition service behind httpx.MockTransport. Redis points at a closed port (d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import httpx
@@ -31,9 +32,10 @@ class RecordingEmitter:
         self.decisions: list[Decision] = []
         self.dead: list[DeadLetter] = []
 
-    async def emit(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> None:
+    async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> Awaitable[None]:
         self.decisions.extend(decisions)
         self.dead.extend(dead)
+        return asyncio.sleep(0)
 
 
 def service(calls: list[list[str]], status: int = 200) -> httpx.MockTransport:
@@ -141,3 +143,28 @@ async def test_a_failing_service_escalates_with_the_reason(tmp_path: Path, statu
     assert {d.mode for d in emitter.decisions} == {"escalate"}
     assert {d.reason for d in emitter.decisions} == {f"service_error:{status}"}
     assert {d.cache_tier for d in emitter.decisions} == {"none"}
+
+
+async def test_lru_hits_are_sent_before_the_batch_waits_on_the_service(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+    pipeline, emitter, sink = build(tmp_path, calls)
+    warm = Workload("ci_failures", seed=2).alerts(50)
+    await pipeline.process(messages([orjson.dumps(a) for a in warm]))
+
+    sent_before_service: list[int] = []
+    real_fetch = pipeline.triage.service.fetch_many
+
+    async def fetch_many(requests):  # type: ignore[no-untyped-def]
+        sent_before_service.append(len(emitter.decisions))
+        return await real_fetch(requests)
+
+    pipeline.triage.service.fetch_many = fetch_many  # type: ignore[method-assign]
+    hits = [{**a, "id": "hit-" + a["id"]} for a in warm[:10]]
+    cold = Workload("scam", seed=9).alerts(5)
+    before = len(emitter.decisions)
+    report = await pipeline.process(messages([orjson.dumps(a) for a in hits + cold]))
+    assert sent_before_service == [before + 10]  # the 10 hits were already handed to the producer
+    assert report.tiers == {"lru": 10, "service": 5}
+    rows = {r.alert_id: r for r in sink.rows}
+    for d in report.decisions:  # rows stay aligned with their decisions after the reordering
+        assert rows[d.alert_id].cache_tier == d.cache_tier and rows[d.alert_id].key == d.key

@@ -53,10 +53,11 @@ async def test_every_valid_alert_gets_one_decision_and_every_malformed_one_a_dea
     assert all(dl.source_topic == s.topic_alerts and dl.error for dl in dead)
 
 
+@pytest.mark.parametrize("engine", ["faust", "aiokafka"])
 async def test_repeated_keys_are_answered_by_lru_then_by_redis_after_a_restart(
-    e2e_settings: Settings, propositions: Proc, tmp_path: Path
+    e2e_settings: Settings, propositions: Proc, tmp_path: Path, engine: str
 ) -> None:
-    s = e2e_settings
+    s = e2e_settings.with_overrides(engine=engine)
     waves = [Workload("ci_failures", seed=1).alerts(300) for _ in range(3)]
     for n, wave in enumerate(waves):  # same keys in every wave, fresh alert ids
         for a in wave:

@@ -64,6 +64,10 @@ class StageTimes:
     produce: int = 0
     sink: int = 0
 
+    def add(self, other: StageTimes) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def as_ms(self) -> dict[str, float]:
         return {name: getattr(self, name) / 1e6 for name in self.__slots__}
 

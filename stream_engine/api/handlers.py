@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from stream_engine.api.analytics import BadParams, build_query
+from stream_engine.api.coalesce import Coalescer
 from stream_engine.api.metrics import RuntimeCollector, exposition
 from stream_engine.models import Alert
 from stream_engine.monitor import rss_bytes
@@ -59,6 +60,7 @@ def error(status: int, kind: str, detail: str, **more: Any) -> web.Response:
 class Handlers:
     def __init__(self, runtime: Runtime, registry: CollectorRegistry, collector: RuntimeCollector) -> None:
         self.runtime = runtime
+        self.coalescer = Coalescer(runtime.triage, slots=runtime.settings.batch_concurrency, max_batch=runtime.settings.batch_max)
         self.registry = registry
         self.collector = collector
 
@@ -90,7 +92,7 @@ class Handlers:
         triage = runtime.triage
         envelopes = [triage.envelope(a, API_PARTITION, API_OFFSET, received_ns) for a in alerts]
         times = StageTimes()
-        decisions = await triage.decide(envelopes, times)
+        decisions = await self.coalescer.decide(envelopes, times)
         t0 = time.perf_counter_ns()
         pipeline = runtime.pipeline
         metrics = [m for m in pipeline.metrics(times, decisions, received_ns) if m.stage not in ("decode", "produce")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -16,7 +16,7 @@ import pytest
 from stream_engine.models import DeadLetter
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload, malformed_payloads
-from tests.support.drills import Publisher, Tail, clickhouse_rows
+from tests.support.drills import Publisher, Tail, assert_crash_redelivery_is_the_uncommitted_suffix, clickhouse_rows
 from tests.support.kafka import collect, publish
 from tests.support.procs import Proc, start_worker, wait_until
 
@@ -103,24 +103,8 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(s: Settings, proposi
         if restarted is not None:
             restarted.stop()
 
-    counts = Counter(d["alert_id"] for d in decisions)
-    assert set(ids) <= counts.keys(), "nothing is missing"
-    assert max(counts.values()) <= 2, "one crash re-delivers an alert at most once"
-    first_ids = {d["alert_id"] for d in first_run}
-    duplicated = {i for i, n in counts.items() if n > 1}
-    assert duplicated <= first_ids, "only alerts the dead worker had decided may be decided twice"
-    # Per partition the duplicates are the uncommitted suffix of what the first run decided: a
-    # hole would mean a commit passed a batch that was not done (concurrent batches reordered).
-    decided_by_partition: dict[int, list[int]] = defaultdict(list)
-    duplicated_by_partition: dict[int, set[int]] = defaultdict(set)
-    for alert_id in first_ids:
-        partition, offset = pub.positions[alert_id]
-        decided_by_partition[partition].append(offset)
-        if alert_id in duplicated:
-            duplicated_by_partition[partition].add(offset)
-    for partition, dup_offsets in duplicated_by_partition.items():
-        window = {o for o in decided_by_partition[partition] if o >= min(dup_offsets)}
-        assert dup_offsets == window, f"partition {partition}: duplicates are not the uncommitted suffix"
+    assert set(ids) <= {d["alert_id"] for d in decisions}, "nothing is missing"
+    assert_crash_redelivery_is_the_uncommitted_suffix(decisions, first_run, pub.positions)
 
     log = clickhouse_rows(s)
     assert log.ids == set(ids), "every decision has its ClickHouse row"

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, account, clickhouse_rows, record
+from tests.support.drills import (
+    Publisher,
+    Tail,
+    account,
+    assert_crash_redelivery_is_the_uncommitted_suffix,
+    clickhouse_rows,
+    record,
+)
 from tests.support.procs import Proc, start_worker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
@@ -58,21 +64,7 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
     row = record(account("1 worker kill -9", ids, decisions, log.rows, recover_s))
     assert row.missing == 0
 
-    counts = Counter(d["alert_id"] for d in decisions)
-    first_ids = {d["alert_id"] for d in first_run}
-    duplicated = {i for i, n in counts.items() if n > 1}
-    assert max(counts.values()) <= 2, "one crash re-delivers an alert at most once"
-    assert duplicated <= first_ids, "only alerts the dead worker had decided may be decided twice"
-    decided_by_partition: dict[int, list[int]] = defaultdict(list)
-    duplicated_by_partition: dict[int, set[int]] = defaultdict(set)
-    for alert_id in first_ids:
-        partition, offset = pub.positions[alert_id]
-        decided_by_partition[partition].append(offset)
-        if alert_id in duplicated:
-            duplicated_by_partition[partition].add(offset)
-    for partition, dup_offsets in duplicated_by_partition.items():
-        window = {o for o in decided_by_partition[partition] if o >= min(dup_offsets)}
-        assert dup_offsets == window, f"partition {partition}: duplicates are not the uncommitted suffix"
+    assert_crash_redelivery_is_the_uncommitted_suffix(decisions, first_run, pub.positions)
 
     assert log.ids == set(ids), "every decision has its ClickHouse row"
     assert log.rows == len(ids), "duplicates collapse in proposition_log FINAL"

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -297,3 +297,26 @@ class PrivateRedis:
 
     def count(self, pattern: str) -> int:
         return len(self.keys(pattern))
+
+
+def assert_crash_redelivery_is_the_uncommitted_suffix(
+    decisions: list[dict[str, Any]], first_run: list[dict[str, Any]], positions: dict[str, tuple[int, int]]
+) -> None:
+    """After one worker crash: an alert is decided at most twice, only alerts the dead worker had
+    decided come back, and per partition those are exactly the offsets after its last commit (a
+    hole would mean a commit passed a batch that was not done)."""
+    counts = Counter(d["alert_id"] for d in decisions)
+    first_ids = {d["alert_id"] for d in first_run}
+    duplicated = {i for i, n in counts.items() if n > 1}
+    assert max(counts.values()) <= 2, "one crash re-delivers an alert at most once"
+    assert duplicated <= first_ids, "only alerts the dead worker had decided may be decided twice"
+    decided_by_partition: dict[int, list[int]] = defaultdict(list)
+    duplicated_by_partition: dict[int, set[int]] = defaultdict(set)
+    for alert_id in first_ids:
+        partition, offset = positions[alert_id]
+        decided_by_partition[partition].append(offset)
+        if alert_id in duplicated:
+            duplicated_by_partition[partition].add(offset)
+    for partition, dup_offsets in duplicated_by_partition.items():
+        window = {o for o in decided_by_partition[partition] if o >= min(dup_offsets)}
+        assert dup_offsets == window, f"partition {partition}: duplicates are not the uncommitted suffix"

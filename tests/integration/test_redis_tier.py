@@ -1,4 +1,4 @@
-"""RedisTier against the real Redis (STREAM_ENGINE_REDIS_URL, default the dev one on 16379).
+"""RedisTier against the real Redis (the ``stack`` fixture: STREAM_ENGINE_REDIS_URL, started if absent).
 
 Commands are counted by a Connection subclass (the client's own seam), outages are made by a
 small TCP forwarder in front of the real Redis that can be stopped, black-holed and restarted.
@@ -7,7 +7,6 @@ small TCP forwarder in front of the real Redis that can be stopped, black-holed 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +24,6 @@ from stream_engine.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = os.environ.get("STREAM_ENGINE_REDIS_URL", "redis://127.0.0.1:16379/0")
 P1 = [Proposition("rerun", 0.91, "flaky test"), Proposition("page", 0.2, "")]
 P2 = [Proposition("block", 0.99, "known scam")]
 
@@ -115,15 +113,20 @@ def namespace() -> str:
 
 
 @pytest.fixture
-async def raw() -> AsyncIterator[redis_asyncio.Redis]:
-    client = make_client(REDIS_URL)
+def redis_url(stack: Settings) -> str:
+    return stack.redis_url
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
+    client = make_client(redis_url)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def tier(namespace: str, raw: redis_asyncio.Redis) -> AsyncIterator[RedisTier]:
-    tier = RedisTier(make_client(REDIS_URL, CountingConnection), ttl_s=60, namespace=namespace)
+async def tier(namespace: str, raw: redis_asyncio.Redis, redis_url: str) -> AsyncIterator[RedisTier]:
+    tier = RedisTier(make_client(redis_url, CountingConnection), ttl_s=60, namespace=namespace)
     yield tier
     await tier.close()
     keys = [k async for k in raw.scan_iter(match=f"{namespace}:*", count=1000)]
@@ -190,8 +193,8 @@ async def test_invalidate_key_and_type(tier: RedisTier) -> None:
     assert found == {"ci_failure_x|repo=a": P1}
 
 
-async def test_invalidate_type_scans_in_batches(namespace: str, raw: redis_asyncio.Redis) -> None:
-    tier = RedisTier(make_client(REDIS_URL), ttl_s=60, namespace=namespace, scan_batch=7)
+async def test_invalidate_type_scans_in_batches(namespace: str, raw: redis_asyncio.Redis, redis_url: str) -> None:
+    tier = RedisTier(make_client(redis_url), ttl_s=60, namespace=namespace, scan_batch=7)
     try:
         await tier.put_many({f"infra|fp={i}": [] for i in range(40)})
         assert await tier.invalidate_type("infra") == 40
@@ -200,8 +203,8 @@ async def test_invalidate_type_scans_in_batches(namespace: str, raw: redis_async
         await tier.close()
 
 
-async def test_invalidate_all_moves_every_worker_to_a_new_generation(tier: RedisTier, namespace: str) -> None:
-    other_worker = RedisTier(make_client(REDIS_URL), ttl_s=60, namespace=namespace)
+async def test_invalidate_all_moves_every_worker_to_a_new_generation(tier: RedisTier, namespace: str, redis_url: str) -> None:
+    other_worker = RedisTier(make_client(redis_url), ttl_s=60, namespace=namespace)
     try:
         await tier.put_many({"k|1": P1})
         assert await other_worker.get_many(["k|1"]) == {"k|1": P1}
@@ -235,8 +238,8 @@ async def test_put_many_with_a_snapshot_generation_never_pollutes_a_newer_one(ti
     assert await tier.get_many(["k|1"]) == {}
 
 
-async def test_from_settings_connects_and_works(namespace: str) -> None:
-    tier = RedisTier.from_settings(Settings(redis_url=REDIS_URL, redis_ttl_s=30), namespace=namespace)
+async def test_from_settings_connects_and_works(namespace: str, redis_url: str) -> None:
+    tier = RedisTier.from_settings(Settings(redis_url=redis_url, redis_ttl_s=30), namespace=namespace)
     try:
         assert tier.ttl_s == 30 and tier.retry_after_s == Settings().redis_retry_after_s
         await tier.put_many({"a|b": P2})
@@ -282,8 +285,8 @@ async def test_unreachable_redis_degrades_without_raising(namespace: str) -> Non
         await tier.close()
 
 
-async def test_outage_then_recovery_through_a_proxy(namespace: str, raw: redis_asyncio.Redis) -> None:
-    target = urlsplit(REDIS_URL)
+async def test_outage_then_recovery_through_a_proxy(namespace: str, raw: redis_asyncio.Redis, redis_url: str) -> None:
+    target = urlsplit(redis_url)
     proxy = RedisProxy(target.hostname or "127.0.0.1", target.port or 6379)
     await proxy.start()
     clock = FakeClock()
@@ -309,8 +312,8 @@ async def test_outage_then_recovery_through_a_proxy(namespace: str, raw: redis_a
         await proxy.stop()
 
 
-async def test_hung_redis_times_out_and_degrades(namespace: str) -> None:
-    target = urlsplit(REDIS_URL)
+async def test_hung_redis_times_out_and_degrades(namespace: str, redis_url: str) -> None:
+    target = urlsplit(redis_url)
     proxy = RedisProxy(target.hostname or "127.0.0.1", target.port or 6379)
     proxy.blackhole = True
     await proxy.start()

@@ -1,4 +1,4 @@
-"""The invalidation channel against the real Kafka broker (STREAM_ENGINE_KAFKA_BOOTSTRAP).
+"""The invalidation channel against the real Kafka broker (the ``stack`` fixture: STREAM_ENGINE_KAFKA_BOOTSTRAP, started if absent).
 
 The Invalidation (de)serialisation tests at the top need no broker.
 """
@@ -6,7 +6,6 @@ The Invalidation (de)serialisation tests at the top need no broker.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +21,9 @@ from stream_engine.propositions.updates import (
     UpdatesListener,
     UpdatesPublisher,
 )
+from stream_engine.settings import Settings
 
-BOOTSTRAP = os.environ.get("STREAM_ENGINE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+BOOTSTRAP = Settings().kafka_bootstrap  # the address the `stack` fixture makes answer
 WAIT_S = 20.0  # generous upper bound on delivery, not a latency assertion
 
 
@@ -69,7 +69,7 @@ def test_invalidation_constructor_validates() -> None:
 
 
 @pytest.fixture
-async def topic() -> AsyncIterator[str]:
+async def topic(stack: Settings) -> AsyncIterator[str]:
     name = f"test-updates-{uuid.uuid4().hex[:10]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     await admin.start()

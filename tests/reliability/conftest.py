@@ -1,8 +1,8 @@
 """Fixtures for the reliability drills, and the session-end accounting table.
 
 Every drill gets unique topics and consumer group (``topics``), its own data dir, Redis namespace
-and proposition-service port; drills that break a service start a private one, never the dev
-Kafka at 127.0.0.1:19092 or the dev Redis.
+and proposition-service port; drills that break a service start a private one, never the
+shared stack's Kafka or Redis.
 """
 
 from __future__ import annotations

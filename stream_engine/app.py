@@ -16,6 +16,7 @@ import faust
 from faust.types import TP
 
 from stream_engine.batching import consumer_offsets_probe, log_dead_letters, process_until_done
+from stream_engine.kafka.faust_transport import transport_class
 from stream_engine.models import DeadLetter, Decision
 from stream_engine.pipeline import RawMessage
 from stream_engine.runtime import Runtime
@@ -66,6 +67,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         topic_replication_factor=1,
         stream_buffer_maxsize=max(4096, settings.batch_max * 4),
     )
+    app.transport = transport_class(settings.fetch_max_wait_ms)(app.conf.broker_consumer, app)
     alerts = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
     runtime.consumer_offsets = consumer_offsets_probe(lambda: app.consumer, settings.topic_alerts)
     ready = asyncio.Event()

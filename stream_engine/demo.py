@@ -26,11 +26,9 @@ from stream_engine.settings import Settings
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="Run a worker on a realistic workload and summarise what it decided.")
-    # The demo runs the aiokafka engine: measured here it keeps p50 < 10 ms where the faust agent
-    # falls ~1 s behind (a restarted faust worker on an existing chDB directory; see README).
     p.add_argument("--alerts", type=int, default=45_000, help="How many alerts to publish (default 45000).")
     p.add_argument("--rate", type=float, default=1500, help="Alerts per second (default 1500; 0 = as fast as possible).")
-    p.add_argument("--engine", choices=("faust", "aiokafka"), default="aiokafka", help="Worker engine (default aiokafka).")
+    p.add_argument("--engine", choices=("faust", "aiokafka"), default=None, help="Worker engine (default: STREAM_ENGINE_ENGINE, faust).")
     p.add_argument("--profile", default="typical", help="Workload: typical, ci_failures, scam, infra.")
     p.add_argument("--seed", type=int, default=None, help="Workload seed (default: time based).")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default DATA_DIR/demo.png).")
@@ -54,7 +52,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from stream_engine.kafka import apply_topics
     from stream_engine.stack import Stack, kafka_answers
 
-    settings = settings.with_overrides(engine=args.engine)
+    settings = settings.with_overrides(engine=args.engine or settings.engine)
     console.rule(f"[bold]stream_engine demo — {settings.engine} engine")
     if kafka_answers(settings.kafka_bootstrap):
         console.print(f"using the Kafka at {settings.kafka_bootstrap}")

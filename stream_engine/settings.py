@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(2, ge=1, description="Batches processed concurrently per worker.")
     max_alert_bytes: int = Field(65536, ge=256, description="Larger alerts go to the DLQ.")
     fetch_max_wait_ms: int = Field(
-        5, ge=0, description="Fetch wait of plain aiokafka consumers (benchmarks); faust fixes its own at 1500 ms."
+        50, ge=0, description="Consumer fetch wait, both engines: how long a fetch on idle partitions can hold back the others."
     )
     producer_linger_ms: int = Field(1, ge=0, description="Producer linger: small batches, low latency.")
     commit_interval_s: float = Field(0.5, gt=0, description="Offset commit interval (faust default 2.8).")

@@ -130,3 +130,78 @@ async def test_write_after_stop_is_refused(tmp_path: Path) -> None:
     row = LogRow("a", "t", "k", "s", "src", 0, 0, "auto", None, None, "lru", 0.0, 1, 0, 0, "w", "[]", None, "v")
     with pytest.raises(RuntimeError):
         await sink.write([row], [])
+
+
+class _RecordingClient:
+    def __init__(self) -> None:
+        self.tables: list[str] = []
+
+    def insert_arrow(self, table: str, data: object) -> None:
+        self.tables.append(table)
+
+    def close(self) -> None:
+        pass
+
+
+def _row(i: int = 0) -> LogRow:
+    return LogRow(f"a{i}", "t", "k", "s", "src", 0, 0, "auto", None, None, "lru", 0.0, 1, 0, i, "w", "[]", None, "v")
+
+
+async def test_start_opens_the_client_before_the_first_write(tmp_path: Path) -> None:
+    opened: list[int] = []
+    client = _RecordingClient()
+
+    def factory() -> _RecordingClient:
+        opened.append(1)
+        return client
+
+    sink = ClickHouseSink(factory, tmp_path / "j", flush_rows=1, flush_interval_s=0.01)  # type: ignore[arg-type]
+    await sink.start()
+    assert opened == [1]  # chDB's import and table loading happen here, not under traffic
+    await sink.write([_row()], [])
+    await sink.stop()
+    assert opened == [1] and client.tables == ["proposition_log"]
+
+
+async def test_start_does_not_fail_when_clickhouse_is_down_and_rows_flush_once_it_is_up(tmp_path: Path) -> None:
+    client = _RecordingClient()
+    up = False
+
+    def factory() -> _RecordingClient:
+        if not up:
+            raise ConnectionRefusedError("ClickHouse unreachable")
+        return client
+
+    sink = ClickHouseSink(factory, tmp_path / "j", flush_rows=1, flush_interval_s=0.01, retry_initial_s=0.01, retry_max_s=0.02)  # type: ignore[arg-type]
+    await sink.start()
+    await sink.write([_row()], [])
+    up = True
+    for _ in range(500):
+        if sink.stats()["rows_inserted"] == 1:
+            break
+        await asyncio.sleep(0.01)
+    await sink.stop()
+    assert sink.stats()["rows_inserted"] == 1 and client.tables == ["proposition_log"]
+
+
+async def test_start_waits_a_bounded_time_for_a_hung_clickhouse(tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+    client = _RecordingClient()
+
+    def hung() -> _RecordingClient:
+        release.wait(10)
+        return client
+
+    sink = ClickHouseSink(hung, tmp_path / "j", flush_rows=1, flush_interval_s=0.01, connect_wait_s=0.1)  # type: ignore[arg-type]
+    await asyncio.wait_for(sink.start(), 5)  # returns after connect_wait_s, not when ClickHouse answers
+    await sink.write([_row()], [])
+    assert sink.stats()["rows_inserted"] == 0
+    release.set()
+    for _ in range(500):
+        if sink.stats()["rows_inserted"] == 1:
+            break
+        await asyncio.sleep(0.01)
+    await sink.stop()
+    assert client.tables == ["proposition_log"]

@@ -21,6 +21,13 @@ AIM_OF_NAIVE = 10.0
 AIM_P99_MS_AT_1K = 50.0
 
 
+def _memory_results(r: dict[str, BenchResult]) -> list[tuple[str, str]]:
+    """The memory runs present, with their column labels: embedded chDB first, then over HTTP."""
+    labels = (("memory", "ClickHouse embedded (chDB in the worker; `./run demo`)"),
+              ("memory_http", "ClickHouse over HTTP (docker-compose)"))
+    return [(name, label) for name, label in labels if name in r]
+
+
 def load_all(directory: Path) -> dict[str, BenchResult]:
     return {p.stem: BenchResult.load(p) for p in sorted(directory.glob("*.json"))}
 
@@ -154,18 +161,24 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
         out.append(table(["profile", *(f"{x}/s" for x in rates)], rows))
         out += ["", "![hit ratio](hitratio.png) ![capacity](hitratio_capacity.png)", ""]
 
-    if "memory" in r:
-        m = r["memory"]
+    mems = _memory_results(r)
+    if mems:
         out += ["## Worker memory (RSS)", ""]
-        growth = m.metrics.get("growth_per_100k_steady_mb")
-        out.append(table(["measure", "value", "target"], [
-            ["idle", f"{_num(m.metrics.get('rss_idle_mb'), 1)} MB", "~50 MB"],
-            [f"with {m.params.get('cached')} cached propositions",
-             f"{_num(m.metrics.get('rss_with_%s_cached_mb' % m.params.get('cached')), 1)} MB", "~150 MB"],
-            ["growth, first step, per 100k alerts", f"{_num(m.metrics.get('growth_first_step_per_100k_mb'), 1)} MB", "–"],
-            ["growth, later steps, per 100k alerts (median)", f"{_num(growth, 1)} MB",
+
+        def cell(name: str, key: str) -> str:
+            value = r[name].metrics.get(key)
+            return f"{_num(value, 1)} MB" if value is not None else "–"
+
+        cached = r[mems[0][0]].params.get("cached")
+        rows = [
+            ["idle", *(cell(n, "rss_idle_mb") for n, _ in mems), "~50 MB"],
+            [f"with {cached} cached propositions", *(cell(n, f"rss_with_{cached}_cached_mb") for n, _ in mems), "~150 MB"],
+            ["growth, first step, per 100k alerts", *(cell(n, "growth_first_step_per_100k_mb") for n, _ in mems), "–"],
+            ["growth, later steps, per 100k alerts (median)", *(cell(n, "growth_per_100k_steady_mb") for n, _ in mems),
              "< 1 MB per 100 requests = < 1000 MB per 100k"],
-        ]))
+            ["the separate ClickHouse process (chDB HTTP test double)", *(cell(n, "clickhouse_process_rss_mb") for n, _ in mems), "–"],
+        ]
+        out.append(table(["measure", *(label for _, label in mems), "target"], rows))
         out += ["", "![memory](memory.png)", ""]
 
     if "profile_worker" in r:
@@ -305,14 +318,18 @@ def render_plots(r: dict[str, BenchResult], directory: Path) -> list[Path]:
         ax.set_title(f"Hit ratio vs capacity ({_num(rows[0]['sweep']['size'])}-alert traces)")
         save(fig, "hitratio_capacity.png")
 
-    if "memory" in r and r["memory"].runs:
-        points = r["memory"].runs
+    mems = _memory_results(r)
+    if mems:
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([p["alerts"] for p in points], [p["rss_mb"] for p in points], marker="o")
-        for p in points:
-            ax.annotate(p["stage"], (p["alerts"], p["rss_mb"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        for name, label in mems:
+            points = r[name].runs
+            ax.plot([p["alerts"] for p in points], [p["rss_mb"] for p in points], marker="o", label=label.split(" (")[0])
+            for p in points:
+                ax.annotate(p["stage"], (p["alerts"], p["rss_mb"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xlabel("alerts processed")
         ax.set_ylabel("worker RSS (MB)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
         ax.set_title("Worker memory")
         save(fig, "memory.png")
 

@@ -66,6 +66,8 @@ def plan(settings: Settings, sizes: Sizes, runs: int, with_profile: bool) -> lis
          lambda: e2e_stream.latency(settings, sizes.latency_rates, sizes.latency_seconds, "typical")),
         ("hit ratio per profile", lambda: hitratio.run(settings, sizes.hit_size, sizes.hit_rate, sweep_size=sizes.hit_sweep)),
         ("worker memory", lambda: memory.run(settings, sizes.memory_step, sizes.memory_steps)),
+        ("worker memory, ClickHouse over HTTP",
+         lambda: memory.run(settings, sizes.memory_step, sizes.memory_steps, clickhouse="http")),
         ("API targets (POST /api/v1/alerts/process)",
          lambda: api.run(settings, sizes.api_single, sizes.api_batches, sizes.api_rounds_100, sizes.api_rounds_1000)),
     ]

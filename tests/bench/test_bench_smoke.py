@@ -112,10 +112,13 @@ async def test_every_benchmark_runs_at_a_tiny_size_and_the_report_renders(stack:
     mem = _well_formed(await memory.run(stack, step_alerts=200, steps=2, cached=20), "memory", out)
     assert [p["stage"] for p in mem.runs] == ["idle", "20_cached", "after_step_1", "after_step_2"]
     assert all(p["rss_mb"] > 0 for p in mem.runs) and mem.metrics["complete"]
+    mem_http = _well_formed(await memory.run(stack, step_alerts=200, steps=1, cached=20, clickhouse="http"), "memory_http", out)
+    assert mem_http.metrics["complete"] and mem_http.metrics["clickhouse_process_rss_mb"] > 0
 
     md = report.render(out, "pytest smoke")
     text = md.read_text()
     assert "pytest smoke" in text and "nproc=" in text and "## Throughput" in text and "## Hit ratio" in text
+    assert "ClickHouse over HTTP (docker-compose)" in text
     assert {p.name for p in out.glob("*.png")} >= {"throughput.png", "latency.png", "hitratio.png", "memory.png"}
 
 

@@ -76,7 +76,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
     async def start_runtime() -> None:
         await runtime.start(FaustEmitter(app, settings.topic_decisions, settings.topic_dlq))
         ready.set()
-        log.info("worker %s ready", runtime.worker)
+        runtime.announce_ready()
 
     @app.agent(alerts, concurrency=settings.batch_concurrency)
     async def triage(stream: faust.StreamT) -> None:
@@ -101,6 +101,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
     async def keep_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
         runtime.lru.assign([tp.partition for tp in assigned if tp.topic == settings.topic_alerts])
         runtime.monitor.partitions_assigned((tp.topic, tp.partition) for tp in assigned if tp.topic == settings.topic_alerts)
+        runtime.announce_ready()
 
     @app.service
     class RuntimeStopper(faust.Service):  # type: ignore[misc]

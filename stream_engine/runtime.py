@@ -55,6 +55,7 @@ class Runtime:
         self.consumer_offsets: OffsetsProbe | None = None  # set by the faust app
         self.api: ApiServer | None = None
         self.started = False
+        self._announced = False
 
     @property
     def sink(self) -> Sink:
@@ -77,6 +78,17 @@ class Runtime:
         if serve_api:
             await self._start_api()
         return self.pipeline
+
+    def announce_ready(self) -> None:
+        """Log "worker … ready" once: started AND in the consumer group (the state /healthz calls ok).
+
+        Both engines call it after starting and on every assignment; whichever comes last logs.
+        (faust logs its own "Worker ready" earlier, before our runtime and sink are up.)
+        """
+        if self._announced or not self.started or not self.monitor.assignment_seen:
+            return
+        self._announced = True
+        log.info("worker %s ready", self.worker, extra={"partitions": sorted(p for _, p in self.monitor.assigned)})
 
     async def _start_api(self) -> None:
         """The API is a side door: a taken port is logged loudly but does not stop the stream

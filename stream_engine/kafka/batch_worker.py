@@ -149,7 +149,7 @@ class BatchWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.runtime.start(KafkaEmitter(self.producer, self.settings.topic_decisions, self.settings.topic_dlq))
             self.consumer.subscribe([topic], listener=self)
             await self.consumer.start()
-            log.info("worker %s ready", self.runtime.worker)
+            self.runtime.announce_ready()
             await self._fetch_loop()
             await self._drain(STOP_GRACE_S)
             await self._commit_pending()
@@ -277,6 +277,7 @@ class BatchWorker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runtime.monitor.partitions_assigned((tp.topic, tp.partition) for tp in ours)
         self._revoking = False
         log.info("partitions assigned: %s", sorted(tp.partition for tp in ours))
+        self.runtime.announce_ready()
 
 
 async def serve(settings: Settings) -> int:

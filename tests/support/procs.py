@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 import httpx
 
 from stream_engine.settings import Settings
+
+WORKER_READY = re.compile(r'"msg":\s*"worker \S+ ready"')
 
 
 def free_port() -> int:
@@ -89,5 +92,6 @@ def start_propositions(settings: Settings, log_dir: Path, *extra: str) -> Proc:
 
 def start_worker(settings: Settings, log_dir: Path, name: str = "worker") -> Proc:
     proc = Proc(name, ["worker"], settings, log_dir)
-    wait_until(lambda: "ready" in proc.log(), 60, f"{name} ready", proc)
+    # Our own line, not faust's earlier "Worker ready": started, sink open, partitions assigned.
+    wait_until(lambda: WORKER_READY.search(proc.log()) is not None, 60, f"{name} ready", proc)
     return proc

@@ -1,0 +1,42 @@
+""""worker … ready" is logged once, only when the runtime has started AND the worker has joined the group.
+
+Test helpers and operators wait for that line; faust prints its own "Worker ready" earlier.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from stream_engine.runtime import Runtime
+from stream_engine.settings import Settings
+from stream_engine.sinks import MemorySink
+from tests.support.procs import WORKER_READY
+
+
+async def test_ready_needs_start_and_an_assignment_and_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rt = Runtime(Settings(data_dir=tmp_path, worker_name="w1"), sink=MemorySink())
+    try:
+        caplog.set_level(logging.INFO, logger="stream_engine.runtime")
+        ready_lines = lambda: [r for r in caplog.records if r.getMessage() == "worker w1 ready"]  # noqa: E731
+
+        rt.announce_ready()
+        rt.monitor.partitions_assigned([("alerts", 2)])  # assigned, but the runtime has not started
+        rt.announce_ready()
+        assert ready_lines() == []
+
+        rt.started = True
+        rt.announce_ready()
+        rt.announce_ready()  # a later rebalance
+        assert len(ready_lines()) == 1 and ready_lines()[0].partitions == [2]  # type: ignore[attr-defined]
+    finally:
+        await rt.client.close()
+        await rt.redis.close()
+
+
+def test_the_helpers_ready_pattern_matches_our_line_and_not_fausts() -> None:
+    ours = '{"ts":"t","level":"INFO","logger":"stream_engine.runtime","msg":"worker vm:15591 ready","worker":"vm:15591"}'
+    fausts = '{"ts":"t","level":"INFO","logger":"faust.tables.recovery","msg":"[^---Recovery]: Worker ready"}'
+    assert WORKER_READY.search(ours) and not WORKER_READY.search(fausts)

@@ -26,7 +26,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from stream_engine.sinks.clickhouse import queries
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.schema import migrate
-from stream_engine.sinks.clickhouse.sink import ClickHouseSink, log_rows_to_arrow
+from stream_engine.sinks.clickhouse.sink import ClickHouseSink
 from tests.chdb_http_double import RunningDouble, start_double
 from tests.clickhouse_fixtures import chdb_http_double, make_metrics, make_rows, unique_database  # noqa: F401
 
@@ -140,7 +140,7 @@ def test_compressed_native_insert_and_long_parameters(http_url: str, database: s
     rows = client.query("SELECT ts, stage, count, sum_ms FROM latency_metrics ORDER BY stage").result_rows
     assert rows == [(ts, "decode", 3, 1.5), (ts, "redis", 4, 2.5)]
     # > 4 KiB of bound parameters: clickhouse-connect switches to a multipart form body
-    client.insert_arrow("proposition_log", log_rows_to_arrow(make_rows(5)))
+    client.insert_arrow("proposition_log", _arrow(make_rows(5)))
     wanted = [f"missing-{i:05d}" for i in range(1000)] + ["a1", "a4"]
     assert set(queries.get_proposition_logs_batch(client, wanted)) == {"a1", "a4"}
 
@@ -242,6 +242,33 @@ def test_injection_strings_return_nothing_and_drop_nothing(loaded: list[Any], ht
 # --- outage: the double is killed mid-run and restarted on the same data directory -----------
 
 
+def test_a_worker_writing_over_http_does_not_load_pandas(http_url: str, database: str, tmp_path: Path) -> None:
+    """clickhouse-connect probes inserts for DataFrames, which imported pandas + pyarrow (+85 MB RSS)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import asyncio, sys
+from pathlib import Path
+from stream_engine.sinks.clickhouse.client import connect
+from stream_engine.sinks.clickhouse.sink import ClickHouseSink
+from tests.clickhouse_fixtures import make_rows, make_metrics
+
+async def main():
+    sink = ClickHouseSink(lambda: connect({http_url!r}, {database!r}), Path({str(tmp_path / "j")!r}), flush_rows=1)
+    await sink.start()
+    await sink.write(make_rows(5), make_metrics(2))
+    while sink.stats()["rows_inserted"] < 5:
+        await asyncio.sleep(0.02)
+    await sink.stop()
+    print(sink.stats()["rows_inserted"], "pandas" in sys.modules, "pyarrow" in sys.modules)
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["5", "False", "False"], out.stderr[-2000:]
+
+
 async def test_sink_survives_the_double_being_killed_and_replays_into_the_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "chdb"
     double = start_double(data_dir)
@@ -280,3 +307,17 @@ async def test_sink_survives_the_double_being_killed_and_replays_into_the_restar
         assert {r[0] for r in client.query("SELECT alert_id FROM proposition_log FINAL").result_rows} == {r.alert_id for r in rows}
     finally:
         double.stop()
+
+
+def _arrow(rows: list[Any]) -> Any:
+    """LogRows as an Arrow table: the double's Arrow input path (the sink itself inserts Native)."""
+    import pyarrow as pa
+
+    from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS
+
+    ms = pa.timestamp("ms", tz="UTC")
+    types = (pa.string(), pa.string(), pa.string(), pa.string(), pa.string(), ms, ms, pa.string(), pa.string(),
+             pa.float32(), pa.string(), pa.float32(), pa.uint32(), pa.uint16(), pa.uint64(), pa.string(),
+             pa.string(), pa.string(), pa.string())  # fmt: skip
+    cols = list(zip(*rows, strict=True))
+    return pa.table([pa.array(c, t) for c, t in zip(cols, types, strict=True)], names=list(LOG_COLUMNS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -85,10 +86,10 @@ class _GatedClient:
         self.gate = threading.Event()
         self.inserting = threading.Event()
 
-    def insert_arrow(self, table: str, data: Any) -> Any:
+    def insert(self, table: str, data: Any, **kwargs: Any) -> Any:
         self.inserting.set()
         assert self.gate.wait(30)
-        return self.client.insert_arrow(table, data)
+        return self.client.insert(table, data, **kwargs)
 
     def close(self) -> None:
         pass
@@ -228,3 +229,33 @@ async def test_from_settings_migrates_and_writes(ch_url: str, tmp_path: Path) ->
         assert (tmp_path / "journal").is_dir()
     finally:
         client.command(f"DROP DATABASE {database}")
+
+
+def test_the_sinks_column_types_are_the_migrated_tables(ch_client: Any) -> None:  # noqa: F811
+    from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS, LOG_TYPES, METRIC_COLUMNS, METRIC_TYPES
+
+    for table, names, types in (("proposition_log", LOG_COLUMNS, LOG_TYPES), ("latency_metrics", METRIC_COLUMNS, METRIC_TYPES)):
+        described = [(r[0], r[1]) for r in ch_client.query(f"DESCRIBE TABLE {table}").result_rows]
+        assert described == list(zip(names, types, strict=True)), table
+
+
+async def test_inserted_values_read_back_exactly(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+    rows, metrics = make_rows(3), make_metrics(2, start_us=int(time.time() * 1_000_000))
+    sink = _sink(ch_url, ch_database, tmp_path / "j")
+    await sink.start()
+    await sink.write(rows, metrics)
+    await _eventually(lambda: sink.stats()["rows_inserted"] == 3 and sink.stats()["metrics_inserted"] == 2)
+    await sink.stop()
+    got = ch_client.query(
+        "SELECT alert_id, toUnixTimestamp64Milli(received_at), toUnixTimestamp64Milli(decided_at), action, confidence,"
+        " latency_ms, `partition`, `offset`, propositions, reason FROM proposition_log ORDER BY alert_id"
+    ).result_rows
+    f32 = lambda x: None if x is None else struct.unpack("f", struct.pack("f", x))[0]  # noqa: E731 (Float32 columns)
+    want = sorted(
+        (r.alert_id, r.received_at_ms, r.decided_at_ms, r.action, f32(r.confidence), f32(r.latency_ms), r.partition,
+         r.offset, r.propositions, r.reason)
+        for r in rows
+    )  # fmt: skip
+    assert [tuple(g) for g in got] == [tuple(w) for w in want]
+    got_m = ch_client.query("SELECT toUnixTimestamp64Micro(ts), stage, count, sum_ms FROM latency_metrics ORDER BY ts").result_rows
+    assert [tuple(g) for g in got_m] == sorted((m.ts_us, m.stage, m.count, m.sum_ms) for m in metrics)

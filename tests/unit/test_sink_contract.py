@@ -79,7 +79,7 @@ class _FailingClient:
     def __init__(self) -> None:
         self.calls = 0
 
-    def insert_arrow(self, table: str, data: object) -> None:
+    def insert(self, table: str, data: object, **kwargs: object) -> None:
         self.calls += 1
         raise ConnectionError("ClickHouse is down")
 
@@ -136,7 +136,7 @@ class _RecordingClient:
     def __init__(self) -> None:
         self.tables: list[str] = []
 
-    def insert_arrow(self, table: str, data: object) -> None:
+    def insert(self, table: str, data: object, **kwargs: object) -> None:
         self.tables.append(table)
 
     def close(self) -> None:

@@ -68,6 +68,7 @@ def connect(
 
         Path(target.path).mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(interface="chdb", path=target.path, database=database)
+    _no_dataframes()
     return clickhouse_connect.get_client(
         interface=target.interface,
         host=target.host,
@@ -80,3 +81,19 @@ def connect(
         # clickhouse-connect's default is 300 s: a hung server would stall a flush (and stop()) that long.
         send_receive_timeout=send_receive_timeout_s,
     )
+
+
+def _no_dataframes() -> None:
+    """Tell clickhouse-connect that pandas is absent, unless this process already uses it.
+
+    Nothing here reads or writes DataFrames, yet every insert asks whether its data is one, and
+    that question imports pandas and pyarrow (installed as chDB's dependencies): +85 MB RSS in a
+    worker that writes to a ClickHouse server. (With chDB embedded, chDB loads them anyway.)
+    """
+    import sys
+
+    from clickhouse_connect.driver import options
+
+    if "pandas" not in sys.modules and "pd" not in vars(options):
+        options.pd = None  # type: ignore[attr-defined]
+        options.pd_time_test = None  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """Row shapes written to ClickHouse, in table column order.
 
 Rows are NamedTuples: as cheap to build as a tuple on the hot path, readable by name in tests,
-and they transpose into columns with ``zip(*rows)`` for columnar (Arrow) inserts. Times are kept
+and they transpose into columns with ``zip(*rows)`` for columnar (Native) inserts. Times are kept
 as integers (epoch milliseconds / microseconds) so the journal stores them exactly.
 """
 
@@ -64,6 +64,18 @@ LOG_COLUMNS: tuple[str, ...] = (
     "reason", "engine_version",
 )  # fmt: skip
 METRIC_COLUMNS: tuple[str, ...] = ("ts", "stage", "alert_type", "worker", "count", "sum_ms", "max_ms")
+# The tables' column types (schema.py), so an insert needs no DESCRIBE round trip first;
+# tests/integration/test_clickhouse_sink.py checks them against the migrated tables.
+LOG_TYPES: tuple[str, ...] = (
+    "String", "LowCardinality(String)", "String", "LowCardinality(String)", "LowCardinality(String)",
+    "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')", "LowCardinality(String)", "Nullable(String)",
+    "Nullable(Float32)", "LowCardinality(String)", "Float32", "UInt32", "UInt16", "UInt64",
+    "LowCardinality(String)", "String", "Nullable(String)", "LowCardinality(String)",
+)  # fmt: skip
+METRIC_TYPES: tuple[str, ...] = (
+    "DateTime64(6, 'UTC')", "LowCardinality(String)", "LowCardinality(String)", "LowCardinality(String)",
+    "UInt32", "Float64", "Float32",
+)  # fmt: skip
 
 
 def log_row(

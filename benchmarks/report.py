@@ -181,6 +181,16 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
         out.append(table(["measure", *(label for _, label in mems), "target"], rows))
         out += ["", "![memory](memory.png)", ""]
 
+    if "sink" in r:
+        sk = r["sink"]
+        out += [f"## ClickHouse sink ({_num(sk.params.get('rows'))} rows in batches of {sk.params.get('batch')}, "
+                "without Kafka)", ""]
+        out.append(table(["backend", "fsync", "durable rows/s (journal)", "rows/s in ClickHouse", "flushes", "rows per flush"], [
+            [x["backend"], "on" if x["fsync"] else "off", _num(x["durable_rows_per_s"]), _num(x["inserted_rows_per_s"]),
+             _num(x["flushes"]), _num(x["flush_rows_avg"])] for x in sk.runs
+        ]))
+        out += ["", "*http* is the chDB HTTP test double in its own process (one request at a time), not a ClickHouse server.", ""]
+
     if "profile_worker" in r:
         p = r["profile_worker"]
         summary = p.runs[1] if len(p.runs) > 1 else {}

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import api, baseline_bare, baseline_naive, e2e_stream, hitratio, memory, profile_worker, report
+from benchmarks import api, baseline_bare, baseline_naive, e2e_stream, hitratio, memory, profile_worker, report, sink
 from benchmarks.common import RESULTS_DIR, BenchResult, current_command, require_kafka
 from stream_engine.settings import Settings
 
@@ -36,6 +36,7 @@ class Sizes:
     hit_sweep: int
     memory_step: int
     memory_steps: int
+    sink_rows: int
     profile_backlog: int
     api_single: int  # sequential single-alert requests per cache state
     api_batches: int  # sequential batch-of-10 requests per cache state
@@ -45,11 +46,11 @@ class Sizes:
 
 FULL = Sizes(runs=3, bare_messages=100_000, naive_messages=300, naive_nolatency_messages=2000,
              backlog_hit_heavy=100_000, backlog_typical=50_000, latency_rates=(100, 1000, 5000), latency_seconds=10,
-             hit_size=20_000, hit_rate=2000, hit_sweep=100_000, memory_step=100_000, memory_steps=3,
+             hit_size=20_000, hit_rate=2000, hit_sweep=100_000, memory_step=100_000, memory_steps=3, sink_rows=200_000,
              profile_backlog=100_000, api_single=500, api_batches=200, api_rounds_100=20, api_rounds_1000=5)
 QUICK = Sizes(runs=1, bare_messages=2000, naive_messages=20, naive_nolatency_messages=100,
               backlog_hit_heavy=2000, backlog_typical=1000, latency_rates=(100, 500), latency_seconds=2,
-              hit_size=1000, hit_rate=1000, hit_sweep=2000, memory_step=1000, memory_steps=2, profile_backlog=3000,
+              hit_size=1000, hit_rate=1000, hit_sweep=2000, memory_step=1000, memory_steps=2, sink_rows=5000, profile_backlog=3000,
               api_single=10, api_batches=5, api_rounds_100=1, api_rounds_1000=1)
 
 
@@ -68,6 +69,7 @@ def plan(settings: Settings, sizes: Sizes, runs: int, with_profile: bool) -> lis
         ("worker memory", lambda: memory.run(settings, sizes.memory_step, sizes.memory_steps)),
         ("worker memory, ClickHouse over HTTP",
          lambda: memory.run(settings, sizes.memory_step, sizes.memory_steps, clickhouse="http")),
+        ("ClickHouse sink throughput", lambda: sink.run(sizes.sink_rows)),
         ("API targets (POST /api/v1/alerts/process)",
          lambda: api.run(settings, sizes.api_single, sizes.api_batches, sizes.api_rounds_100, sizes.api_rounds_1000)),
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import baseline_bare, baseline_naive, e2e_stream, hitratio, memory, report
+from benchmarks import baseline_bare, baseline_naive, e2e_stream, hitratio, memory, report, sink
 from benchmarks.common import BenchResult, latency_summary, percentile
 from benchmarks.trace import TraceSpec, arrival_times, belady, lru, lru_batched, make_trace, ttl_optimum
 from stream_engine.keys import KeyBuilder
@@ -115,10 +115,14 @@ async def test_every_benchmark_runs_at_a_tiny_size_and_the_report_renders(stack:
     mem_http = _well_formed(await memory.run(stack, step_alerts=200, steps=1, cached=20, clickhouse="http"), "memory_http", out)
     assert mem_http.metrics["complete"] and mem_http.metrics["clickhouse_process_rss_mb"] > 0
 
+    sk = _well_formed(await sink.run(rows=2000, work_dir=tmp_path / "sink"), "sink", out)
+    assert [(x["backend"], x["fsync"]) for x in sk.runs] == [("embedded", False), ("embedded", True), ("http", False), ("http", True)]
+    assert all(x["inserted_rows_per_s"] > 0 and x["flushes"] >= 1 for x in sk.runs)
+
     md = report.render(out, "pytest smoke")
     text = md.read_text()
     assert "pytest smoke" in text and "nproc=" in text and "## Throughput" in text and "## Hit ratio" in text
-    assert "ClickHouse over HTTP (docker-compose)" in text
+    assert "ClickHouse over HTTP (docker-compose)" in text and "## ClickHouse sink" in text
     assert {p.name for p in out.glob("*.png")} >= {"throughput.png", "latency.png", "hitratio.png", "memory.png"}
 
 

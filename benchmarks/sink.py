@@ -1,0 +1,125 @@
+"""ClickHouse sink throughput: rows/s durable (journal written) and rows/s in ClickHouse.
+
+The worker's own path, without Kafka: ``ClickHouseSink.write`` in batches the size of a worker's
+micro-batch (500 decisions + their stage metrics), into a fresh chDB directory (embedded) and,
+with ``--http``, through the chDB HTTP test double in its own process (the HTTP code path; the
+double is single-threaded, so that figure is a floor for a real server).
+
+    python -m benchmarks.sink --rows 200000 [--http]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import BenchResult, Progress, Stopwatch
+from benchmarks.services import workspace
+from stream_engine.sinks.clickhouse.client import connect
+from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow
+from stream_engine.sinks.clickhouse.schema import migrate
+from stream_engine.sinks.clickhouse.sink import ClickHouseSink
+
+BATCH = 500
+DATABASE = "stream_engine"
+TYPES = ("ci_failure", "scam", "infra")
+
+
+def decisions(n: int, start_ms: int) -> list[LogRow]:
+    props = '[{"action":"rerun","confidence":0.91,"rationale":"flaky test in the last 20 runs"}]'
+    return [
+        LogRow(f"bench-{i:09d}", TYPES[i % 3], f"{TYPES[i % 3]}|repo=r{i % 300}|job=build", "high", "github",
+               start_ms + i, start_ms + i + 2, "auto", "rerun", 0.91, "lru", 1.5, BATCH, i % 6, i, "w1", props, None, "0.1")
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def metrics_for(batch_index: int, start_us: int) -> list[MetricRow]:
+    ts = start_us + batch_index * 1000
+    return [MetricRow(ts, stage, t, "w1", BATCH // 3, 150.0, 2.5) for stage in ("decode", "lru", "sink") for t in TYPES]
+
+
+@contextlib.contextmanager
+def clickhouse_url(work: Path, backend: str) -> Iterator[str]:
+    if backend == "embedded":
+        yield f"chdb://{work / 'chdb'}"
+        return
+    from tests.chdb_http_double import start_double
+
+    double = start_double(work / "double")
+    try:
+        yield double.url
+    finally:
+        double.stop()
+
+
+async def one_run(url: str, work: Path, rows: int, fsync: bool, label: str) -> dict[str, Any]:
+    migrate(connect(url, None), DATABASE, ttl_days=3650)
+    sink = ClickHouseSink(lambda: connect(url, DATABASE), work / f"journal-{label}", fsync=fsync)
+    now_ms = int(time.time() * 1000)
+    data = decisions(rows, now_ms)
+    await sink.start()
+    t0 = time.perf_counter()
+    with Progress(label, rows) as bar:
+        for b, i in enumerate(range(0, rows, BATCH)):
+            await sink.write(data[i : i + BATCH], metrics_for(b, now_ms * 1000))
+            bar.update(min(BATCH, rows - i))
+    written_s = time.perf_counter() - t0
+    while sink.stats()["rows_inserted"] < rows:
+        await asyncio.sleep(0.005)
+    inserted_s = time.perf_counter() - t0
+    stats = sink.stats()
+    await sink.stop()
+    return {
+        "label": label, "rows": rows, "fsync": fsync,
+        "durable_rows_per_s": round(rows / written_s), "inserted_rows_per_s": round(rows / inserted_s),
+        "flushes": stats["flushes"], "flush_rows_avg": round(stats["flush_rows_avg"]),
+        "flush_seconds_avg": round(stats["flush_seconds_avg"], 4), "journal_fsyncs": stats["journal_fsyncs"],
+    }  # fmt: skip
+
+
+async def run(rows: int = 200_000, backends: tuple[str, ...] = ("embedded", "http"), work_dir: Path | None = None) -> BenchResult:
+    watch = Stopwatch()
+    runs = []
+    with workspace(work_dir) as work:
+        for backend in backends:
+            with clickhouse_url(work, backend) as url:
+                await one_run(url, work, min(BATCH * 20, rows), False, f"{backend}, warm-up")  # engine load, first parts
+                for fsync in (False, True):
+                    label = f"{backend}, fsync {'on' if fsync else 'off'}"
+                    runs.append(await one_run(url, work, rows, fsync, label) | {"backend": backend})
+    result = BenchResult(
+        name="sink",
+        command="",
+        params={"rows": rows, "batch": BATCH, "metrics_per_batch": 9, "backends": list(backends)},
+        metrics={f"{r['backend']}_fsync_{'on' if r['fsync'] else 'off'}_inserted_rows_per_s": r["inserted_rows_per_s"] for r in runs},
+        runs=runs,
+        notes=["durable = every write() returned (rows in the journal, fsynced when fsync is on); "
+               "inserted = rows_inserted reached the total (one columnar insert per table per flush).",
+               "http = the chDB HTTP test double in its own process (one request at a time), not a ClickHouse server."],
+    )
+    return watch.finish(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--http", action="store_true", help="also through the chDB HTTP test double")
+    parser.add_argument("--results-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    backends = ("embedded", "http") if args.http else ("embedded",)
+    result = asyncio.run(run(args.rows, backends))
+    path = result.write(args.results_dir) if args.results_dir else result.write()
+    for r in result.runs:
+        print(f"{r['label']:24s} durable {r['durable_rows_per_s']:>9,} rows/s  in ClickHouse {r['inserted_rows_per_s']:>9,} rows/s")
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

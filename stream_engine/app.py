@@ -17,6 +17,7 @@ from faust.types import TP
 
 from stream_engine.batching import consumer_offsets_probe, log_dead_letters, process_until_done
 from stream_engine.kafka.faust_transport import transport_class
+from stream_engine.kafka.partitioner import kafka_partitioner
 from stream_engine.models import DeadLetter, Decision
 from stream_engine.pipeline import RawMessage
 from stream_engine.runtime import Runtime
@@ -62,6 +63,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         broker_commit_interval=settings.commit_interval_s,
         producer_linger_ms=settings.producer_linger_ms,
         producer_acks=-1,
+        producer_partitioner=kafka_partitioner,
         # A dead letter carries its original base64-encoded (+1/3): a 1 MiB alert must still fit.
         producer_max_request_size=4 * 1024 * 1024,
         topic_replication_factor=1,

@@ -29,6 +29,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from stream_engine.batching import batch_context, consumer_offsets_probe, log_dead_letters, process_until_done
+from stream_engine.kafka.partitioner import kafka_partitioner
 from stream_engine.models import DeadLetter, Decision
 from stream_engine.pipeline import RawMessage
 from stream_engine.runtime import Runtime
@@ -127,6 +128,7 @@ class BatchWorker(ConsumerRebalanceListener):  # type: ignore[misc]
             enable_idempotence=True,
             linger_ms=settings.producer_linger_ms,
             max_request_size=MAX_REQUEST_BYTES,
+            partitioner=kafka_partitioner,
         )
         self.tracker = OffsetTracker()
         self._slots = asyncio.Semaphore(settings.batch_concurrency)

@@ -10,7 +10,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY stream_engine ./stream_engine
 COPY topics ./topics
-RUN pip install . && useradd --system --uid 10001 --home-dir /app stream && mkdir -p /data && chown stream /data
+# /data/journal exists in the image so that a named volume mounted there (docker-compose's
+# worker-journal, shared by every worker replica) starts out owned by the worker's user.
+RUN pip install . && useradd --system --uid 10001 --home-dir /app stream && mkdir -p /data/journal && chown -R stream /data
 
 # A non-editable install puts the package in site-packages, so paths derived from the package
 # location would be wrong: point them at the image's copies. Bind 0.0.0.0 inside a container.

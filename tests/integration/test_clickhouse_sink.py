@@ -141,6 +141,35 @@ async def test_clickhouse_down_then_a_new_sink_replays_everything(
     assert alive.stats()["journal_segments"] == 0
 
 
+async def test_replicas_sharing_a_journal_root_lose_nothing_after_a_scale_down(
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """Two workers on one journal volume while ClickHouse is down, then one worker left."""
+
+    def down() -> Any:
+        raise ConnectionRefusedError("ClickHouse unreachable")
+
+    root = tmp_path / "shared-journal"
+    params: dict[str, Any] = {"flush_rows": 50, "flush_interval_s": 0.02, "retry_initial_s": 0.01,
+                              "retry_max_s": 0.02, "stop_timeout_s": 0.3, "connect_wait_s": 0.5}  # fmt: skip
+    replicas = [ClickHouseSink(down, root, **params), ClickHouseSink(down, root, **params)]
+    for sink in replicas:
+        await sink.start()
+    rows = make_rows(400)
+    await replicas[0].write(rows[:200], [])
+    await replicas[1].write(rows[200:], [])
+    for sink in replicas:
+        await sink.stop()
+    assert sorted(p.name for p in root.glob("slot-*") if list(p.glob("seg-*"))) == ["slot-0", "slot-1"]
+
+    survivor = _sink(ch_url, ch_database, root)  # claims slot-0 and adopts slot-1's segments
+    await survivor.start()
+    await _eventually(lambda: survivor.stats()["replayed_rows"] == 400)
+    await survivor.stop()
+    assert _count(ch_client, "proposition_log", final=True) == 400
+    assert not list(root.glob("slot-*/seg-*"))
+
+
 async def test_closed_http_port_counts_as_down(tmp_path: Path) -> None:
     import socket
 
@@ -152,7 +181,7 @@ async def test_closed_http_port_counts_as_down(tmp_path: Path) -> None:
     await sink.start()
     await sink.write(make_rows(25), [])
     await sink.stop()
-    journal = Journal(tmp_path / "j")
+    journal = Journal(tmp_path / "j" / "slot-0")  # the sink's claimed slot
     kept = [r for seg in journal.open() for rows, _ in journal.read(seg) for r in rows]
     assert len(kept) == 25 and sink.stats()["failures"] >= 1
 

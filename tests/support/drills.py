@@ -241,8 +241,9 @@ def clickhouse_rows(settings: Settings) -> LogCount:
 
 
 def journal_segments(settings: Settings) -> int:
+    """Segments waiting in the worker's journal, in any slot (and the pre-slot flat layout)."""
     directory = settings.data_dir / "journal"
-    return len(list(directory.glob("seg-*.jsonl"))) if directory.exists() else 0
+    return len(list(directory.glob("seg-*.jsonl")) + list(directory.glob("slot-*/seg-*.jsonl"))) if directory.exists() else 0
 
 
 # --- a Redis of the drill's own ------------------------------------------------------------------

@@ -60,6 +60,14 @@ def test_worker_can_scale() -> None:
     assert "build" in worker and worker["command"] == ["worker"]
 
 
+def test_worker_replicas_share_the_journal_volume() -> None:
+    worker = SERVICES["worker"]
+    assert "worker-journal:/data/journal" in worker["volumes"]
+    assert "worker-journal" in COMPOSE["volumes"]
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+    assert "mkdir -p /data/journal" in dockerfile and "chown -R stream /data" in dockerfile  # volume owned by the worker
+
+
 def test_worker_environment_points_at_the_services() -> None:
     env = env_of("worker")
     assert env["STREAM_ENGINE_KAFKA_BOOTSTRAP"] == "kafka:9092"

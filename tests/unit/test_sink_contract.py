@@ -105,7 +105,7 @@ async def test_rows_stay_in_the_journal_while_inserts_fail(tmp_path: Path) -> No
     assert "ConnectionError" in stats["last_error"]
     from stream_engine.sinks.clickhouse.journal import Journal
 
-    journal = Journal(tmp_path / "j")
+    journal = Journal(tmp_path / "j" / "slot-0")  # the sink's claimed slot
     kept = [r for seg in journal.open() for batch_rows, _ in journal.read(seg) for r in batch_rows]
     assert sorted(r.offset for r in kept) == list(range(50))
 

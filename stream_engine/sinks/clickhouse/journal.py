@@ -23,7 +23,7 @@ from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow
 SEGMENT_GLOB = "seg-*.jsonl"
 
 
-def _segment_number(path: Path) -> int:
+def segment_number(path: Path) -> int:
     return int(path.stem.removeprefix("seg-"))
 
 
@@ -48,11 +48,11 @@ class Journal:
         """Prepare the directory; returns segments left by an earlier run (all sealed), oldest first."""
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = self.sealed_segments()
-        self._next_number = _segment_number(existing[-1]) + 1 if existing else 0
+        self._next_number = segment_number(existing[-1]) + 1 if existing else 0
         return existing
 
     def sealed_segments(self) -> list[Path]:
-        paths = sorted(self.directory.glob(SEGMENT_GLOB), key=_segment_number)
+        paths = sorted(self.directory.glob(SEGMENT_GLOB), key=segment_number)
         return [p for p in paths if p != self._active_path]
 
     def append(self, payloads: Sequence[bytes]) -> int:

@@ -11,7 +11,9 @@ Memory is bounded: rows buffered plus rows being inserted stay under ``max_buffe
 ``write`` waits while ClickHouse is merely slow (backpressure). While inserts are failing,
 ``write`` does not wait: rows beyond the bound are kept in the journal only ("spilled", bounded
 by disk) and the flusher replays the journal segments from disk once ClickHouse answers again.
-Segments left by an earlier process are replayed the same way at start.
+Segments left by an earlier process are replayed the same way at start: the journal directory
+is a root shared by workers, each sink claiming its own locked ``slot-<n>`` and adopting the
+segments of slots no live process holds (``slots.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from stream_engine.sinks.clickhouse import slots
 from stream_engine.sinks.clickhouse.journal import Journal, encode_batch
+from stream_engine.sinks.clickhouse.slots import Slot
 from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS, LOG_TYPES, METRIC_COLUMNS, METRIC_TYPES, LogRow, MetricRow
 
 if TYPE_CHECKING:
@@ -67,7 +71,9 @@ class ClickHouseSink:
         metric_table: str = "latency_metrics",
     ) -> None:
         self._client_factory = client_factory
+        self._journal_root = journal_dir  # the sink's own directory is a slot under it, claimed at start
         self._journal = Journal(journal_dir, fsync=fsync, segment_max_bytes=segment_max_bytes)
+        self._slot: Slot | None = None
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
         self.max_buffer_rows = max_buffer_rows
@@ -139,12 +145,21 @@ class ClickHouseSink:
     # --- the contract ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        left_over = await self._in_journal_thread(self._journal.open)
+        left_over = await self._in_journal_thread(self._open_journal)
         if left_over:
             log.info("replaying %d journal segment(s) left by an earlier run", len(left_over))
             self._spilled = True
         await self._connect_early()
         self._flusher = asyncio.create_task(self._flush_loop(), name="clickhouse-sink-flusher")
+
+    def _open_journal(self) -> list[Path]:
+        """Claim a journal slot, take over free slots' segments, return what is left to replay."""
+        self._slot = slots.claim(self._journal_root)
+        adopted = slots.adopt_orphans(self._journal_root, self._slot)
+        if adopted:
+            log.info("adopted %d journal segment(s) left by stopped workers", adopted)
+        self._journal.directory = self._slot.directory
+        return self._journal.open()
 
     async def _connect_early(self) -> None:
         """Open the client before the stream starts rather than at the first flush.
@@ -189,6 +204,8 @@ class ClickHouseSink:
         async with self._journal_lock:
             await self._in_journal_thread(self._journal.close)
         left, segments = self._journal.disk_usage()
+        if self._slot is not None:
+            self._slot.release()  # another sink may now claim this slot and replay what is left
         if segments:
             log.warning("ClickHouse sink stopped with %d journal segment(s) (%d bytes) to replay", segments, left)
         self._journal_pool.shutdown(wait=True)

@@ -158,8 +158,8 @@ class Triage:
             misses.setdefault(env.key, []).append(i)
         t1 = time.perf_counter_ns()
 
-        # Answers fetched under this generation must not land in a newer one (invalidate_all).
-        generation = self.redis.generation
+        # Answers fetched under these generations must not land in newer ones (invalidations).
+        generation, type_generations = self.redis.generation, self.redis.type_generations
         for key, props in (await self.redis.get_many(list(misses))).items():
             self._fill(out, envelopes, misses.pop(key), props, "redis")
         t2 = time.perf_counter_ns()
@@ -173,7 +173,9 @@ class Triage:
         for key, props in result.found.items():
             self._fill(out, envelopes, misses.pop(key), props, "service")
         if result.found:
-            await self.redis.put_many(result.found, generation=generation, version=result.version)
+            await self.redis.put_many(
+                result.found, generation=generation, type_generations=type_generations, version=result.version
+            )
             times.redis += time.perf_counter_ns() - t3
         for key, idx in misses.items():
             reason = result.failed.get(key, "no_response")

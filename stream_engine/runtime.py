@@ -123,8 +123,8 @@ class Runtime:
             await self._sink.stop()
 
     async def on_invalidation(self, inv: Invalidation) -> None:
-        """Applied asynchronously: a batch decided while Redis is still being swept (a type
-        invalidation SCANs the keyspace) may use the old answer; "invalidation applied" marks the end."""
+        """Applied asynchronously: a batch already past its Redis lookup may still use the old
+        answer; "invalidation applied" marks the moment from which no batch of this worker does."""
         started = time.perf_counter()
         redis_result: int | None = None
         lru_removed = 0

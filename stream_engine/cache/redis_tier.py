@@ -6,7 +6,8 @@ non-transactional pipeline of ``SET key value EX ttl``.
 Layout (``ns`` = namespace, default ``se:p``)::
 
     ns:gen                 current generation, an integer (missing = 0)
-    ns:<gen>:<prop key>    orjson {"v": version?, "p": [[action, confidence, rationale], ...]}
+    ns:tgen:<alert type>   current generation of one alert type, an integer (missing = 0)
+    ns:<gen>:<prop key>    orjson {"v": version?, "t": type generation?, "p": [[action, confidence, rationale], ...]}
     ns:seen:<version>      marker: this rules version already bumped the generation
 
 Invalidating *everything* (new rules version) increments ``ns:gen`` instead of deleting keys:
@@ -15,6 +16,12 @@ old entries become unreachable at once and expire by TTL. Every ``MGET`` also re
 updates message; a batch that read an outdated generation is treated as all misses.
 ``invalidate_all(version)`` bumps once per version however many workers call it (the ``seen``
 marker), so N workers handling one updates message cost one cold cache, not N.
+
+Invalidating one *alert type* is O(1) too: ``INCR ns:tgen:<type>``. Every value carries the type
+generation it was written under, the same ``MGET`` reads the current type generations of the
+batch's types, and a value whose tag differs is a miss (counted as ``stale_type``). A batch writes
+back with the type generations it believed *before* its ``MGET`` (``type_generations``), so an
+answer fetched before an invalidation is never tagged as current.
 
 Redis is an optimisation, never a dependency: any error or timeout is counted, the call returns
 empty / does nothing, and the tier is skipped for ``retry_after_s``; after that it is simply
@@ -53,6 +60,7 @@ class RedisCounters:
     skipped: int = 0  # calls not attempted because the tier was degraded
     corrupt: int = 0  # undecodable values, treated as misses
     stale_generation: int = 0  # get_many batches discarded because the generation moved
+    stale_type: int = 0  # values discarded because their alert type was invalidated since
 
 
 class RedisTier:
@@ -63,17 +71,16 @@ class RedisTier:
         namespace: str = "se:p",
         retry_after_s: float = 1.0,
         *,
-        scan_batch: int = 500,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.ttl_s = ttl_s
         self.namespace = namespace
         self.retry_after_s = retry_after_s
-        self.scan_batch = scan_batch
         self._clock = clock
         self._gen_key = f"{namespace}:gen"
         self._generation = 0
+        self._type_generations: dict[str, int] = {}  # believed, per alert-type key prefix
         self._skip_until = float("-inf")
         self.counters = RedisCounters()
 
@@ -95,6 +102,12 @@ class RedisTier:
         """The generation this worker last saw. Snapshot it *before* ``get_many`` and pass it
         to ``put_many`` so answers fetched before an invalidation never land in the new one."""
         return self._generation
+
+    @property
+    def type_generations(self) -> dict[str, int]:
+        """A snapshot of the type generations this worker believes; pass it to ``put_many``
+        with ``generation`` (both taken before ``get_many``)."""
+        return dict(self._type_generations)
 
     @property
     def degraded(self) -> bool:
@@ -123,25 +136,35 @@ class RedisTier:
             self.counters.skipped += 1
             return {}
         generation = self._generation
+        types = list(dict.fromkeys(_type_of(k) for k in keys))
         try:
-            values = await self.client.mget([self._gen_key, *(f"{self.namespace}:{generation}:{k}" for k in keys)])
+            values = await self.client.mget(
+                [self._gen_key, *(self._tgen_key(t) for t in types), *(f"{self.namespace}:{generation}:{k}" for k in keys)]
+            )
         except OUTAGE_ERRORS as exc:
             self._failed("MGET", exc)
             return {}
         current = _parse_generation(values[0])
+        type_generations = {t: _parse_generation(raw) for t, raw in zip(types, values[1 : 1 + len(types)])}
+        self._type_generations.update(type_generations)
         if current != generation:
             self._generation = current
             self.counters.stale_generation += 1
             self.counters.misses += len(keys)
             return {}
         found: dict[str, list[Proposition]] = {}
-        for key, raw in zip(keys, values[1:]):
+        for key, raw in zip(keys, values[1 + len(types) :]):
             if raw is None:
                 self.counters.misses += 1
                 continue
-            propositions = _decode(raw)
-            if propositions is None:
+            decoded = _decode(raw)
+            if decoded is None:
                 self.counters.corrupt += 1
+                self.counters.misses += 1
+                continue
+            propositions, tag = decoded
+            if tag != type_generations[_type_of(key)]:
+                self.counters.stale_type += 1
                 self.counters.misses += 1
                 continue
             found[key] = propositions
@@ -149,9 +172,15 @@ class RedisTier:
         return found
 
     async def put_many(
-        self, items: dict[str, list[Proposition]], *, generation: int | None = None, version: str | None = None
+        self,
+        items: dict[str, list[Proposition]],
+        *,
+        generation: int | None = None,
+        type_generations: dict[str, int] | None = None,
+        version: str | None = None,
     ) -> bool:
-        """Store under ``generation`` (default: the current one). One pipelined round trip.
+        """Store under ``generation`` and ``type_generations`` (default: the current ones). One
+        pipelined round trip.
 
         Returns False if Redis was skipped or failed (nothing to do for the caller).
         """
@@ -161,9 +190,10 @@ class RedisTier:
             self.counters.skipped += 1
             return False
         prefix = f"{self.namespace}:{self._generation if generation is None else generation}:"
+        tags = self._type_generations if type_generations is None else type_generations
         pipe = self.client.pipeline(transaction=False)
         for key, propositions in items.items():
-            pipe.set(prefix + key, _encode(propositions, version), ex=self.ttl_s)
+            pipe.set(prefix + key, _encode(propositions, version, tags.get(_type_of(key), 0)), ex=self.ttl_s)
         try:
             await pipe.execute()
         except OUTAGE_ERRORS as exc:
@@ -193,24 +223,17 @@ class RedisTier:
             return None
 
     async def invalidate_type(self, alert_type: str) -> int | None:
-        """SCAN + UNLINK every key of the type in the current generation, in batches."""
-        if await self.refresh_generation() is None:
-            return None
-        pattern = _glob_escape(self.data_key(type_prefix(alert_type))) + "*"
-        removed = 0
-        batch: list[bytes] = []
+        """Move one alert type to a new type generation (one INCR); returns it, None if unreachable."""
+        prefix = _type_of(type_prefix(alert_type))
         try:
-            async for redis_key in self.client.scan_iter(match=pattern, count=self.scan_batch):
-                batch.append(redis_key)
-                if len(batch) >= self.scan_batch:
-                    removed += int(await self.client.unlink(*batch))
-                    batch = []
-            if batch:
-                removed += int(await self.client.unlink(*batch))
+            self._type_generations[prefix] = int(await self.client.incr(self._tgen_key(prefix)))
         except OUTAGE_ERRORS as exc:
-            self._failed("SCAN/UNLINK", exc)
+            self._failed("INCR type generation", exc)
             return None
-        return removed
+        return self._type_generations[prefix]
+
+    def _tgen_key(self, type_part: str) -> str:
+        return f"{self.namespace}:tgen:{type_part}"
 
     async def invalidate_all(self, version: str | None = None) -> int | None:
         """Move every worker to a new, empty generation; returns it (None if unreachable).
@@ -234,16 +257,27 @@ class RedisTier:
         await self.client.aclose()
 
 
-def _encode(propositions: list[Proposition], version: str | None) -> bytes:
-    rows = [[p.action, p.confidence, p.rationale] for p in propositions]
-    return orjson.dumps({"p": rows} if version is None else {"v": version, "p": rows})
+def _type_of(key: str) -> str:
+    """The alert-type part of a proposition key (keys start with ``type_prefix(type)``)."""
+    return key.partition("|")[0]
 
 
-def _decode(raw: bytes) -> list[Proposition] | None:
+def _encode(propositions: list[Proposition], version: str | None, type_generation: int) -> bytes:
+    value: dict[str, Any] = {"p": [[p.action, p.confidence, p.rationale] for p in propositions]}
+    if version is not None:
+        value["v"] = version
+    if type_generation:
+        value["t"] = type_generation
+    return orjson.dumps(value)
+
+
+def _decode(raw: bytes) -> tuple[list[Proposition], int] | None:
+    """(propositions, type generation tag) or None if the value is not ours."""
     try:
-        rows = orjson.loads(raw)["p"]
-        return [Proposition(str(action), float(confidence), str(rationale)) for action, confidence, rationale in rows]
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        value = orjson.loads(raw)
+        props = [Proposition(str(action), float(confidence), str(rationale)) for action, confidence, rationale in value["p"]]
+        return props, int(value.get("t", 0))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
@@ -252,8 +286,3 @@ def _parse_generation(raw: bytes | str | None) -> int:
         return int(raw) if raw is not None else 0
     except ValueError:
         return 0
-
-
-def _glob_escape(text: str) -> str:
-    """Make a literal SCAN MATCH prefix (the namespace is configurable, so may hold * ? [ ] \\)."""
-    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

@@ -149,6 +149,7 @@ async def test_roundtrip_with_ttl_and_compact_value(tier: RedisTier, raw: redis_
         "skipped": 0,
         "corrupt": 0,
         "stale_generation": 0,
+        "stale_type": 0,
         "degraded": False,
         "generation": 0,
     }
@@ -188,19 +189,42 @@ async def test_invalidate_key_and_type(tier: RedisTier) -> None:
     await tier.put_many({"ci_failure|repo=a": P1, "ci_failure|repo=b": P1, "ci_failure_x|repo=a": P1, "scam|fp=1": P2})
     assert await tier.invalidate_key("scam|fp=1") == 1
     assert await tier.invalidate_key("scam|fp=1") == 0
-    assert await tier.invalidate_type("ci_failure") == 2
+    assert await tier.invalidate_type("ci_failure") == 1  # the type's new generation
     found = await tier.get_many(["ci_failure|repo=a", "ci_failure|repo=b", "ci_failure_x|repo=a", "scam|fp=1"])
-    assert found == {"ci_failure_x|repo=a": P1}
+    assert found == {"ci_failure_x|repo=a": P1}  # a type whose name starts alike is untouched
+    assert tier.stats()["stale_type"] == 2
+    await tier.put_many({"ci_failure|repo=a": P2})  # written under the new type generation
+    assert await tier.get_many(["ci_failure|repo=a"]) == {"ci_failure|repo=a": P2}
 
 
-async def test_invalidate_type_scans_in_batches(namespace: str, raw: redis_asyncio.Redis, redis_url: str) -> None:
-    tier = RedisTier(make_client(redis_url), ttl_s=60, namespace=namespace, scan_batch=7)
+async def test_invalidate_type_is_one_command_however_many_keys(tier: RedisTier, raw: redis_asyncio.Redis) -> None:
+    await tier.put_many({f"infra|fp={i}": [] for i in range(500)})
+    CountingConnection.reset()
+    assert await tier.invalidate_type("infra") == 1
+    assert CountingConnection.commands == ["INCRBY"]  # redis-py sends INCR as INCRBY 1
+    assert await tier.get_many([f"infra|fp={i}" for i in range(500)]) == {}
+    assert tier.stats()["stale_type"] == 500
+    assert orjson.loads(await raw.get(tier.data_key("infra|fp=0")))["p"] == []  # left to expire by TTL
+
+
+async def test_another_worker_sees_a_type_invalidation_on_its_next_mget(tier: RedisTier, namespace: str, redis_url: str) -> None:
+    other_worker = RedisTier(make_client(redis_url), ttl_s=60, namespace=namespace)
     try:
-        await tier.put_many({f"infra|fp={i}": [] for i in range(40)})
-        assert await tier.invalidate_type("infra") == 40
-        assert [k async for k in raw.scan_iter(match=f"{namespace}:0:*")] == []
+        await tier.put_many({"scam|fp=1": P2, "infra|fp=1": P1})
+        assert await other_worker.get_many(["scam|fp=1", "infra|fp=1"]) == {"scam|fp=1": P2, "infra|fp=1": P1}
+        assert await tier.invalidate_type("scam") == 1
+        assert await other_worker.get_many(["scam|fp=1", "infra|fp=1"]) == {"infra|fp=1": P1}
+        assert other_worker.type_generations["scam"] == 1
     finally:
-        await tier.close()
+        await other_worker.close()
+
+
+async def test_a_type_answer_fetched_before_its_invalidation_is_never_current(tier: RedisTier) -> None:
+    snapshot_gen, snapshot_types = tier.generation, tier.type_generations
+    await tier.get_many(["scam|fp=9"])  # miss: the batch asks the service ...
+    await tier.invalidate_type("scam")  # ... while the scam rules change
+    await tier.put_many({"scam|fp=9": P2}, generation=snapshot_gen, type_generations=snapshot_types)
+    assert await tier.get_many(["scam|fp=9"]) == {}
 
 
 async def test_invalidate_all_moves_every_worker_to_a_new_generation(tier: RedisTier, namespace: str, redis_url: str) -> None:

@@ -93,7 +93,7 @@ class RuntimeCollector(Collector):
     def _parts(self) -> Iterator[Metric]:
         runtime = self.runtime
         redis = runtime.redis.stats()
-        for name in ("hits", "misses", "errors", "skipped", "corrupt", "stale_generation"):
+        for name in ("hits", "misses", "errors", "skipped", "corrupt", "stale_generation", "stale_type"):
             metric = _counter(f"redis_{name}", f"Redis tier {name.replace('_', ' ')}.")
             metric.add_metric([], redis[name])
             yield metric

@@ -84,6 +84,9 @@ async def test_metrics_expose_the_monitor_as_prometheus_text(client: TestClient,
     assert buckets["0.001"] == 0 and buckets["0.0025"] == 1 and buckets["+Inf"] == 1
     assert families["stream_engine_dead_letters"].samples[0].labels == {"reason": "schema"}
     assert families["stream_engine_rss_bytes"].samples[0].value > 0
+    runtime.redis.counters.stale_type = 4
+    families = {f.name: f for f in text_string_to_metric_families(await (await client.get("/metrics")).text())}
+    assert families["stream_engine_redis_stale_type"].samples[0].value == 4
 
 
 NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)

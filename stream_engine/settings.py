@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     )
     worker_name: str = Field("", description="Worker name in logs and ClickHouse rows (default host:pid).")
     batch_max: int = Field(500, ge=1, description="stream.take() batch size.")
-    batch_within_s: float = Field(0.02, gt=0, description="stream.take() max wait for a batch.")
+    # 10 ms: faust hit p99 at 1k alerts/s 55-57 ms (20 ms: 76-81, 5 ms: 64-68); max throughput unchanged.
+    batch_within_s: float = Field(0.01, gt=0, description="stream.take() max wait for a batch.")
     batch_concurrency: int = Field(2, ge=1, description="Batches processed concurrently per worker.")
     max_alert_bytes: int = Field(65536, ge=256, description="Larger alerts go to the DLQ.")
     fetch_max_wait_ms: int = Field(

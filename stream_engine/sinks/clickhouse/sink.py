@@ -354,6 +354,16 @@ class ClickHouseSink:
         async with self._journal_lock:
             sealed = await self._in_journal_thread(self._journal.seal)
             self._spilled = False  # new writes go to memory (and a new segment) again
+        try:
+            await self._replay_segments(sealed)
+        except Exception:
+            # A segment could not be read or deleted: go back to journal-only, or the next buffer
+            # flush would delete the segments not replayed yet along with its own.
+            async with self._journal_lock:
+                self._spill()
+            raise
+
+    async def _replay_segments(self, sealed: list[Path]) -> None:
         for segment in sealed:
             batches = await self._in_journal_thread(lambda seg=segment: list(self._journal.read(seg)))
             rows: list[LogRow] = []

@@ -288,3 +288,24 @@ async def test_inserted_values_read_back_exactly(ch_url: str, ch_database: str, 
     assert [tuple(g) for g in got] == [tuple(w) for w in want]
     got_m = ch_client.query("SELECT toUnixTimestamp64Micro(ts), stage, count, sum_ms FROM latency_metrics ORDER BY ts").result_rows
     assert [tuple(g) for g in got_m] == sorted((m.ts_us, m.stage, m.count, m.sum_ms) for m in metrics)
+
+
+async def test_a_running_sink_adopts_a_stopped_replicas_segments(
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    root = tmp_path / "shared-journal"
+    survivor = _sink(ch_url, ch_database, root, adopt_interval_s=0.05)
+    await survivor.start()  # slot-0
+    await survivor.write(make_rows(30, prefix="live"), [])
+
+    def down() -> Any:
+        raise ConnectionRefusedError("ClickHouse unreachable")
+
+    gone = ClickHouseSink(down, root, flush_interval_s=0.02, retry_initial_s=0.01, retry_max_s=0.02,
+                          stop_timeout_s=0.3, connect_wait_s=0.5)  # fmt: skip
+    await gone.start()  # slot-1
+    await gone.write(make_rows(70, prefix="gone"), [])
+    await gone.stop()  # scaled away with its rows still in its journal
+    await _eventually(lambda: _count(ch_client, "proposition_log", final=True) == 100)
+    await survivor.stop()
+    assert not list(root.glob("slot-*/seg-*"))

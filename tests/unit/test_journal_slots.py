@@ -64,7 +64,9 @@ def test_segments_of_free_slots_and_of_the_old_flat_layout_are_adopted_in_order(
     mine = slots.claim(tmp_path)
     assert mine.directory.name == "slot-0"
     _write_segment(mine.directory, range(9, 10))  # our own leftover from an earlier run
-    assert slots.adopt_orphans(tmp_path, mine) == 3
+    journal = Journal(mine.directory)
+    journal.open()
+    assert slots.adopt_orphans(tmp_path, mine, journal.adopt) == 3
     assert _ids(mine.directory) == sorted(f"a{i}" for i in range(10))
     assert not list((tmp_path / "slot-1").glob("seg-*")) and not list(tmp_path.glob("seg-*"))
     # our leftover keeps its place: adopted segments are numbered after it
@@ -77,7 +79,24 @@ def test_a_live_slot_is_never_adopted(tmp_path: Path) -> None:
     live = slots.claim(tmp_path)
     _write_segment(live.directory, range(0, 2))
     mine = slots.claim(tmp_path)
-    assert slots.adopt_orphans(tmp_path, mine) == 0
+    journal = Journal(mine.directory)
+    journal.open()
+    assert slots.adopt_orphans(tmp_path, mine, journal.adopt) == 0
     assert _ids(live.directory) == ["a0", "a1"]
     mine.release()
     live.release()
+
+
+def test_the_next_segment_after_an_adoption_does_not_reuse_an_adopted_number(tmp_path: Path) -> None:
+    _write_segment(tmp_path / "slot-1", range(0, 2))
+    mine = slots.claim(tmp_path)
+    journal = Journal(mine.directory, fsync=False)
+    journal.open()
+    journal.append([encode_batch([_row(5)], [])])  # our active segment: seg-0
+    assert slots.adopt_orphans(tmp_path, mine, journal.adopt) == 1  # becomes seg-1
+    journal.seal()
+    journal.append([encode_batch([_row(6)], [])])  # a new active segment: seg-2, not seg-1
+    journal.seal()
+    assert _ids(mine.directory) == ["a0", "a1", "a5", "a6"]
+    assert sorted(p.name for p in mine.directory.glob("seg-*")) == [f"seg-{n:012d}.jsonl" for n in range(3)]
+    mine.release()

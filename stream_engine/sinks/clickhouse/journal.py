@@ -107,6 +107,15 @@ class Journal:
                     continue
                 yield rows, metrics
 
+    def adopt(self, paths: Sequence[Path]) -> int:
+        """Move other journals' sealed segments in, numbered after ours (call after ``open``)."""
+        for path in paths:
+            path.rename(self.directory / f"seg-{self._next_number:012d}.jsonl")  # same filesystem: atomic
+            self._next_number += 1
+        if paths:
+            self._fsync_directory()  # the renames survive a crash right after
+        return len(paths)
+
     def delete(self, paths: Sequence[Path]) -> None:
         for path in paths:
             path.unlink(missing_ok=True)

@@ -66,6 +66,7 @@ class ClickHouseSink:
         retry_max_s: float = 2.0,
         stop_timeout_s: float = 10.0,
         connect_wait_s: float = 10.0,
+        adopt_interval_s: float = 30.0,
         segment_max_bytes: int = 16 << 20,
         log_table: str = "proposition_log",
         metric_table: str = "latency_metrics",
@@ -81,6 +82,8 @@ class ClickHouseSink:
         self.retry_max_s = retry_max_s
         self.stop_timeout_s = stop_timeout_s
         self.connect_wait_s = connect_wait_s
+        self.adopt_interval_s = adopt_interval_s
+        self._next_adoption = time.monotonic() + adopt_interval_s
         self.log_table = log_table
         self.metric_table = metric_table
 
@@ -155,11 +158,23 @@ class ClickHouseSink:
     def _open_journal(self) -> list[Path]:
         """Claim a journal slot, take over free slots' segments, return what is left to replay."""
         self._slot = slots.claim(self._journal_root)
-        adopted = slots.adopt_orphans(self._journal_root, self._slot)
+        self._journal.directory = self._slot.directory
+        self._journal.open()
+        self._adopt_orphans_sync()
+        return self._journal.sealed_segments()
+
+    def _adopt_orphans_sync(self) -> int:
+        assert self._slot is not None
+        adopted = slots.adopt_orphans(self._journal_root, self._slot, self._journal.adopt)
         if adopted:
             log.info("adopted %d journal segment(s) left by stopped workers", adopted)
-        self._journal.directory = self._slot.directory
-        return self._journal.open()
+        return adopted
+
+    async def _adopt_orphans(self) -> None:
+        """Segments of a worker that stopped while we run (a scale-down): replay them too."""
+        async with self._journal_lock:
+            if await self._in_journal_thread(self._adopt_orphans_sync):
+                self._spill("adopted segments")  # replay from disk, ours and theirs, in one pass
 
     async def _connect_early(self) -> None:
         """Open the client before the stream starts rather than at the first flush.
@@ -301,10 +316,13 @@ class ClickHouseSink:
         if self._spilled or len(self._buffer_rows) + len(self._buffer_metrics) >= self.flush_rows:
             self._wake.set()
 
-    def _spill(self) -> None:
-        """ClickHouse is failing and memory is full: keep the unflushed rows in the journal only."""
+    def _spill(self, why: str = "ClickHouse failing") -> None:
+        """Keep the unflushed rows in the journal only; the flusher replays them from disk.
+
+        For when ClickHouse is failing and memory is full, and whenever the journal holds rows
+        that memory does not (a failed replay, adopted segments)."""
         dropped = len(self._buffer_rows) + len(self._buffer_metrics)
-        log.warning("ClickHouse failing: spilling %d buffered rows to the journal only", dropped)
+        log.warning("%s: spilling %d buffered rows to the journal only", why, dropped)
         self._buffer_rows, self._buffer_metrics = [], []
         self._spilled = True
         self.spills += 1
@@ -320,6 +338,9 @@ class ClickHouseSink:
                     pass
             self._wake.clear()
             try:
+                if time.monotonic() >= self._next_adoption and not self._stopping:
+                    self._next_adoption = time.monotonic() + self.adopt_interval_s
+                    await self._adopt_orphans()
                 if self._spilled:
                     await self._replay_journal()
                 elif self._buffer_rows or self._buffer_metrics:
@@ -360,7 +381,7 @@ class ClickHouseSink:
             # A segment could not be read or deleted: go back to journal-only, or the next buffer
             # flush would delete the segments not replayed yet along with its own.
             async with self._journal_lock:
-                self._spill()
+                self._spill("journal replay failed")
             raise
 
     async def _replay_segments(self, sealed: list[Path]) -> None:

@@ -4,9 +4,9 @@ Workers can share one journal root (a volume mounted into every replica of ``--s
 worker=N``, or one data dir for several local workers writing to a ClickHouse server). Each
 sink claims the first ``slot-<n>`` whose ``.lock`` it can ``flock``; the lock lives as long as
 the process, so a crashed or recreated worker's slot becomes free and its unflushed segments
-are replayed by whichever sink claims it next. At claim time a sink also adopts the segments of
-every other free slot (and segments of the older single-directory layout in the root), so they
-wait for no one after a scale-down.
+are replayed by whichever sink claims it next. A sink also adopts the segments of every other
+free slot (and of the older single-directory layout in the root) at start and then
+periodically, so they wait for no one after a scale-down.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,15 +56,12 @@ def claim(root: Path) -> Slot:
     raise AssertionError("unreachable")
 
 
-def adopt_orphans(root: Path, mine: Slot) -> int:
-    """Move the segments of free slots (and of the old flat layout) into ``mine``; returns how many.
+def adopt_orphans(root: Path, mine: Slot, adopt: Callable[[list[Path]], int]) -> int:
+    """Hand the segments of free slots (and of the old flat layout) to ``adopt``; returns how many.
 
-    Moved segments are numbered after ``mine``'s own, oldest first, so the sink replays them
-    like its own leftovers. Renames stay within ``root``'s filesystem: atomic, nothing copied.
+    ``adopt`` (``Journal.adopt`` of ``mine``) moves them while their slots stay locked here, so
+    no sink starting meanwhile can claim a slot and replay the same segments.
     """
-    own = sorted(mine.directory.glob(SEGMENT_GLOB), key=segment_number)
-    next_number = segment_number(own[-1]) + 1 if own else 0
-    moved = 0
     sources: list[tuple[Path, int | None]] = [(root, None)]  # old layout: segments in the root itself
     for directory in sorted(root.glob(f"{SLOT_PREFIX}*")):
         if directory == mine.directory or not directory.is_dir():
@@ -72,19 +70,9 @@ def adopt_orphans(root: Path, mine: Slot) -> int:
         if fd is not None:
             sources.append((directory, fd))
     try:
-        for directory, _ in sources:
-            for segment in sorted(directory.glob(SEGMENT_GLOB), key=segment_number):
-                segment.rename(mine.directory / f"seg-{next_number:012d}.jsonl")
-                next_number += 1
-                moved += 1
+        orphans = [seg for directory, _ in sources for seg in sorted(directory.glob(SEGMENT_GLOB), key=segment_number)]
+        return adopt(orphans) if orphans else 0
     finally:
         for _, fd in sources:
             if fd is not None:
                 os.close(fd)
-    if moved:
-        dir_fd = os.open(mine.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the renames survive a crash right after
-        finally:
-            os.close(dir_fd)
-    return moved

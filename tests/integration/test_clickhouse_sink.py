@@ -31,6 +31,11 @@ async def _eventually(predicate: Callable[[], bool], timeout_s: float = 20.0) ->
         await asyncio.sleep(0.02)
 
 
+def _clickhouse_down() -> Any:
+    """A client factory for a ClickHouse that refuses connections."""
+    raise ConnectionRefusedError("ClickHouse unreachable")
+
+
 def _sink(url: str, database: str, journal: Path, **kw: Any) -> ClickHouseSink:
     params: dict[str, Any] = {"flush_rows": 1000, "flush_interval_s": 0.1, "retry_initial_s": 0.01, "retry_max_s": 0.05}
     params.update(kw)
@@ -116,11 +121,8 @@ async def test_backpressure_when_the_buffer_is_full(ch_url: str, ch_database: st
 async def test_clickhouse_down_then_a_new_sink_replays_everything(
     ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path  # noqa: F811
 ) -> None:
-    def down() -> Any:
-        raise ConnectionRefusedError("ClickHouse unreachable")
-
     journal_dir = tmp_path / "j"
-    dead = ClickHouseSink(down, journal_dir, flush_rows=100, flush_interval_s=0.02, max_buffer_rows=300,
+    dead = ClickHouseSink(_clickhouse_down, journal_dir, flush_rows=100, flush_interval_s=0.02, max_buffer_rows=300,
                           retry_initial_s=0.01, retry_max_s=0.02, stop_timeout_s=0.3)  # fmt: skip
     await dead.start()
     rows, now_us = make_rows(2000), int(time.time() * 1_000_000)
@@ -146,13 +148,10 @@ async def test_replicas_sharing_a_journal_root_lose_nothing_after_a_scale_down(
 ) -> None:
     """Two workers on one journal volume while ClickHouse is down, then one worker left."""
 
-    def down() -> Any:
-        raise ConnectionRefusedError("ClickHouse unreachable")
-
     root = tmp_path / "shared-journal"
     params: dict[str, Any] = {"flush_rows": 50, "flush_interval_s": 0.02, "retry_initial_s": 0.01,
                               "retry_max_s": 0.02, "stop_timeout_s": 0.3, "connect_wait_s": 0.5}  # fmt: skip
-    replicas = [ClickHouseSink(down, root, **params), ClickHouseSink(down, root, **params)]
+    replicas = [ClickHouseSink(_clickhouse_down, root, **params), ClickHouseSink(_clickhouse_down, root, **params)]
     for sink in replicas:
         await sink.start()
     rows = make_rows(400)
@@ -298,10 +297,7 @@ async def test_a_running_sink_adopts_a_stopped_replicas_segments(
     await survivor.start()  # slot-0
     await survivor.write(make_rows(30, prefix="live"), [])
 
-    def down() -> Any:
-        raise ConnectionRefusedError("ClickHouse unreachable")
-
-    gone = ClickHouseSink(down, root, flush_interval_s=0.02, retry_initial_s=0.01, retry_max_s=0.02,
+    gone = ClickHouseSink(_clickhouse_down, root, flush_interval_s=0.02, retry_initial_s=0.01, retry_max_s=0.02,
                           stop_timeout_s=0.3, connect_wait_s=0.5)  # fmt: skip
     await gone.start()  # slot-1
     await gone.write(make_rows(70, prefix="gone"), [])

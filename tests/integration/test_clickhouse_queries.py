@@ -20,7 +20,9 @@ from tests.clickhouse_fixtures import ch_client, ch_database, ch_url, make_rows 
 pytestmark = pytest.mark.integration
 
 # Two minutes of rows, starting on a minute boundary, so the per-minute buckets are known.
-T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
+# HH:10 of the previous hour: the 2 minutes of rows lie inside one hour and one day whenever the
+# suite runs (T0 = now - 10 min split them across two hour buckets when run at hh:08-hh:10).
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(minutes=50)
 T0_MS = int(T0.timestamp() * 1000)
 N = 3000  # rows 40 ms apart: 0..1499 in minute 0, 1500..2999 in minute 1
 

@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     require_kafka(settings)
     result = asyncio.run(run(settings, args.single, args.batches, args.rounds_100, args.rounds_1000,
                              service_median_ms=args.latency_median_ms, service_p99_ms=args.latency_p99_ms))
-    path = result.write(args.results_dir) if args.results_dir else result.write()
+    path = result.write(args.results_dir)
     for row in result.runs:
         if row["cache"] in ("cold", "warm"):
             lat = row["latency"]

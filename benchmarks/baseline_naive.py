@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(
         run(settings, args.messages, args.runs, args.latency_median_ms, args.latency_p99_ms, args.profile)
     )
-    path = result.write(args.results_dir) if args.results_dir else result.write()
+    path = result.write(args.results_dir)
     print(f"naive: {result.metrics['msgs_per_s_median']:.0f} msg/s (median of {args.runs}) -> {path}")
     return 0
 

@@ -45,7 +45,9 @@ class BenchResult:
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
 
-    def write(self, directory: Path = RESULTS_DIR) -> Path:
+    def write(self, directory: Path | None = None) -> Path:
+        """Into ``directory`` (default ``benchmarks/results``, what the report renders)."""
+        directory = directory or RESULTS_DIR
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{self.name}.json"
         path.write_bytes(self.to_json())

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     result.params["engine"] = settings.engine
     if settings.engine != "faust":  # keep the faust results the report reads
         result.name += f"_{settings.engine}"
-    path = result.write(args.results_dir) if args.results_dir else result.write()
+    path = result.write(args.results_dir)
     print(f"{result.name}: {orjson.dumps(result.metrics).decode()} ({time.monotonic() - t0:.0f}s) -> {path}")
     return 0
 

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.trace_only:
         require_kafka(settings)
     result = asyncio.run(run(settings, args.size, args.rate, tuple(args.profiles), args.sweep_size, not args.trace_only))
-    path = result.write(args.results_dir) if args.results_dir else result.write()
+    path = result.write(args.results_dir)
     for row in result.runs:
         print(f"{row['profile']:12s} engine={row.get('engine', {}).get('hit_ratio')} bounds={row['bounds']} {row.get('verdict', '')}")
     print(f"-> {path}")

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     require_kafka(settings)
     result = asyncio.run(run(settings, args.step_alerts, args.steps, args.cached, clickhouse=args.clickhouse))
-    path = result.write(args.results_dir) if args.results_dir else result.write()
+    path = result.write(args.results_dir)
     print(f"memory: {result.metrics} -> {path}")
     return 0
 

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     backends = ("embedded", "http") if args.http else ("embedded",)
     result = asyncio.run(run(args.rows, backends))
-    path = result.write(args.results_dir) if args.results_dir else result.write()
+    path = result.write(args.results_dir)
     for r in result.runs:
         print(f"{r['label']:24s} durable {r['durable_rows_per_s']:>9,} rows/s  in ClickHouse {r['inserted_rows_per_s']:>9,} rows/s")
     print(f"-> {path}")

@@ -72,16 +72,13 @@ class Coalescer:
         times = StageTimes()
         try:
             decisions = await self.triage.decide([env for r in batch for env in r.envelopes], times)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: the waiting requests must not hang
             for r in batch:
                 if not r.future.done():
                     r.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
-        except BaseException as exc:  # cancelled: the waiting requests must not hang
-            for r in batch:
-                if not r.future.done():
-                    r.future.set_exception(exc)
-            raise
         start = 0
         for r in batch:
             r.times.add(times)

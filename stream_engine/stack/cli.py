@@ -38,6 +38,12 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     for line in report.lines():
         print(line)
+    if "propositions" in report.by_name():
+        from stream_engine.propositions.admin import find_admin_token
+
+        token = find_admin_token(settings)
+        where = token.source if token else "none: the service was not started by this stack"
+        print(f"proposition service admin token (rules, admin, stats routes): {where}")
     print(f"stack up: {time.monotonic() - started:.1f}s (state in {settings.stack_dir})")
     return 0
 

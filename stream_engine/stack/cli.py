@@ -42,7 +42,8 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         from stream_engine.propositions.admin import find_admin_token
 
         token = find_admin_token(settings)
-        where = token.source if token else "none: the service was not started by this stack"
+        # No token with a reused service: it was started before tokens existed; restart it.
+        where = token.source if token else "none (restart the service: `stack down --only propositions`, `stack up`)"
         print(f"proposition service admin token (rules, admin, stats routes): {where}")
     print(f"stack up: {time.monotonic() - started:.1f}s (state in {settings.stack_dir})")
     return 0

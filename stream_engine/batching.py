@@ -64,7 +64,8 @@ async def isolate_poison(runtime: Runtime, messages: list[RawMessage], exc: Exce
         (m,) = messages
         log.error("message failed %d times: dead-lettered", ATTEMPTS_BEFORE_ISOLATING, extra=batch_context(messages))
         original, redacted = runtime.pipeline.scrub(m.value or b"", "processing_error")
-        detail = f"{type(exc).__name__}: {exc}"[:1000]
+        # An exception's text may quote the alert (a bug formatting it): mask this message's secrets.
+        detail = runtime.pipeline.masker.detail(f"{type(exc).__name__}: {exc}", m.value)[:1000]
         dead = DeadLetter("processing_error", detail, m.topic, m.partition, m.offset, original, time.time(), redacted)
         await emit(runtime.pipeline.emitter, [], [dead])
         return BatchReport([], [dead], StageTimes())

@@ -186,7 +186,10 @@ async def read_summary(settings: Settings, run: Run, console: Any) -> dict[str, 
     end = datetime.now(UTC) + timedelta(minutes=1)
     params = {"from": start.isoformat(), "to": end.isoformat(), "interval": "1h"}
     summary: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=30) as http:
+    from stream_engine.auth import bearer_header
+
+    headers = bearer_header(settings.api_token.get_secret_value())
+    async with httpx.AsyncClient(timeout=30, headers=headers) as http:
         with console.status("waiting for ClickHouse to have every row …"):
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

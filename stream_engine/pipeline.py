@@ -17,20 +17,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Sequence
-
-import orjson
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier
 from stream_engine.keys import KeyBuilder
+from stream_engine.masking import Masker
 from stream_engine.models import Alert, CacheTier, DeadLetter, Decision, Envelope, Proposition
 from stream_engine.policy import DecisionPolicy
 from stream_engine.propositions.client import PropositionClient
 from stream_engine.sinks import Sink
 from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow, log_row, metric_row
-from stream_engine.validation import AlertDecoder, InvalidAlert, redact
+from stream_engine.validation import AlertDecoder, InvalidAlert
 
 
 @dataclass(slots=True)
@@ -207,6 +206,7 @@ class Pipeline:
     ) -> None:
         self.decoder = decoder
         self.redact_fields = list(redact_fields)
+        self.masker = Masker(self.redact_fields)
         self.triage = triage
         self.emitter = emitter
         self.sink = sink
@@ -258,30 +258,18 @@ class Pipeline:
                 alert = decode(m.value if m.value is not None else b"")
             except InvalidAlert as exc:
                 original, redacted = self.scrub(m.value or b"", exc.reason)
+                detail = self.masker.detail(exc.detail, m.value)
                 dead.append(
-                    DeadLetter(exc.reason, exc.detail, m.topic, m.partition, m.offset, original, received_ns / 1e9, redacted)
+                    DeadLetter(exc.reason, detail, m.topic, m.partition, m.offset, original, received_ns / 1e9, redacted)
                 )
                 continue
             envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns))
         return envelopes, dead
 
     def scrub(self, raw: bytes, reason: str) -> tuple[bytes, bool]:
-        """Secrets must not sit in clear text in the DLQ: a payload that parses as a JSON object
-        and holds configured secret fields is re-encoded with them masked; anything else keeps
-        its exact bytes (cold path: only dead letters pay for the second parse)."""
-        if not self.redact_fields or reason in ("not_utf8", "not_json", "too_deep"):
-            return raw, False
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return raw, False
-        if not isinstance(data, dict):
-            return raw, False
-        try:
-            clean = redact(data, self.redact_fields)
-        except RecursionError:  # nesting orjson accepts (<1024) can exceed Python's stack
-            return raw, False
-        return (orjson.dumps(clean), True) if clean != data else (raw, False)
+        """Secrets must not sit in clear text in the DLQ, whatever the reason: see
+        :meth:`stream_engine.masking.Masker.payload` (cold path: only dead letters pay for it)."""
+        return self.masker.payload(raw)
 
     def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision]) -> list[LogRow]:
         n = len(decisions)

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,10 @@ DEFAULT_KEY_FIELDS: dict[str, list[str]] = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAM_ENGINE_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a rejected value may be (or sit next to) a password or a token.
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_ENGINE_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     # --- where things live -------------------------------------------------------------
     data_dir: Path = Field(PROJECT_ROOT / ".data", description="Worker state: chDB directory, sink journal.")
@@ -116,11 +119,31 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Worker HTTP API bind address.")
     api_port: int = Field(8787, description="Worker HTTP API port.")
     api_max_body_bytes: int = Field(1_048_576, ge=1024, description="Max request body.")
+    api_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token every /api/v1/* request must carry; required when api_host is not loopback.",
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token of the proposition service's rule, admin and stats routes "
+        "(unset: STACK_DIR/admin-token, which `stack up` generates).",
+    )
     log_level: str = Field("INFO", description="Log level.")
     redact_fields: list[str] = Field(
         default_factory=lambda: ["password", "token", "secret", "api_key", "authorization"],
-        description="Attribute names redacted in logs and the DLQ.",
+        description="Attribute names (any depth, any case) masked wherever an alert leaves the worker: service "
+        "requests, DLQ, logs, error details.",
     )
+
+    @model_validator(mode="after")
+    def _secrets_are_not_key_fields(self) -> "Settings":
+        # A key is published, cached and logged in clear (decisions, Redis, ClickHouse): a secret
+        # attribute in it would leak everywhere the masks cannot reach.
+        secret = {f.lower() for f in self.redact_fields}
+        clash = sorted({f"{t}.{f}" for t, fields in self.key_fields.items() for f in fields if f.lower() in secret})
+        if clash:
+            raise ValueError(f"key_fields {clash} are also redact_fields: a secret attribute cannot be part of a key")
+        return self
 
     @cached_property
     def effective_clickhouse_url(self) -> str:
@@ -135,6 +158,8 @@ class Settings(BaseSettings):
 
         env = {}
         for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             text = orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value)
             env[f"STREAM_ENGINE_{name.upper()}"] = text
         return env
@@ -149,6 +174,8 @@ def settings_table() -> list[tuple[str, str, str]]:
     rows = []
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory else field.default
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
         if isinstance(default, Path):
             default = str(default.relative_to(PROJECT_ROOT)) if default.is_relative_to(PROJECT_ROOT) else str(default)
         rows.append((f"STREAM_ENGINE_{name.upper()}", repr(default), field.description or ""))

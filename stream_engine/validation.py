@@ -164,6 +164,11 @@ def redact(attributes: Mapping[str, Any], fields: Iterable[str]) -> dict[str, An
     return _redact_dict(attributes, secret)
 
 
+def redact_json(value: Any, fields: Iterable[str]) -> Any:
+    """:func:`redact` for any JSON value (a top-level array can hold secrets too)."""
+    return _redact_value(value, frozenset(f.lower() for f in fields))
+
+
 def _redact_dict(mapping: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
     return {
         key: REDACTED if isinstance(key, str) and key.lower() in secret else _redact_value(value, secret)

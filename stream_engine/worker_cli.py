@@ -21,10 +21,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import sys
+
+    from stream_engine.api.auth import check_api_exposure
+    from stream_engine.auth import TokenRequired
     from stream_engine.logs import configure_logging
 
     if args.engine is not None and args.engine != settings.engine:
         settings = settings.with_overrides(engine=args.engine)
+    try:
+        check_api_exposure(settings)  # before anything connects: a clear refusal, not a half-started worker
+    except TokenRequired as exc:
+        print(f"stream-engine worker: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings)
     if settings.engine == "aiokafka":
         from stream_engine.kafka.batch_worker import run_worker as run_batch_worker

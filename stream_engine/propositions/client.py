@@ -20,7 +20,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ import httpx
 import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from stream_engine.masking import Masker
 from stream_engine.models import Alert, Proposition
 from stream_engine.propositions.breaker import CircuitBreaker
 
@@ -86,8 +87,10 @@ class PropositionClient:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        redact_fields: Iterable[str] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.masker = Masker(redact_fields)  # secret attributes never reach the service
         self.retries = retries
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -113,6 +116,7 @@ class PropositionClient:
             breaker_fail_max=settings.breaker_fail_max,
             breaker_reset_s=settings.breaker_reset_s,
             transport=transport,
+            redact_fields=settings.redact_fields,
         )
 
     # --- public -----------------------------------------------------------------------------
@@ -178,7 +182,7 @@ class PropositionClient:
             self.counters.breaker_rejections += 1
             return {key: (None, "breaker_open", None) for key in own}
         self.counters.keys_requested += len(own)
-        body, unencodable = encode_request(own)
+        body, unencodable = encode_request(own, self.masker)
         if unencodable:
             log.warning("%d of %d alerts cannot be encoded for the service", len(unencodable), len(own))
             if len(unencodable) == len(own):
@@ -245,15 +249,15 @@ class PropositionClient:
         return len(connections) if isinstance(connections, list) else None
 
 
-def alert_payload(alert: Alert) -> dict[str, Any]:
-    """The alert as the schema describes it (no ``fingerprint: null``)."""
+def alert_payload(alert: Alert, masker: Masker | None = None) -> dict[str, Any]:
+    """The alert as the schema describes it (no ``fingerprint: null``), secret attributes masked."""
     payload: dict[str, Any] = {
         "id": alert.id,
         "type": alert.type,
         "timestamp": alert.timestamp,
         "severity": alert.severity,
         "source": alert.source,
-        "attributes": alert.attributes,
+        "attributes": masker.attributes(alert.attributes) if masker else alert.attributes,
     }
     if alert.fingerprint is not None:
         payload["fingerprint"] = alert.fingerprint
@@ -309,10 +313,10 @@ def _add(result: FetchResult, key: str, outcome: Outcome) -> None:
         result.failed[key] = reason or "unavailable"
 
 
-def encode_request(own: dict[str, Alert]) -> tuple[bytes, dict[str, Outcome]]:
+def encode_request(own: dict[str, Alert], masker: Masker | None = None) -> tuple[bytes, dict[str, Outcome]]:
     """The batch body, and the keys whose alert JSON cannot carry (they fail alone, not the batch)."""
     try:
-        items = [{"key": key, "alert": alert_payload(alert)} for key, alert in own.items()]
+        items = [{"key": key, "alert": alert_payload(alert, masker)} for key, alert in own.items()]
         return orjson.dumps({"items": items}), {}
     except (TypeError, orjson.JSONEncodeError):
         pass
@@ -320,7 +324,7 @@ def encode_request(own: dict[str, Alert]) -> tuple[bytes, dict[str, Outcome]]:
     failed: dict[str, Outcome] = {}
     for key, alert in own.items():
         try:
-            encoded.append(orjson.dumps({"key": key, "alert": alert_payload(alert)}))
+            encoded.append(orjson.dumps({"key": key, "alert": alert_payload(alert, masker)}))
         except (TypeError, orjson.JSONEncodeError):
             failed[key] = (None, "unencodable", None)
     return b'{"items":[' + b",".join(encoded) + b"]}", failed

@@ -172,6 +172,41 @@ def test_proposition_service_answers_healthz(private: Settings) -> None:
 
 
 @pytest.mark.integration
+def test_the_stack_service_needs_the_admin_token_it_generated(
+    private: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from stream_engine.propositions.admin import token_path
+    from stream_engine.stack.process import PidFile
+
+    path = token_path(private)
+    token = path.read_text().strip()
+    assert token and oct(path.stat().st_mode & 0o777) == "0o600"
+    url = f"http://127.0.0.1:{private.propositions_port}/v1/rules"
+    assert httpx.get(url, timeout=5).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=5).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+
+    monkeypatch.delenv("STREAM_ENGINE_ADMIN_TOKEN", raising=False)
+    capsys.readouterr()
+    assert main([*global_flags(private), "stack", "up"]) == 0  # says where the token is, never what
+    out = capsys.readouterr().out
+    assert f"admin token (rules, admin, stats routes): {path}" in out and token not in out
+    assert main([*global_flags(private), "propositions", "rules", "get"]) == 0  # the CLI reads the file
+    assert '"types"' in capsys.readouterr().out
+    monkeypatch.setenv("STREAM_ENGINE_ADMIN_TOKEN", "not-the-one")  # the environment wins, and is wrong
+    assert main([*global_flags(private), "propositions", "rules", "get"]) == 1
+    assert "401" in capsys.readouterr().err
+
+    record = PidFile(Stack(private).layout.pid_path("propositions")).read()
+    assert record is not None
+    cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().decode()
+    assert token not in cmdline and token not in " ".join(record.command)  # not on any command line
+    assert token not in Stack(private).layout.log_path("propositions").read_text()
+
+
+@pytest.mark.integration
 def test_a_second_stack_on_the_same_ports_reuses_them_as_external(private: Settings, tmp_path: Path) -> None:
     other = private.with_overrides(stack_dir=tmp_path / "other")
     report = Stack(other, only=["redis"]).up()

@@ -76,7 +76,17 @@ def wait_until(predicate, timeout: float, what: str, proc: Proc | None = None, i
     raise AssertionError(f"timed out after {timeout}s waiting for {what}{tail}")
 
 
+def admin_headers(settings: Settings) -> dict[str, str]:
+    """Headers for the proposition service's rule/admin/stats routes (the service started by
+    ``start_propositions`` runs with ``settings.admin_token``)."""
+    return {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+
+
 def start_propositions(settings: Settings, log_dir: Path, *extra: str) -> Proc:
+    """A reference proposition service at ``settings.propositions_url``. Its admin token is
+    ``settings.admin_token``, which must be set: a test never lets the service fall back to (or
+    write) the token file of the real stack directory."""
+    assert settings.admin_token.get_secret_value(), "give the test's proposition service an admin_token"
     port = int(settings.propositions_url.rsplit(":", 1)[1])
     proc = Proc(f"propositions-{port}", ["propositions", "serve", "--port", str(port), *extra], settings, log_dir)
 

@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError
 
 from stream_engine import batching
+from stream_engine.masking import Masker
 from stream_engine.models import DeadLetter, Decision
 from stream_engine.pipeline import BatchReport, RawMessage, StageTimes
 
@@ -22,6 +23,7 @@ class FlakyPipeline:
         self.calls = 0
         self.emitted: list[DeadLetter] = []
         self.emitter = self
+        self.masker = Masker(["password"])
 
     async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> Any:
         self.emitted.extend(dead)
@@ -64,3 +66,14 @@ async def test_a_poison_message_is_isolated_and_dead_lettered_while_the_others_a
 
 async def _no_sleep(_: float) -> None:
     return None
+
+
+async def test_a_processing_error_that_quotes_a_secret_is_masked_in_the_dead_letter(monkeypatch: Any) -> None:
+    monkeypatch.setattr(batching.asyncio, "sleep", _no_sleep)
+    poison = b'{"id": "p", "attributes": {"password": "sk-quoted-by-a-bug"}}'
+    # a bug that formats the alert into its exception: the detail must not carry the secret out
+    pipeline = FlakyPipeline(lambda m, n: ValueError(f"bad {m[0].value!r}") if m[0].value == poison else None)
+    await batching.process_until_done(runtime(pipeline), msgs(poison))
+    (dead,) = pipeline.emitted
+    assert dead.reason == "processing_error" and "ValueError: bad" in dead.error
+    assert "sk-quoted-by-a-bug" not in dead.error

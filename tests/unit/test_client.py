@@ -14,6 +14,7 @@ from stream_engine.models import Alert, Proposition
 from stream_engine.propositions.breaker import CircuitBreaker
 from stream_engine.propositions.client import PropositionClient, alert_payload
 from stream_engine.settings import Settings
+from stream_engine.validation import REDACTED
 
 Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
 
@@ -431,3 +432,25 @@ async def test_a_request_of_only_unencodable_alerts_is_not_sent(client: Proposit
     result = await client.fetch_many({"k-bad": bad})
     assert result.failed == {"k-bad": "unencodable"} and not result.found
     assert service.requests == []
+
+
+async def test_secret_attributes_never_reach_the_service(service: Service, clock: FakeClock) -> None:
+    client = make_client(service, clock, redact_fields=["password", "token"])
+    leaky = Alert("s1", "ci_failure", 1.5, "high", "ci", {"repo": "r", "Password": "sk-client", "deep": [{"token": "t-1"}]})
+    try:
+        await client.fetch_many({"k": leaky})
+    finally:
+        await client.close()
+    (body,) = service.requests
+    sent = body["items"][0]["alert"]["attributes"]
+    assert sent == {"repo": "r", "Password": REDACTED, "deep": [{"token": REDACTED}]}
+    assert leaky.attributes["Password"] == "sk-client"  # the alert itself keeps its value (nothing else sees it)
+
+
+async def test_from_settings_masks_the_configured_fields(service: Service) -> None:
+    client = PropositionClient.from_settings(Settings(redact_fields=["api_key"]), transport=httpx.MockTransport(service))
+    try:
+        await client.fetch_many({"k": Alert("s", "infra", 1.0, "low", "x", {"api_key": "sk-x"})})
+    finally:
+        await client.close()
+    assert service.requests[0]["items"][0]["alert"]["attributes"] == {"api_key": REDACTED}

@@ -127,6 +127,28 @@ async def test_secret_fields_are_masked_in_dead_letters(tmp_path: Path) -> None:
     assert orjson.loads(dl.original)["attributes"]["repo"] == "r"
 
 
+SECRET = b"sk-pipeline-planted"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"id": "x", "type": "ci_failure", "attributes": {"password": "' + SECRET + b'"}}', "schema"),
+        (b'[{"token": "' + SECRET + b'"}]', "not_object"),
+        (b'{"api_key": "' + SECRET + b'", nope', "not_json"),
+        (b'\xff{"password": "' + SECRET + b'"}', "not_utf8"),
+        (b"[" * 1100 + b'{"secret": "' + SECRET + b'"}' + b"]" * 1100, "too_deep"),
+        (b'{"id": "x", "password": "' + SECRET + b'", "blob": "' + b"a" * 70000 + b'"', "too_large"),
+    ],
+)
+async def test_a_secret_in_any_malformed_payload_never_reaches_the_dlq(tmp_path: Path, raw: bytes, reason: str) -> None:
+    pipeline, emitter, _ = build(tmp_path, [])
+    await pipeline.process(messages([raw]))
+    (dl,) = emitter.dead
+    assert dl.reason == reason and dl.redacted
+    assert SECRET not in dl.original and SECRET.decode() not in dl.error and SECRET not in dl.to_json()
+
+
 async def test_pathological_nesting_in_a_dead_letter_does_not_crash_redaction(tmp_path: Path) -> None:
     pipeline, emitter, _ = build(tmp_path, [])
     deep = b'{"id": 1, "a": ' + b'{"b": ' * 900 + b"1" + b"}" * 900 + b"}"

@@ -18,6 +18,7 @@ from stream_engine.propositions.service import SERVICE_KEY, VERSION_HEADER, Faul
 from stream_engine.propositions.updates import Invalidation
 
 BOOK = RuleBook.load()
+TOKEN = "unit-admin-token"
 
 
 class RecordingPublisher:
@@ -40,8 +41,11 @@ MakeClient = Callable[..., Awaitable[TestClient]]
 async def make_client() -> AsyncIterator[MakeClient]:
     clients: list[TestClient] = []
 
-    async def make(rulebook: RuleBook = BOOK, **kwargs: Any) -> TestClient:
-        client = TestClient(TestServer(make_app(rulebook, **kwargs)))
+    async def make(rulebook: RuleBook = BOOK, *, headers: dict[str, str] | None = None, **kwargs: Any) -> TestClient:
+        """A client of the service; it sends the admin token unless ``headers`` says otherwise."""
+        app = make_app(rulebook, admin_token=TOKEN, **kwargs)
+        default = {"Authorization": f"Bearer {TOKEN}"} if headers is None else headers
+        client = TestClient(TestServer(app), headers=default)
         await client.start_server()
         clients.append(client)
         return client
@@ -373,3 +377,50 @@ async def test_stats_count_requests_items_and_batch_sizes_and_reset(make_client:
     assert (await client.delete("/v1/stats")).status == 200
     stats = await (await client.get("/v1/stats")).json()
     assert (stats["requests"], stats["items"], stats["batch_sizes"]["count"]) == (0, 0, 0)
+
+
+# --- the admin token -----------------------------------------------------------------------------
+
+ADMIN_ROUTES = [
+    ("GET", "/v1/rules", None),
+    ("PUT", "/v1/rules", BOOK.to_dict()),
+    ("POST", "/v1/admin/invalidate", {"scope": "all"}),
+    ("PUT", "/v1/admin/latency", {"median_ms": 50}),
+    ("PUT", "/v1/admin/fault", {"error_rate": 1.0}),
+    ("GET", "/v1/stats", None),
+    ("DELETE", "/v1/stats", None),
+    ("GET", "/v1/admin/unknown", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ADMIN_ROUTES)
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
+async def test_rule_admin_and_stats_routes_are_401_without_the_token(
+    make_client: MakeClient, method: str, path: str, body: Any, headers: dict[str, str]
+) -> None:
+    publisher = RecordingPublisher()
+    client = await make_client(headers=headers, updates_publisher=publisher)
+    before = client.server.app[SERVICE_KEY]
+    status, answer = await post_json(client, path, body, method)
+    assert status == 401 and answer["error"] == "unauthorized"
+    service = client.server.app[SERVICE_KEY]
+    assert service is before and service.latency is None and service.fault is None and publisher.published == []
+    assert service.rulebook is BOOK  # nothing changed
+
+
+async def test_the_read_path_and_health_need_no_token(make_client: MakeClient) -> None:
+    client = await make_client(headers={})
+    assert (await post_json(client, "/v1/propositions/batch", {"items": [{"key": "k", "alert": TIMEOUT}]}))[0] == 200
+    assert (await post_json(client, "/v1/propositions", {"key": "k", "alert": TIMEOUT}))[0] == 200
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_with_the_token_an_admin_route_works(make_client: MakeClient) -> None:
+    client = await make_client(headers={"Authorization": f"Bearer {TOKEN}"})
+    status, body = await post_json(client, "/v1/admin/latency", {"median_ms": 5}, "PUT")
+    assert status == 200 and body["latency"]["median_ms"] == 5.0
+
+
+def test_there_is_no_unguarded_service() -> None:
+    with pytest.raises(ValueError, match="admin token"):
+        make_app(BOOK, admin_token="")

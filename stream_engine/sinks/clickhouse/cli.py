@@ -47,7 +47,9 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from stream_engine.sinks.clickhouse.schema import migrate
 
     applied = migrate(connect(settings.effective_clickhouse_url, None), settings.clickhouse_database, settings.clickhouse_ttl_days)
-    where = f"{settings.effective_clickhouse_url} database {settings.clickhouse_database}"
+    from stream_engine.masking import mask_url_passwords
+
+    where = f"{mask_url_passwords(settings.effective_clickhouse_url)} database {settings.clickhouse_database}"
     print(f"applied migrations {applied} on {where}" if applied else f"schema up to date on {where}")
     return 0
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from stream_engine.masking import Masker, mask_url_passwords
 from stream_engine.sinks.clickhouse import slots
 from stream_engine.sinks.clickhouse.journal import Journal, encode_batch
 from stream_engine.sinks.clickhouse.slots import Slot
@@ -113,7 +114,8 @@ class ClickHouseSink:
         self.flush_seconds_total = 0.0
         self.flush_seconds_max = 0.0
         self.failures = 0
-        self.last_error = ""
+        self.last_error = ""  # shown by /api/v1/stats and logged: masked (mask_error)
+        self.mask_error: Callable[[str], str] = mask_url_passwords
         self.spills = 0
         self.replayed_rows = 0
         self.journal_bytes_written = 0
@@ -143,7 +145,9 @@ class ClickHouseSink:
             "fsync": settings.sink_fsync,
         }
         params.update(overrides)
-        return cls(factory, settings.data_dir / "journal", **params)
+        sink = cls(factory, settings.data_dir / "journal", **params)
+        sink.mask_error = Masker(settings.redact_fields).text
+        return sink
 
     # --- the contract ---------------------------------------------------------------------
 
@@ -442,7 +446,7 @@ class ClickHouseSink:
     def _record_failure(self, exc: BaseException) -> None:
         self.failures += 1
         self._failing = True
-        self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        self.last_error = self.mask_error(f"{type(exc).__name__}: {exc}")[:500]
         log.warning("ClickHouse insert failed (%d so far): %s", self.failures, self.last_error)
 
     def _insert_sync(self, rows: list[LogRow], metrics: list[MetricRow], done: set[str]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_engine.app import create_app
+from stream_engine.engines.faust import create_app
 from stream_engine.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,10 @@ from multidict import MultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_engine.api import create_api_app
-from stream_engine.api.analytics import BadParams, build_query
+from stream_engine.sinks.clickhouse.analytics import BadParams, build_query
 from stream_engine.models import DeadLetter, Decision, Proposition
-from stream_engine.pipeline import BatchReport, RawMessage, StageTimes
+from stream_engine.models import StageTimes
+from stream_engine.pipeline import BatchReport, RawMessage
 from stream_engine.runtime import Runtime
 from stream_engine.settings import Settings
 from stream_engine.sinks import MemorySink

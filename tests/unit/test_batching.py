@@ -1,21 +1,26 @@
-"""process_until_done: outages are waited out; a poison message is isolated and dead-lettered."""
+"""EngineCore.process: outages are waited out; a poison message is isolated and dead-lettered."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from stream_engine import batching
-from stream_engine.models import DeadLetter, Decision
-from stream_engine.pipeline import BatchReport, RawMessage, StageTimes
+from stream_engine.engines import core
+from stream_engine.engines.core import EngineCore
+from stream_engine.models import DeadLetter, Decision, StageTimes
+from stream_engine.monitor import Monitor
+from stream_engine.pipeline import BatchReport, RawMessage
+from stream_engine.settings import Settings
 
 
 class FlakyPipeline:
-    """Stands in for Pipeline at its two seams used here: process() and the emitter/scrub."""
+    """Stands in for Pipeline at the seams the core uses: process(), dead_letter() and its emitter."""
 
     def __init__(self, fail: Any) -> None:
         self.fail = fail  # (messages, call number) -> exception to raise or None
@@ -27,8 +32,8 @@ class FlakyPipeline:
         self.emitted.extend(dead)
         return asyncio.sleep(0)
 
-    def scrub(self, raw: bytes, reason: str) -> tuple[bytes, bool]:
-        return raw, False
+    def dead_letter(self, message: RawMessage, reason: str, detail: str, received_at: float) -> DeadLetter:
+        return DeadLetter(reason, detail, message.topic, message.partition, message.offset, message.value or b"", received_at)
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchReport:
         self.calls += 1
@@ -38,29 +43,53 @@ class FlakyPipeline:
         return BatchReport([], [], StageTimes(), {"lru": len(messages)})
 
 
-def runtime(pipeline: FlakyPipeline) -> Any:
-    return SimpleNamespace(pipeline=pipeline, monitor=SimpleNamespace(batch_failed=lambda exc: None), in_flight=0)
+def engine_core(pipeline: FlakyPipeline, tmp_path: Path) -> EngineCore:
+    runtime = SimpleNamespace(pipeline=pipeline, monitor=Monitor())
+    return EngineCore(Settings(data_dir=tmp_path), runtime)  # type: ignore[arg-type]
 
 
 def msgs(*values: bytes) -> list[RawMessage]:
     return [RawMessage(v, 0, i, "alerts") for i, v in enumerate(values)]
 
 
-async def test_an_outage_is_retried_until_it_passes_and_nothing_is_dead_lettered(monkeypatch: Any) -> None:
-    monkeypatch.setattr(batching.asyncio, "sleep", _no_sleep)
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_sleep(_: float) -> None:
+        return None
+
+    monkeypatch.setattr(core.asyncio, "sleep", no_sleep)
+
+
+@pytest.mark.usefixtures("no_backoff")
+async def test_an_outage_is_retried_until_it_passes_and_nothing_is_dead_lettered(tmp_path: Path) -> None:
     pipeline = FlakyPipeline(lambda m, n: KafkaConnectionError() if n <= 6 else None)
-    report = await batching.process_until_done(runtime(pipeline), msgs(b"a", b"b"))
+    report = await engine_core(pipeline, tmp_path).process(msgs(b"a", b"b"))
     assert pipeline.calls == 7 and report.tiers == {"lru": 2} and pipeline.emitted == []
 
 
-async def test_a_poison_message_is_isolated_and_dead_lettered_while_the_others_are_decided(monkeypatch: Any) -> None:
-    monkeypatch.setattr(batching.asyncio, "sleep", _no_sleep)
+@pytest.mark.usefixtures("no_backoff")
+async def test_a_poison_message_is_isolated_and_dead_lettered_while_the_others_are_decided(tmp_path: Path) -> None:
     pipeline = FlakyPipeline(lambda m, n: TypeError("boom") if any(x.value == b"poison" for x in m) else None)
-    report = await batching.process_until_done(runtime(pipeline), msgs(b"a", b"poison", b"c"))
+    engine = engine_core(pipeline, tmp_path)
+    report = await engine.process(msgs(b"a", b"poison", b"c"))
     assert [(d.reason, d.offset, d.original) for d in pipeline.emitted] == [("processing_error", 1, b"poison")]
     assert "TypeError: boom" in pipeline.emitted[0].error
     assert report.tiers == {"lru": 2} and [d.offset for d in report.dead] == [1]
+    monitor = engine.runtime.monitor
+    assert monitor.batch_failures["TypeError"] >= 3 and monitor.dead_letters["processing_error"] == 1
 
 
-async def _no_sleep(_: float) -> None:
-    return None
+async def test_drain_waits_for_batches_in_flight_and_says_when_they_outlast_it(tmp_path: Path) -> None:
+    release = asyncio.Event()
+
+    class SlowPipeline(FlakyPipeline):
+        async def process(self, messages: Sequence[RawMessage]) -> BatchReport:
+            await release.wait()
+            return await super().process(messages)
+
+    engine = engine_core(SlowPipeline(lambda m, n: None), tmp_path)
+    batch = asyncio.create_task(engine.process(msgs(b"a")))
+    assert not await engine.drain(0.05), "a batch is still in flight"
+    release.set()
+    assert await engine.drain(5.0)
+    assert batch.done() and batch.result().tiers == {"lru": 1}

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 
 from stream_engine.api.coalesce import Coalescer
-from stream_engine.pipeline import StageTimes
+from stream_engine.models import Decision, StageTimes
 from stream_engine.workload import Workload
 from tests.unit.test_pipeline import build
 
@@ -17,7 +17,7 @@ async def test_concurrent_requests_share_service_calls_and_each_gets_its_own_dec
     calls: list[list[str]] = []
     pipeline, _, _ = build(tmp_path, calls)
     triage = pipeline.triage
-    coalescer = Coalescer(triage, slots=1, max_batch=1000)
+    coalescer = Coalescer(triage.decide, slots=1, max_batch=1000)
     alerts = Workload("scam", seed=11).alerts(60)  # mostly distinct keys: cold
     decoder = pipeline.decoder
     requests = [[triage.envelope(decoder.decode(orjson.dumps(a)), 65535, 0, 0)] for a in alerts]
@@ -33,16 +33,16 @@ async def test_a_lone_request_is_decided_at_once_and_failures_reach_every_waiter
     calls: list[list[str]] = []
     pipeline, _, _ = build(tmp_path, calls)
     triage = pipeline.triage
-    coalescer = Coalescer(triage, slots=2)
+    coalescer = Coalescer(triage.decide, slots=2)
     alert = Workload("ci_failures", seed=1).alerts(1)[0]
     env = triage.envelope(pipeline.decoder.decode(orjson.dumps(alert)), 65535, 0, 0)
     times = StageTimes()
     (decision,) = await coalescer.decide([env], times)
     assert decision.alert_id == alert["id"] and coalescer.drains == 1 and times.service > 0
 
-    async def boom(*_: object) -> None:
+    async def boom(*_: object) -> list[Decision]:
         raise RuntimeError("triage broke")
 
-    triage.decide = boom  # type: ignore[method-assign]
-    outcomes = await asyncio.gather(*(coalescer.decide([env], StageTimes()) for _ in range(5)), return_exceptions=True)
+    broken = Coalescer(boom, slots=2)
+    outcomes = await asyncio.gather(*(broken.decide([env], StageTimes()) for _ in range(5)), return_exceptions=True)
     assert all(isinstance(o, RuntimeError) for o in outcomes)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_engine.cache.lru import TTLCache
+from stream_engine.cache.ttl_cache import TTLCache
 from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.models import Proposition
 

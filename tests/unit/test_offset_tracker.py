@@ -1,5 +1,5 @@
-"""The aiokafka engine's commit bookkeeping: with batches in flight concurrently, a partition's
-commit point must never pass a batch that is not done."""
+"""The commit bookkeeping: with batches in flight concurrently, a partition's commit point must
+never pass a batch that is not done."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from stream_engine.cli import build_parser, settings_from_args
-from stream_engine.kafka.batch_worker import OffsetTracker
+from stream_engine.engines.offsets import OffsetTracker
 
 P0, P1 = TopicPartition("alerts", 0), TopicPartition("alerts", 1)
 
@@ -20,9 +20,11 @@ def test_a_batch_finishing_first_does_not_move_the_commit_point_past_an_earlier_
     first = tracker.started({P0: 99})
     second = tracker.started({P0: 199})
     assert tracker.finished(second) == {}, "offsets 0-99 are not done yet"
+    assert tracker.take() == {}
     assert tracker.in_flight() == 2
     assert tracker.finished(first) == {P0: 200}, "both done: commit right after the second"
     assert tracker.in_flight() == 0
+    assert tracker.take() == {P0: 200} and tracker.take() == {}, "handed out once"
 
 
 def test_partitions_advance_independently() -> None:
@@ -35,10 +37,22 @@ def test_partitions_advance_independently() -> None:
     assert tracker.finished(a) == {P0: 21, P1: 10}
 
 
-def test_forgotten_partitions_hold_nothing_back() -> None:
+def test_a_failed_commit_is_restored_unless_a_newer_point_overtook_it() -> None:
+    tracker = OffsetTracker()
+    tracker.finished(tracker.started({P0: 9, P1: 4}))
+    failed = tracker.take()
+    tracker.finished(tracker.started({P0: 19}))
+    tracker.restore(failed)
+    assert tracker.take() == {P0: 20, P1: 5}
+
+
+def test_forgotten_partitions_hold_nothing_back_and_commit_nothing() -> None:
     tracker = OffsetTracker()
     stale = tracker.started({P0: 10})
-    tracker.forget([P0])
+    done = tracker.started({P1: 3})
+    tracker.finished(done)
+    tracker.forget([P0, P1])
+    assert tracker.take() == {}, "a revoked partition's leftovers must not land after another owner's"
     fresh = tracker.started({P0: 30})
     assert tracker.finished(fresh) == {P0: 31}
     assert tracker.finished(stale) == {}, "a revoked partition's late batch commits nothing"
@@ -49,14 +63,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, str]:
     return args, settings_from_args(args).engine
 
 
-def test_engine_is_chosen_by_flag_or_setting_and_defaults_to_faust(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_is_chosen_by_flag_or_setting_and_defaults_to_aiokafka(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STREAM_ENGINE_ENGINE", raising=False)
     args, engine = parse(["worker"])
-    assert args.engine is None and engine == "faust"
-    args, _ = parse(["worker", "--engine", "aiokafka"])
-    assert args.engine == "aiokafka"
-    _, engine = parse(["--engine", "aiokafka", "worker"])
-    assert engine == "aiokafka"
+    assert args.engine is None and engine == "aiokafka"
+    args, _ = parse(["worker", "--engine", "faust"])
+    assert args.engine == "faust"
+    _, engine = parse(["--engine", "faust", "worker"])
+    assert engine == "faust"
     with pytest.raises(SystemExit):
         parse(["worker", "--engine", "spark"])
     with pytest.raises(ValidationError):  # the global flag is validated by Settings (main() reports it)

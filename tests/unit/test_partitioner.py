@@ -29,17 +29,9 @@ def test_no_key_picks_an_available_partition_else_any() -> None:
     assert {kafka_partitioner(None, [0, 1], []) for _ in range(200)} == {0, 1}
 
 
-async def test_both_engines_produce_with_it(tmp_path: object) -> None:
-    from stream_engine.app import create_app
-    from stream_engine.kafka.batch_worker import BatchWorker
+async def test_the_engines_one_producer_uses_it(tmp_path: object) -> None:
+    from stream_engine.engines.core import create_producer
     from stream_engine.settings import Settings
 
-    settings = Settings(data_dir=tmp_path)  # type: ignore[arg-type]
-    app, _ = create_app(settings)
-    assert app.conf.producer_partitioner is kafka_partitioner
-    worker = BatchWorker(settings)
-    try:
-        assert worker.producer._partitioner is kafka_partitioner
-    finally:
-        await worker.runtime.client.close()
-        await worker.runtime.redis.close()
+    producer = create_producer(Settings(data_dir=tmp_path))  # type: ignore[arg-type]
+    assert producer._partitioner is kafka_partitioner

@@ -18,7 +18,7 @@ from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier
 from stream_engine.keys import KeyBuilder
 from stream_engine.models import DeadLetter, Decision
-from stream_engine.pipeline import Pipeline, RawMessage, Triage
+from stream_engine.pipeline import DecisionLog, Pipeline, RawMessage, Triage
 from stream_engine.policy import DecisionPolicy
 from stream_engine.propositions.client import PropositionClient
 from stream_engine.settings import Settings
@@ -65,7 +65,7 @@ def build(tmp_path: Path, calls: list[list[str]], status: int = 200) -> tuple[Pi
     )
     emitter, sink = RecordingEmitter(), MemorySink()
     decoder = AlertDecoder.from_settings(settings)
-    return Pipeline(decoder, triage, emitter, sink, "w", settings.redact_fields), emitter, sink
+    return Pipeline(decoder, triage, emitter, DecisionLog(sink, "w"), settings.redact_fields), emitter, sink
 
 
 def messages(payloads: list[bytes], partition: int = 0) -> list[RawMessage]:

@@ -178,12 +178,3 @@ def stage_latency(
         GROUP BY bucket, stage ORDER BY bucket, stage"""
     return _dicts(client, sql, params)
 
-
-QUERIES = {
-    "latency": latency_percentiles,
-    "cache": cache_hit_ratio,
-    "modes": decisions_by_mode,
-    "logs": get_proposition_logs_batch,
-    "slowest": slowest_alerts,
-    "stages": stage_latency,
-}

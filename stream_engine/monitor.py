@@ -16,7 +16,7 @@ import os
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from stream_engine.pipeline import BatchReport, RawMessage
 
 HISTOGRAMS = (*STAGES, END_TO_END)
+# (topic, partition, high-watermark, fetch position) per assigned partition: what lag is made of.
+Positions = list[tuple[str, int, "int | None", "int | None"]]
+PositionsProbe = Callable[[], Awaitable[Positions]]
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour; longer samples are clamped (and counted)
 SIGNIFICANT_DIGITS = 3

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier
 from stream_engine.keys import KeyBuilder
-from stream_engine.monitor import Monitor
+from stream_engine.monitor import Monitor, Positions, PositionsProbe
 from stream_engine.pipeline import DecisionLog, Emitter, Pipeline, Triage
 from stream_engine.policy import DecisionPolicy
 from stream_engine.propositions.client import PropositionClient
@@ -25,7 +25,6 @@ from stream_engine.settings import Settings
 from stream_engine.validation import AlertDecoder
 
 if TYPE_CHECKING:
-    from stream_engine.engines.offsets import Positions, PositionsProbe
     from stream_engine.models import Alert, Decision, Envelope, StageTimes
     from stream_engine.propositions.updates import Invalidation, UpdatesListener
     from stream_engine.sinks import Sink

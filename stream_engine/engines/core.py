@@ -35,7 +35,7 @@ from stream_engine.sinks.clickhouse.sink import SinkStopped
 
 if TYPE_CHECKING:
     from stream_engine.api import ApiServer
-    from stream_engine.engines.offsets import PositionsProbe
+    from stream_engine.monitor import PositionsProbe
     from stream_engine.settings import Settings
 
 log = logging.getLogger(__name__)

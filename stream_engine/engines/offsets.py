@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# (topic, partition, high-watermark, fetch position) per assigned partition, for consumer lag.
-Positions = list[tuple[str, int, "int | None", "int | None"]]
-PositionsProbe = Callable[[], Awaitable[Positions]]
+if TYPE_CHECKING:
+    from stream_engine.monitor import Positions, PositionsProbe
 
 
 @dataclass(eq=False, slots=True)

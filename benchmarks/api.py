@@ -46,7 +46,7 @@ import orjson
 from benchmarks.common import BenchResult, Progress, Stopwatch, bench_settings, create_topics, drop_topics, latency_summary, require_kafka
 from benchmarks.services import cpu_seconds, proposition_service, with_private_service_and_data, worker, workspace
 from stream_engine.settings import Settings
-from tests.support.procs import Proc, wait_until
+from harness.procs import Proc, wait_until
 
 PROCESS_PATH = "/api/v1/alerts/process"
 API_URL = re.compile(r"api listening on (http://[0-9.]+:\d+)")

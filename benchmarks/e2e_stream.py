@@ -44,7 +44,7 @@ from benchmarks.trace import TraceSpec, make_trace
 from stream_engine.engines import ENGINES
 from stream_engine.keys import message_key
 from stream_engine.settings import Settings
-from tests.support.procs import Proc
+from harness.procs import Proc
 
 SERVICE_MEDIAN_MS = 20.0
 SERVICE_P99_MS = 50.0

@@ -10,6 +10,7 @@ from stream_engine.models import (
     Mode,
     Proposition,
 )
+from stream_engine.keys import message_key
 from stream_engine.settings import Settings
 
 __version__ = ENGINE_VERSION
@@ -25,4 +26,5 @@ __all__ = [
     "Proposition",
     "Settings",
     "__version__",
+    "message_key",
 ]

@@ -32,7 +32,7 @@ import pytest
 from stream_engine.settings import Settings
 
 if TYPE_CHECKING:
-    from tests.support.procs import Proc
+    from harness.procs import Proc
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -96,7 +96,7 @@ def topics(stack: Settings, unique: Callable[[str], str]) -> Iterator[Settings]:
 
 @pytest.fixture
 def worker_settings(topics: Settings, tmp_path: Path, unique: Callable[[str], str]) -> Settings:
-    from tests.support.procs import free_port
+    from harness.procs import free_port
 
     return topics.with_overrides(
         app_id=unique("group"),
@@ -110,7 +110,7 @@ def worker_settings(topics: Settings, tmp_path: Path, unique: Callable[[str], st
 
 @pytest.fixture
 def propositions(worker_settings: Settings, tmp_path: Path) -> Iterator[Proc]:
-    from tests.support.procs import start_propositions
+    from harness.procs import start_propositions
 
     proc = start_propositions(worker_settings, tmp_path)
     yield proc

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream_engine.settings import Settings
-from tests.support.procs import Proc, free_port
+from harness.procs import Proc, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -12,8 +12,8 @@ import pytest
 from stream_engine.models import DeadLetter
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload, malformed_payloads
-from tests.support.kafka import collect, publish
-from tests.support.procs import Proc, start_worker
+from harness.kafka import collect, publish
+from harness.procs import Proc, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -124,7 +124,7 @@ async def test_an_invalidation_changes_the_next_decision_on_both_workers(
                 rule["propositions"][0]["confidence"] = 0.5
         assert httpx.put(f"{s.propositions_url}/v1/rules", content=orjson.dumps(rules)).status_code == 200
         for w in workers:
-            from tests.support.procs import wait_until
+            from harness.procs import wait_until
 
             wait_until(lambda w=w: "invalidation applied" in w.log(), 30, f"{w.name} applied the invalidation", w)
 

@@ -30,8 +30,8 @@ from stream_engine.propositions.client import alert_payload
 from stream_engine.settings import Settings
 from stream_engine.validation import MAX_ATTRIBUTE_DEPTH, AlertDecoder, InvalidAlert
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, account, clickhouse_rows, record
-from tests.support.procs import Proc, start_worker
+from harness.drills import Publisher, Tail, account, clickhouse_rows, record
+from harness.procs import Proc, start_worker
 
 pytestmark = [pytest.mark.reliability]
 
@@ -272,7 +272,7 @@ async def test_worker_sends_hostile_payloads_to_the_dlq_and_keeps_deciding(
     assert all(d.error and d.source_topic == s.topic_alerts for d in dead)
     assert not {d["alert_id"] for d in decisions} & {first for first, _ in dup}
     log = clickhouse_rows(s)
-    row = record(account("7 hostile input", ids, decisions, log.rows, None))
+    row = record(account("7 hostile input", ids, decisions, log.rows, None, engine=s.engine))
     assert row.missing == 0
     assert log.ids == set(ids)
 

@@ -19,8 +19,8 @@ import pytest
 
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.drills import PrivateRedis, Publisher, Tail, account, clickhouse_rows, record
-from tests.support.procs import Proc, free_port, start_worker
+from harness.drills import PrivateRedis, Publisher, Tail, account, clickhouse_rows, record
+from harness.procs import Proc, free_port, start_worker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 
@@ -83,6 +83,6 @@ async def test_redis_outage_degrades_to_lru_and_service_then_recovers(
     assert set(probe_tiers) <= {"redis", "lru"} and probe_tiers["redis"], probe_tiers
 
     log = clickhouse_rows(s)
-    row = record(account("4 redis outage", ids, decisions, log.rows, recover_s))
+    row = record(account("4 redis outage", ids, decisions, log.rows, recover_s, engine=s.engine))
     assert row.missing == 0
     assert log.ids == set(ids)

@@ -23,8 +23,8 @@ import pytest
 from stream_engine.models import DeadLetter
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, account, clickhouse_rows, record
-from tests.support.procs import Proc, start_worker, wait_until
+from harness.drills import Publisher, Tail, account, clickhouse_rows, record
+from harness.procs import Proc, start_worker, wait_until
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 
@@ -111,7 +111,7 @@ async def test_injection_is_harmless_api_is_loopback_and_bounded_secrets_are_red
         result = cli(s, "query", "latency", "--type", value, "--json")
         assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     log = clickhouse_rows(s)
-    row = record(account("8 security", ids, decisions, log.rows, None))
+    row = record(account("8 security", ids, decisions, log.rows, None, engine=s.engine))
     assert row.missing == 0 and log.ids == set(ids)
 
     assert len(dead) == 1 and dead[0].reason == "schema"

@@ -1,19 +1,21 @@
-"""Shared chDB fixtures: ONE embedded engine path per test process, one database per test.
+"""ClickHouse fixtures of the integration tests: ONE embedded engine path per test process, one
+database per test.
 
 chDB allows a single data directory per process, so every test that needs ClickHouse in this
-process must use ``chdb_session_url()``; isolation comes from a unique database name.
-Import the fixtures into a test module with ``from tests.clickhouse_fixtures import *``.
+process must use ``chdb_session_url()``; isolation comes from a unique database name. Rows to
+write come from ``tests/integration/clickhouse_data.py``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from tests.integration.clickhouse_data import unique_database
 
 _SESSION_DIR: str | None = None
 
@@ -41,7 +43,7 @@ REAL_HTTP_SKIP_REASON = (
 @pytest.fixture(scope="module")
 def chdb_http_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The chDB-backed TEST DOUBLE of ClickHouse's HTTP interface, in its own process, any free port."""
-    from tests.chdb_http_double import start_double
+    from harness.chdb_http_double import start_double
 
     double = start_double(tmp_path_factory.mktemp("chdb-http-double") / "data")
     yield double
@@ -57,10 +59,6 @@ def http_clickhouse(request: pytest.FixtureRequest) -> str:
             pytest.skip(REAL_HTTP_SKIP_REASON)
         return url
     return str(request.getfixturevalue("chdb_http_double").url)
-
-
-def unique_database(prefix: str = "t") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
@@ -86,33 +84,3 @@ def ch_client(ch_url: str, ch_database: str) -> Any:
     from stream_engine.sinks.clickhouse.client import connect
 
     return connect(ch_url, ch_database)
-
-
-def make_rows(n: int, *, start_ms: int | None = None, prefix: str = "a", worker: str = "w1") -> list[Any]:
-    """``n`` varied proposition-log rows, one millisecond apart from ``start_ms`` (default now)."""
-    import time
-
-    from stream_engine.sinks.clickhouse.rows import LogRow
-
-    base = int(time.time() * 1000) if start_ms is None else start_ms
-    types = ("ci_failure", "scam", "infra")
-    tiers = ("lru", "redis", "service", "none")
-    modes = ("auto", "review", "escalate")
-    return [
-        LogRow(
-            f"{prefix}{i}", types[i % 3], f"k{i % 50}", "high", "ci", base + i, base + i + 3, modes[i % 3 if i % 7 else 2],
-            None if i % 11 == 0 else "rerun", None if i % 11 == 0 else 0.5 + (i % 50) / 100, tiers[(i // 3) % 4],
-            float((i * 7919) % 1000) / 7.0, 500, i % 16, i, worker,
-            '[{"action":"rerun","confidence":0.9,"rationale":"x"}]', None if i % 5 else "low confidence", "0.1.0",
-        )
-        for i in range(n)
-    ]
-
-
-def make_metrics(n: int, *, start_us: int | None = None) -> list[Any]:
-    import time
-
-    from stream_engine.sinks.clickhouse.rows import MetricRow
-
-    base = int(time.time() * 1_000_000) if start_us is None else start_us
-    return [MetricRow(base + i, "decode", "scam", "w1", 10, 5.0 + i, 1.5) for i in range(n)]

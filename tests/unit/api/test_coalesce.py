@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import orjson
 
 from stream_engine.api.coalesce import Coalescer
 from stream_engine.models import Decision, StageTimes
 from stream_engine.workload import Workload
-from tests.unit.test_pipeline import build
+from tests.unit.fakes import PipelineParts
 
 
-async def test_concurrent_requests_share_service_calls_and_each_gets_its_own_decisions(tmp_path: Path) -> None:
+async def test_concurrent_requests_share_service_calls_and_each_gets_its_own_decisions(pipeline_parts: PipelineParts) -> None:
     calls: list[list[str]] = []
-    pipeline, _, _ = build(tmp_path, calls)
+    pipeline, _, _ = pipeline_parts(calls)
     triage = pipeline.triage
     coalescer = Coalescer(triage.decide, slots=1, max_batch=1000)
     alerts = Workload("scam", seed=11).alerts(60)  # mostly distinct keys: cold
@@ -29,9 +28,9 @@ async def test_concurrent_requests_share_service_calls_and_each_gets_its_own_dec
     assert coalescer.drains == len(calls)
 
 
-async def test_a_lone_request_is_decided_at_once_and_failures_reach_every_waiter(tmp_path: Path) -> None:
+async def test_a_lone_request_is_decided_at_once_and_failures_reach_every_waiter(pipeline_parts: PipelineParts) -> None:
     calls: list[list[str]] = []
-    pipeline, _, _ = build(tmp_path, calls)
+    pipeline, _, _ = pipeline_parts(calls)
     triage = pipeline.triage
     coalescer = Coalescer(triage.decide, slots=2)
     alert = Workload("ci_failures", seed=1).alerts(1)[0]

@@ -1,7 +1,6 @@
-""""worker … ready" is logged once, only when the runtime has started AND the worker has joined the group.
-
-Test helpers and operators wait for that line; faust prints its own "Worker ready" earlier.
-"""
+"""Runtime: "worker … ready" is logged once, only when the runtime has started AND the worker has
+joined the group (test helpers and operators wait for that line; faust prints its own "Worker
+ready" earlier); and the narrow methods the HTTP API asks."""
 
 from __future__ import annotations
 
@@ -10,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.procs import WORKER_READY
 from stream_engine.runtime import Runtime
 from stream_engine.settings import Settings
 from stream_engine.sinks import MemorySink
-from tests.support.procs import WORKER_READY
 
 
 async def test_ready_needs_start_and_an_assignment_and_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -40,3 +39,27 @@ def test_the_helpers_ready_pattern_matches_our_line_and_not_fausts() -> None:
     ours = '{"ts":"t","level":"INFO","logger":"stream_engine.runtime","msg":"worker vm:15591 ready","worker":"vm:15591"}'
     fausts = '{"ts":"t","level":"INFO","logger":"faust.tables.recovery","msg":"[^---Recovery]: Worker ready"}'
     assert WORKER_READY.search(ours) and not WORKER_READY.search(fausts)
+
+
+async def test_what_the_api_asks_without_a_consumer_or_clickhouse(tmp_path: Path) -> None:
+    rt = Runtime(Settings(data_dir=tmp_path, worker_name="w1"), sink=MemorySink())
+    try:
+        assert rt.health() == "runtime not started"
+        rt.started = True
+        assert rt.health() is None, "an API-only runtime (no consumer) is ready once started"
+
+        async def no_positions() -> list[tuple[str, int, int | None, int | None]]:
+            return []
+
+        rt.consumer_offsets = no_positions
+        assert rt.health() == "waiting for a partition assignment"
+        rt.monitor.partitions_assigned([])
+        assert rt.health() is None and await rt.consumer_positions() == []
+        assert set(rt.parts_stats()) == {"lru", "redis", "service", "sink"}
+        with pytest.raises(NotImplementedError):
+            await rt.run_query(lambda client: None)
+        with pytest.raises(RuntimeError):  # no decision log before start()
+            await rt.log_decisions([], [], None, 0, ())  # type: ignore[arg-type]
+    finally:
+        await rt.client.close()
+        await rt.redis.close()

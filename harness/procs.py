@@ -91,7 +91,10 @@ def start_propositions(settings: Settings, log_dir: Path, *extra: str) -> Proc:
 
 
 def start_worker(settings: Settings, log_dir: Path, name: str = "worker") -> Proc:
+    """A worker on ``settings.engine``, once it logged "worker … ready" (checked: on that engine)."""
     proc = Proc(name, ["worker"], settings, log_dir)
     # Our own line, not faust's earlier "Worker ready": started, sink open, partitions assigned.
     wait_until(lambda: WORKER_READY.search(proc.log()) is not None, 60, f"{name} ready", proc)
+    engine = f"starting a worker on the {settings.engine} engine"
+    assert engine in proc.log(), f"{name} did not log {engine!r}:\n{proc.log()[-3000:]}"
     return proc

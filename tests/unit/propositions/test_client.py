@@ -11,19 +11,11 @@ import orjson
 import pytest
 
 from stream_engine.models import Alert, Proposition
-from stream_engine.propositions.breaker import CircuitBreaker
 from stream_engine.propositions.client import PropositionClient, alert_payload
 from stream_engine.settings import Settings
+from tests.unit.fakes import FakeClock
 
 Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Service:
@@ -59,11 +51,6 @@ def alert(alert_id: str, fingerprint: str | None = None) -> Alert:
 @pytest.fixture
 def service() -> Service:
     return Service()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def make_client(service: Service, clock: FakeClock, **overrides: Any) -> PropositionClient:
@@ -342,33 +329,6 @@ async def test_breaker_opens_after_fail_max_and_closes_after_reset(
         assert client.stats()["breaker_opened"] == 2
     finally:
         await client.close()
-
-
-async def test_breaker_allows_one_trial_at_a_time() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(fail_max=1, reset_s=5, clock=clock)
-    assert breaker.allow()
-    breaker.record_failure()
-    assert breaker.state == "open" and not breaker.allow()
-    clock.now += 5
-    assert breaker.allow()  # the trial
-    assert not breaker.allow()  # a concurrent caller while the trial is out
-    breaker.abandon()
-    assert breaker.allow()
-    breaker.record_success()
-    assert breaker.state == "closed" and breaker.consecutive_failures == 0
-
-
-async def test_breaker_counts_consecutive_failures_only() -> None:
-    breaker = CircuitBreaker(fail_max=2, reset_s=5, clock=FakeClock())
-    breaker.record_failure()
-    breaker.record_success()
-    breaker.record_failure()
-    assert breaker.state == "closed"
-    breaker.record_failure()
-    assert breaker.state == "open"
-    with pytest.raises(ValueError):
-        CircuitBreaker(fail_max=0, reset_s=1)
 
 
 async def test_from_settings_and_stats(service: Service) -> None:

@@ -3,13 +3,8 @@ never pass a batch that is not done."""
 
 from __future__ import annotations
 
-import argparse
-
-import pytest
 from aiokafka.structs import TopicPartition
-from pydantic import ValidationError
 
-from stream_engine.cli import build_parser, settings_from_args
 from stream_engine.engines.offsets import OffsetTracker
 
 P0, P1 = TopicPartition("alerts", 0), TopicPartition("alerts", 1)
@@ -56,22 +51,3 @@ def test_forgotten_partitions_hold_nothing_back_and_commit_nothing() -> None:
     fresh = tracker.started({P0: 30})
     assert tracker.finished(fresh) == {P0: 31}
     assert tracker.finished(stale) == {}, "a revoked partition's late batch commits nothing"
-
-
-def parse(argv: list[str]) -> tuple[argparse.Namespace, str]:
-    args = build_parser().parse_args(argv)
-    return args, settings_from_args(args).engine
-
-
-def test_engine_is_chosen_by_flag_or_setting_and_defaults_to_aiokafka(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("STREAM_ENGINE_ENGINE", raising=False)
-    args, engine = parse(["worker"])
-    assert args.engine is None and engine == "aiokafka"
-    args, _ = parse(["worker", "--engine", "faust"])
-    assert args.engine == "faust"
-    _, engine = parse(["--engine", "faust", "worker"])
-    assert engine == "faust"
-    with pytest.raises(SystemExit):
-        parse(["worker", "--engine", "spark"])
-    with pytest.raises(ValidationError):  # the global flag is validated by Settings (main() reports it)
-        parse(["--engine", "spark", "worker"])

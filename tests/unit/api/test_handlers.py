@@ -1,20 +1,16 @@
-"""The API app before the worker started, analytics parameter checks, and /metrics text."""
+"""The API app before the worker started, /healthz, /analytics without ClickHouse, /metrics text."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from multidict import MultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_engine.api import create_api_app
-from stream_engine.sinks.clickhouse.analytics import BadParams, build_query
-from stream_engine.models import DeadLetter, Decision, Proposition
-from stream_engine.models import StageTimes
+from stream_engine.models import DeadLetter, Decision, Proposition, StageTimes
 from stream_engine.pipeline import BatchReport, RawMessage
 from stream_engine.runtime import Runtime
 from stream_engine.settings import Settings
@@ -88,31 +84,3 @@ async def test_metrics_expose_the_monitor_as_prometheus_text(client: TestClient,
     runtime.redis.counters.stale_type = 4
     families = {f.name: f for f in text_string_to_metric_families(await (await client.get("/metrics")).text())}
     assert families["stream_engine_redis_stale_type"].samples[0].value == 4
-
-
-NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("name", "params", "complaint"),
-    [
-        ("latency", {"interval": "7m"}, "interval"),
-        ("latency", {"from": "yesterday"}, "from"),
-        ("latency", {"exact": "maybe"}, "exact"),
-        ("modes", {"from": "2030-01-02", "to": "2030-01-01"}, "from"),
-        ("slowest", {"limit": "0"}, "limit"),
-        ("slowest", {"limit": "ten"}, "limit"),
-        ("logs", {}, "ids"),
-        ("logs", {"ids": ","}, "ids"),
-        ("nope", {}, "unknown query"),
-    ],
-)
-def test_bad_analytics_params_are_refused_with_the_reason(name: str, params: dict[str, str], complaint: str) -> None:
-    with pytest.raises(BadParams, match=complaint):
-        build_query(name, MultiDict(params), now=NOW)
-
-
-def test_good_analytics_params_build_a_query() -> None:
-    assert callable(build_query("latency", MultiDict({"from": "1893456000", "interval": "5m", "exact": "false"}), now=NOW))
-    assert callable(build_query("logs", MultiDict([("ids", "a,b"), ("ids", "c")]), now=NOW))
-    assert callable(build_query("slowest", MultiDict({"limit": "5", "type": "scam"}), now=NOW))

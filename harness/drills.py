@@ -40,6 +40,7 @@ Position = tuple[int, int]  # (partition, offset)
 @dataclass(frozen=True, slots=True)
 class DrillRow:
     drill: str
+    engine: str
     published: int
     decisions: int
     missing: int
@@ -50,10 +51,10 @@ class DrillRow:
     def cells(self) -> list[str]:
         ch = "-" if self.clickhouse_rows is None else str(self.clickhouse_rows)
         rec = "-" if self.recover_s is None else f"{self.recover_s:.1f}"
-        return [self.drill, str(self.published), str(self.decisions), str(self.missing), str(self.duplicates), ch, rec]
+        return [self.drill, self.engine, str(self.published), str(self.decisions), str(self.missing), str(self.duplicates), ch, rec]
 
 
-TABLE_HEADER = ["drill", "published", "decisions", "missing", "duplicates", "ClickHouse rows", "recover s"]
+TABLE_HEADER = ["drill", "engine", "published", "decisions", "missing", "duplicates", "ClickHouse rows", "recover s"]
 
 
 def account(
@@ -62,12 +63,15 @@ def account(
     decisions: Sequence[dict[str, Any]],
     clickhouse_rows: int | None = None,
     recover_s: float | None = None,
+    *,
+    engine: str,
 ) -> DrillRow:
     """Decisions of ids outside ``published`` are ignored (topics are per test, so there are none)."""
     wanted = set(published)
     counts = Counter(d["alert_id"] for d in decisions if d["alert_id"] in wanted)
     return DrillRow(
         drill=drill,
+        engine=engine,
         published=len(wanted),
         decisions=sum(counts.values()),
         missing=len(wanted - counts.keys()),
@@ -84,7 +88,7 @@ def results_dir() -> Path:
 
 
 def record(row: DrillRow) -> DrillRow:
-    (results_dir() / f"{row.drill}.json").write_text(json.dumps(asdict(row)))
+    (results_dir() / f"{row.drill} [{row.engine}].json").write_text(json.dumps(asdict(row)))
     return row
 
 

@@ -150,9 +150,11 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
             target = row.get("target")
             target_text = "–" if not target else (f"≥ {target[0]:.0%}" if target[1] is None else f"{target[0]:.0%}–{target[1]:.0%}")
             rows.append([row["profile"], _num(row["distinct_keys"]), _pct(eng.get("hit_ratio")), _pct(eng.get("service_avoided_ratio")),
-                         _pct(b["best_achievable"]), _pct(b["lru"]), _pct(b.get("lru_batched")), target_text, verdict(row["profile"], eng.get("hit_ratio"))])
+                         _pct(b["best_achievable"]), _pct(b["lru"]), _pct(b.get("lru_batched")), target_text,
+                         verdict(row["profile"], eng.get("hit_ratio"))])
+        batch = hr.runs[0].get("expected_batch", "?") if hr.runs else "?"
         out.append(table(["profile", "distinct keys", "engine hit ratio", "engine: alerts not sent to service",
-                          "trace optimum", "LRU bound", f"LRU, batched lookups (batch≈{hr.runs[0].get('expected_batch', '?') if hr.runs else '?'})",
+                          "trace optimum", "LRU bound", f"LRU, batched lookups (batch≈{batch})",
                           "target", "verdict"], rows))
         out += ["", "Trace optimum = min(1 − compulsory misses within the TTL, Belady OPT at the LRU capacity). "
                 "TTL optimum of the larger sweep trace if it arrived slowly (the TTL starts to matter):", ""]
@@ -197,7 +199,8 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
         out += [f"## Where the worker's time goes at maximum throughput (py-spy, {_num(summary.get('samples'))} samples, "
                 f"{_num(p.metrics.get('msgs_per_s_while_sampled'))} alerts/s while sampled)", ""]
         out.append(table(["area", "% of samples"], [[a, f"{v:.1f}"] for a, v in summary.get("by_area", {}).items()]))
-        out += ["", table(["function (own time)", "% of samples"], [[f"`{x['frame']}`", f"{x['pct']:.1f}"] for x in summary.get("top_own", [])[:15]]), ""]
+        own = [[f"`{x['frame']}`", f"{x['pct']:.1f}"] for x in summary.get("top_own", [])[:15]]
+        out += ["", table(["function (own time)", "% of samples"], own), ""]
 
     out += api_section(r)
     return "\n".join(out)

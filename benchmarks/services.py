@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from stream_engine.settings import Settings
 from harness.procs import Proc, free_port, start_propositions, start_worker
+from stream_engine.settings import Settings
 
 
 def with_private_service_and_data(settings: Settings, data_dir: Path) -> Settings:

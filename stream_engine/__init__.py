@@ -1,16 +1,16 @@
 """stream_engine: a streaming alert-triage engine."""
 
+from stream_engine.keys import message_key
 from stream_engine.models import (
     ENGINE_VERSION,
     Alert,
     CacheTier,
-    Decision,
     DeadLetter,
+    Decision,
     Envelope,
     Mode,
     Proposition,
 )
-from stream_engine.keys import message_key
 from stream_engine.settings import Settings
 
 __version__ = ENGINE_VERSION

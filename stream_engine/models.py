@@ -130,7 +130,7 @@ class DeadLetter:
         )
 
     @classmethod
-    def from_json(cls, data: bytes) -> "DeadLetter":
+    def from_json(cls, data: bytes) -> DeadLetter:
         d = orjson.loads(data)
         return cls(
             reason=d["reason"],

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Sequence
-
-import orjson
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import orjson
 
 from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier

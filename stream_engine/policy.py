@@ -21,7 +21,7 @@ class DecisionPolicy:
         self.thresholds = dict(thresholds)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "DecisionPolicy":
+    def from_settings(cls, settings: Any) -> DecisionPolicy:
         return cls(settings.auto_threshold, settings.auto_thresholds)
 
     def threshold_for(self, alert_type: str) -> float:

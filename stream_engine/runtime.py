@@ -6,7 +6,6 @@ through the narrow methods at the end of :class:`Runtime` and reads nothing else
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket

@@ -142,7 +142,7 @@ class Settings(BaseSettings):
             env[f"STREAM_ENGINE_{name.upper()}"] = text
         return env
 
-    def with_overrides(self, **overrides: object) -> "Settings":
+    def with_overrides(self, **overrides: object) -> Settings:
         """A copy with some fields replaced (validated), e.g. unique topic names in tests."""
         return type(self)(**{**self.model_dump(), **overrides})
 

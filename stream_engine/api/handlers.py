@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from stream_engine.sinks.clickhouse.analytics import BadParams, build_query
 from stream_engine.api.coalesce import Coalescer
 from stream_engine.api.metrics import RuntimeCollector, exposition
 from stream_engine.models import API_STAGES, Alert, StageTimes
 from stream_engine.monitor import rss_bytes
+from stream_engine.sinks.clickhouse.analytics import BadParams, build_query
 from stream_engine.validation import InvalidAlert
 
 if TYPE_CHECKING:

@@ -37,12 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     invalidate.set_defaults(func=invalidate_handler)
 
 
-def _configure_logging(settings: "Settings") -> None:
+def _configure_logging(settings: Settings) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def serve_handler(args: argparse.Namespace, settings: "Settings") -> int:
+def serve_handler(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     _configure_logging(settings)
@@ -52,7 +52,7 @@ def serve_handler(args: argparse.Namespace, settings: "Settings") -> int:
         return 0
 
 
-async def _serve(args: argparse.Namespace, settings: "Settings") -> int:
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import signal
 
@@ -118,7 +118,7 @@ async def _serve(args: argparse.Namespace, settings: "Settings") -> int:
     return 0
 
 
-def invalidate_handler(args: argparse.Namespace, settings: "Settings") -> int:
+def invalidate_handler(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from stream_engine.propositions.updates import Invalidation, InvalidInvalidation, UpdatesPublisher

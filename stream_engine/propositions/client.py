@@ -107,7 +107,7 @@ class PropositionClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None) -> "PropositionClient":
+    def from_settings(cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None) -> PropositionClient:
         return cls(
             settings.propositions_url,
             timeout_s=settings.service_timeout_s,

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stream_engine.models import DeadLetter
-from stream_engine.settings import Settings
-from stream_engine.workload import Workload, malformed_payloads
 from harness.drills import Publisher, Tail, assert_crash_redelivery_is_the_uncommitted_suffix, clickhouse_rows
 from harness.kafka import collect, publish
 from harness.procs import Proc, start_worker, wait_until
+from stream_engine.models import DeadLetter
+from stream_engine.settings import Settings
+from stream_engine.workload import Workload, malformed_payloads
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

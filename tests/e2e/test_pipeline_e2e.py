@@ -9,11 +9,11 @@ import httpx
 import orjson
 import pytest
 
+from harness.kafka import collect, publish
+from harness.procs import Proc, start_worker
 from stream_engine.models import DeadLetter
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload, malformed_payloads
-from harness.kafka import collect, publish
-from harness.procs import Proc, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from harness.chdb_http_double import RunningDouble, start_double
 from stream_engine.sinks.clickhouse import queries
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.schema import migrate
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from harness.chdb_http_double import RunningDouble, start_double
 from tests.integration.clickhouse_data import make_metrics, make_rows, unique_database
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from stream_engine.settings import Settings
-from stream_engine.workload import Workload
 from harness.drills import Publisher, Tail, account, clickhouse_rows, record
 from harness.procs import Proc, free_port, start_propositions, start_worker
+from stream_engine.settings import Settings
+from stream_engine.workload import Workload
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 

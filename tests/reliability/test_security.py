@@ -20,11 +20,11 @@ import httpx
 import orjson
 import pytest
 
+from harness.drills import Publisher, Tail, account, clickhouse_rows, record
+from harness.procs import Proc, start_worker, wait_until
 from stream_engine.models import DeadLetter
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from harness.drills import Publisher, Tail, account, clickhouse_rows, record
-from harness.procs import Proc, start_worker, wait_until
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 

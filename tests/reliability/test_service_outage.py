@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.drills import Publisher, Tail, account, clickhouse_rows, record
+from harness.procs import Proc, start_propositions, start_worker
 from stream_engine.propositions.client import PropositionClient
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from harness.drills import Publisher, Tail, account, clickhouse_rows, record
-from harness.procs import Proc, start_propositions, start_worker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from stream_engine.settings import Settings
-from stream_engine.workload import Workload
 from harness.drills import (
     Publisher,
     Tail,
@@ -26,6 +24,8 @@ from harness.drills import (
     record,
 )
 from harness.procs import Proc, start_worker
+from stream_engine.settings import Settings
+from stream_engine.workload import Workload
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from stream_engine.settings import Settings
-from stream_engine.workload import Workload
 from harness.drills import Publisher, Tail, account, clickhouse_query, clickhouse_rows, record
 from harness.procs import start_worker
+from stream_engine.settings import Settings
+from stream_engine.workload import Workload
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
 

@@ -8,8 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from stream_engine.models import DeadLetter, Decision, Proposition
-from stream_engine.models import StageTimes
+from stream_engine.models import DeadLetter, Decision, Proposition, StageTimes
 from stream_engine.monitor import HIGHEST_US, HISTOGRAMS, Monitor, StageHistogram
 from stream_engine.pipeline import BatchReport, RawMessage
 

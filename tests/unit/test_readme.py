@@ -16,3 +16,9 @@ def test_the_readme_names_the_two_commands_and_ci_runs_the_test_one() -> None:
     assert "./run demo" in README and "./run test" in README
     ci = (PROJECT_ROOT / ".ci" / "run").read_text()
     assert "./run test" in ci
+
+
+def test_run_test_lints_before_it_tests() -> None:
+    run = (PROJECT_ROOT / "run").read_text()
+    test_branch = run[run.index("\ntest)") :]
+    assert 0 < test_branch.index("ruff\" check .") < test_branch.index("pytest"), "ruff check runs first"

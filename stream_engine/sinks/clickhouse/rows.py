@@ -13,6 +13,7 @@ import orjson
 
 from stream_engine.models import Decision, Envelope
 
+
 class LogRow(NamedTuple):
     """One decision = one row of ``proposition_log``."""
 

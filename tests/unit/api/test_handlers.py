@@ -64,9 +64,8 @@ async def test_analytics_needs_a_queryable_sink(client: TestClient) -> None:  # 
 async def test_metrics_expose_the_monitor_as_prometheus_text(client: TestClient, runtime: Runtime) -> None:  # type: ignore[type-arg]
     d = Decision("a", "scam", "k", "auto", "block", 0.95, [Proposition("block", 0.95)], "redis", 3.0, 0.0)
     dead = DeadLetter("schema", "id: required field missing", "alerts", 0, 1, b"{}", 0.0)
-    runtime.monitor.observe_batch(
-        BatchReport([d], [dead], StageTimes(decode=1000, redis=2_000_000)), [RawMessage(b"", 0, 0, "alerts"), RawMessage(b"", 0, 1, "alerts")]
-    )
+    messages = [RawMessage(b"", 0, 0, "alerts"), RawMessage(b"", 0, 1, "alerts")]
+    runtime.monitor.observe_batch(BatchReport([d], [dead], StageTimes(decode=1000, redis=2_000_000)), messages)
     response = await client.get("/metrics")
     assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(await response.text())}

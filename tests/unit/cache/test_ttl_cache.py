@@ -8,7 +8,6 @@ from stream_engine.cache.ttl_cache import TTLCache
 from stream_engine.models import Proposition
 from tests.unit.fakes import FakeClock
 
-
 P = [Proposition("rerun", 0.9, "flaky")]
 
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from stream_engine.kafka import TOPIC_SETTINGS, TopicDefinitionError, load_topic_definitions, prefixed_settings
-from stream_engine.models import Decision, DeadLetter, Proposition
+from stream_engine.models import DeadLetter, Decision, Proposition
 from stream_engine.settings import PROJECT_ROOT, Settings
 
 TOPICS_DIR = PROJECT_ROOT / "topics"

@@ -6,7 +6,8 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings as hyp_settings
+from hypothesis import given
+from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from stream_engine.models import Proposition

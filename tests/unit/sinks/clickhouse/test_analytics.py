@@ -9,7 +9,6 @@ from multidict import MultiDict
 
 from stream_engine.sinks.clickhouse.analytics import BadParams, build_query
 
-
 NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier
 from stream_engine.keys import KeyBuilder
+from stream_engine.models import API_STAGES
 from stream_engine.monitor import Monitor, Positions, PositionsProbe
 from stream_engine.pipeline import DecisionLog, Emitter, Pipeline, Triage
 from stream_engine.policy import DecisionPolicy
@@ -137,18 +138,13 @@ class Runtime:
         """Through the stream's cache tiers and proposition client."""
         return await self.triage.decide(envelopes, times)
 
-    async def log_decisions(
-        self,
-        envelopes: Sequence[Envelope],
-        decisions: Sequence[Decision],
-        times: StageTimes,
-        received_ns: int,
-        stages: Sequence[str],
-    ) -> None:
-        """The stream's decision log (durable on return)."""
+    async def log_api_decisions(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision], times: StageTimes) -> None:
+        """Into the stream's decision log with the API's stages, stamped with the envelopes' receipt time
+        (one per call); durable on return."""
         if self.decision_log is None:
             raise RuntimeError("the worker is not started")
-        await self.decision_log.write(envelopes, decisions, times, received_ns, stages)
+        received_ns = envelopes[0].received_ns if envelopes else 0
+        await self.decision_log.write(envelopes, decisions, times, received_ns, API_STAGES)
 
     def parts_stats(self) -> dict[str, dict[str, Any]]:
         """Counters of the LRU, Redis, the proposition client and (once started) the sink."""

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from stream_engine.api.coalesce import Coalescer
 from stream_engine.api.metrics import RuntimeCollector, exposition
-from stream_engine.models import API_STAGES, Alert, StageTimes
+from stream_engine.models import Alert, StageTimes
 from stream_engine.monitor import rss_bytes
 from stream_engine.sinks.clickhouse.analytics import BadParams, build_query
 from stream_engine.validation import InvalidAlert
@@ -92,7 +92,7 @@ class Handlers:
         envelopes = [runtime.envelope(a, API_PARTITION, API_OFFSET, received_ns) for a in alerts]
         times = StageTimes()
         decisions = await self.coalescer.decide(envelopes, times)
-        await runtime.log_decisions(envelopes, decisions, times, received_ns, API_STAGES)
+        await runtime.log_api_decisions(envelopes, decisions, times)
         runtime.monitor.observe_api(times, decisions)
         log.debug("api decided %d alert(s)", len(decisions), extra={"batch_size": len(decisions)})
         return json_response({"decisions": decisions})

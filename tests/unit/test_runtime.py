@@ -59,7 +59,7 @@ async def test_what_the_api_asks_without_a_consumer_or_clickhouse(tmp_path: Path
         with pytest.raises(NotImplementedError):
             await rt.run_query(lambda client: None)
         with pytest.raises(RuntimeError):  # no decision log before start()
-            await rt.log_decisions([], [], None, 0, ())  # type: ignore[arg-type]
+            await rt.log_api_decisions([], [], None)  # type: ignore[arg-type]
     finally:
         await rt.client.close()
         await rt.redis.close()

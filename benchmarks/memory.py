@@ -6,7 +6,7 @@ and its growth while ``steps`` × ``step_alerts`` alerts flow through.
 ``--clickhouse embedded`` (default) is the worker as `./run demo` runs it: the chDB engine lives
 in the worker process (imported when the sink starts, ~270 MB). ``--clickhouse http`` is the
 worker as docker-compose runs it, writing to ClickHouse over HTTP: here the server is the chDB
-HTTP test double (``tests/chdb_http_double.py``) in its own process, whose RSS is reported
+HTTP test double (``harness/chdb_http_double.py``) in its own process, whose RSS is reported
 separately, so the worker's figure is the worker alone.
 The first step includes one-off allocations (buffers grow to their working size);
 ``growth_per_100k_steady`` is the median growth of the later steps, the number to hold against
@@ -26,10 +26,9 @@ from typing import Any
 
 import orjson
 
-from benchmarks.common import BenchResult, Progress, Stopwatch, bench_settings, create_topics, drop_topics, require_kafka
+from benchmarks.common import BenchResult, Progress, Stopwatch, bench_settings, create_topics, drop_topics, fill_topic, require_kafka
 from benchmarks.services import proposition_service, rss_kb, with_private_service_and_data, worker, workspace
 from benchmarks.streamio import DecisionCollector
-from benchmarks.common import fill_topic
 from stream_engine.keys import message_key
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
@@ -71,7 +70,7 @@ def clickhouse_server(s: Settings, work: Path, clickhouse: str) -> Iterator[tupl
     if clickhouse == "embedded":
         yield s, None
         return
-    from tests.chdb_http_double import start_double
+    from harness.chdb_http_double import start_double
 
     double = start_double(work / "clickhouse-double")
     try:

@@ -1,6 +1,6 @@
 """The real processes a benchmark runs against: the proposition service and workers.
 
-Thin wrappers over ``tests.support.procs`` (the same helpers the e2e tests use) that also give
+Thin wrappers over ``harness.procs`` (the same helpers the e2e tests use) that also give
 each run its own proposition-service port and data directory.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from harness.procs import Proc, admin_headers, free_port, start_propositions, start_worker
 from stream_engine.settings import Settings
-from tests.support.procs import Proc, admin_headers, free_port, start_propositions, start_worker
 
 
 def with_private_service_and_data(settings: Settings, data_dir: Path) -> Settings:

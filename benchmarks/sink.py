@@ -49,7 +49,7 @@ def clickhouse_url(work: Path, backend: str) -> Iterator[str]:
     if backend == "embedded":
         yield f"chdb://{work / 'chdb'}"
         return
-    from tests.chdb_http_double import start_double
+    from harness.chdb_http_double import start_double
 
     double = start_double(work / "double")
     try:

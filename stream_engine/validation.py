@@ -67,7 +67,7 @@ class AlertDecoder:
         self._validate = fastjsonschema.compile(orjson.loads(schema_path.read_bytes()))
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "AlertDecoder":
+    def from_settings(cls, settings: Any) -> AlertDecoder:
         return cls(settings.max_alert_bytes, settings.topics_dir / "schemas" / "alert.schema.json")
 
     def decode(self, raw: bytes | bytearray | memoryview | None) -> Alert:

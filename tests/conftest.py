@@ -11,7 +11,7 @@
   namespace, proposition-service port and admin token, and an ephemeral API port: what a test
   needs to run real worker processes without meeting another test's state. ``propositions``
   starts a reference proposition service at that port, with that token, for the test
-  (``tests.support.procs.admin_headers(settings)`` for its admin routes).
+  (``harness.procs.admin_headers(settings)`` for its admin routes).
 * ``topics`` (function): a fresh set of uniquely named topics (alerts, decisions, DLQ, updates)
   created from topics/*.yaml; returns ``settings`` with ``topic_*`` and ``app_id`` (the consumer
   group) overridden to those unique names. The topics are deleted after the test.
@@ -33,7 +33,7 @@ import pytest
 from stream_engine.settings import Settings
 
 if TYPE_CHECKING:
-    from tests.support.procs import Proc
+    from harness.procs import Proc
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -97,7 +97,7 @@ def topics(stack: Settings, unique: Callable[[str], str]) -> Iterator[Settings]:
 
 @pytest.fixture
 def worker_settings(topics: Settings, tmp_path: Path, unique: Callable[[str], str]) -> Settings:
-    from tests.support.procs import free_port
+    from harness.procs import free_port
 
     return topics.with_overrides(
         app_id=unique("group"),
@@ -112,7 +112,7 @@ def worker_settings(topics: Settings, tmp_path: Path, unique: Callable[[str], st
 
 @pytest.fixture
 def propositions(worker_settings: Settings, tmp_path: Path) -> Iterator[Proc]:
-    from tests.support.procs import start_propositions
+    from harness.procs import start_propositions
 
     proc = start_propositions(worker_settings, tmp_path)
     yield proc

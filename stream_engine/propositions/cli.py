@@ -47,12 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     put.set_defaults(func=rules_put_handler)
 
 
-def _configure_logging(settings: "Settings") -> None:
+def _configure_logging(settings: Settings) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def serve_handler(args: argparse.Namespace, settings: "Settings") -> int:
+def serve_handler(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     _configure_logging(settings)
@@ -62,7 +62,7 @@ def serve_handler(args: argparse.Namespace, settings: "Settings") -> int:
         return 0
 
 
-async def _serve(args: argparse.Namespace, settings: "Settings") -> int:
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import signal
 
@@ -136,7 +136,7 @@ async def _serve(args: argparse.Namespace, settings: "Settings") -> int:
     return 0
 
 
-def invalidate_handler(args: argparse.Namespace, settings: "Settings") -> int:
+def invalidate_handler(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from stream_engine.propositions.updates import Invalidation, InvalidInvalidation, UpdatesPublisher
@@ -164,11 +164,11 @@ def invalidate_handler(args: argparse.Namespace, settings: "Settings") -> int:
     return 0
 
 
-def rules_get_handler(args: argparse.Namespace, settings: "Settings") -> int:
+def rules_get_handler(args: argparse.Namespace, settings: Settings) -> int:
     return _admin_call(settings, "GET", "/v1/rules")
 
 
-def rules_put_handler(args: argparse.Namespace, settings: "Settings") -> int:
+def rules_put_handler(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     try:
@@ -179,7 +179,7 @@ def rules_put_handler(args: argparse.Namespace, settings: "Settings") -> int:
     return _admin_call(settings, "PUT", "/v1/rules", content=document, headers={"content-type": "application/json"})
 
 
-def _admin_call(settings: "Settings", method: str, path: str, **kwargs: object) -> int:
+def _admin_call(settings: Settings, method: str, path: str, **kwargs: object) -> int:
     """Print the answer's body; exit 1 on an HTTP error, 2 without a token or a service."""
     import httpx
 

@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -37,8 +37,12 @@ log = logging.getLogger(__name__)
 BATCH_PATH = "/v1/propositions/batch"
 MALFORMED = "service_error:malformed"
 
-# What a waiter gets: the propositions, or why there are none; plus the rules version.
-Outcome = tuple[list[Proposition] | None, str | None, str | None]
+class Outcome(NamedTuple):
+    """What a waiter gets for one key: the propositions, or why there are none; plus the rules version."""
+
+    propositions: list[Proposition] | None
+    reason: str | None
+    version: str | None
 
 
 @dataclass(slots=True)
@@ -106,7 +110,7 @@ class PropositionClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None) -> "PropositionClient":
+    def from_settings(cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None) -> PropositionClient:
         return cls(
             settings.propositions_url,
             timeout_s=settings.service_timeout_s,
@@ -148,7 +152,7 @@ class PropositionClient:
                 if self._inflight.get(key) is future:
                     del self._inflight[key]
                 if not future.done():  # we were cancelled: waiters must not hang
-                    future.set_result((None, "unavailable", None))
+                    future.set_result(Outcome(None, "unavailable", None))
         for key, future in mine.items():
             _add(result, key, future.result())
         for key, future in shared.items():
@@ -180,7 +184,7 @@ class PropositionClient:
         self.counters.batches += 1
         if not self.breaker.allow():
             self.counters.breaker_rejections += 1
-            return {key: (None, "breaker_open", None) for key in own}
+            return {key: Outcome(None, "breaker_open", None) for key in own}
         self.counters.keys_requested += len(own)
         body, unencodable = encode_request(own, self.masker)
         if unencodable:
@@ -199,7 +203,7 @@ class PropositionClient:
                 self.breaker.record_success()
             self.counters.failures += 1
             log.warning("proposition service batch of %d keys failed: %s", len(own), exc.reason)
-            return {key: unencodable.get(key, (None, exc.reason, None)) for key in own}
+            return {key: unencodable.get(key, Outcome(None, exc.reason, None)) for key in own}
         except BaseException:
             self.breaker.abandon()
             raise
@@ -274,10 +278,10 @@ def _parse_batch(data: Any, own: dict[str, Alert]) -> dict[str, Outcome]:
     for key in own:
         items = results.get(key)
         if items is None:
-            outcomes[key] = (None, "service_error:missing", version)
+            outcomes[key] = Outcome(None, "service_error:missing", version)
             continue
         propositions = _parse_propositions(items)
-        outcomes[key] = (propositions, None, version) if propositions is not None else (None, MALFORMED, version)
+        outcomes[key] = Outcome(propositions, None, version) if propositions is not None else Outcome(None, MALFORMED, version)
     return outcomes
 
 
@@ -304,13 +308,12 @@ def _parse_propositions(items: Any) -> list[Proposition] | None:
 
 
 def _add(result: FetchResult, key: str, outcome: Outcome) -> None:
-    propositions, reason, version = outcome
-    if propositions is not None:
-        result.found[key] = propositions
+    if outcome.propositions is not None:
+        result.found[key] = outcome.propositions
         if result.version is None:
-            result.version = version
+            result.version = outcome.version
     else:
-        result.failed[key] = reason or "unavailable"
+        result.failed[key] = outcome.reason or "unavailable"
 
 
 def encode_request(own: dict[str, Alert], masker: Masker | None = None) -> tuple[bytes, dict[str, Outcome]]:
@@ -326,5 +329,5 @@ def encode_request(own: dict[str, Alert], masker: Masker | None = None) -> tuple
         try:
             encoded.append(orjson.dumps({"key": key, "alert": alert_payload(alert, masker)}))
         except (TypeError, orjson.JSONEncodeError):
-            failed[key] = (None, "unencodable", None)
+            failed[key] = Outcome(None, "unencodable", None)
     return b'{"items":[' + b",".join(encoded) + b"]}", failed

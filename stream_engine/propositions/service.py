@@ -40,7 +40,7 @@ from aiohttp import web
 
 from stream_engine.auth import bearer_auth
 from stream_engine.propositions.rules import RuleBook, RuleBookError
-from stream_engine.propositions.updates import InvalidationPublisher, Invalidation, InvalidInvalidation
+from stream_engine.propositions.updates import Invalidation, InvalidationPublisher, InvalidInvalidation
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class LatencyModel:
             self._sigma = (math.log(p99_ms) - self._mu) / Z_99
 
     @classmethod
-    def fixed(cls, ms: float) -> "LatencyModel":
+    def fixed(cls, ms: float) -> LatencyModel:
         return cls(ms, ms)
 
     def sample_ms(self) -> float:

@@ -35,24 +35,6 @@ def settings_flags(settings: Settings) -> list[str]:
     return flags
 
 
-def subcommand_available(*path: str) -> bool:
-    """Whether `stream-engine <path...>` is registered in this checkout."""
-    import argparse
-
-    from stream_engine.cli import build_parser
-
-    parser: argparse.ArgumentParser = build_parser()
-    for word in path:
-        choices = next(
-            (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)),  # noqa: SLF001
-            None,
-        )
-        if not choices or word not in choices:
-            return False
-        parser = choices[word]
-    return True
-
-
 class PropositionsComponent(Component):
     name = "propositions"
     ready_timeout_s = 30.0
@@ -61,11 +43,6 @@ class PropositionsComponent(Component):
     @property
     def ports(self) -> tuple[int, ...]:
         return (self.settings.propositions_port,)
-
-    def skip_reason(self) -> str | None:
-        if not subcommand_available("propositions", "serve"):
-            return "`stream-engine propositions serve` does not exist in this checkout yet"
-        return None
 
     def prepare(self) -> str:
         from stream_engine.propositions.admin import ensure_admin_token

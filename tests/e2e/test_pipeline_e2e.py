@@ -9,11 +9,11 @@ import httpx
 import orjson
 import pytest
 
+from harness.kafka import collect, publish
+from harness.procs import Proc, admin_headers, start_worker
 from stream_engine.models import DeadLetter
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload, malformed_payloads
-from tests.support.kafka import collect, publish
-from tests.support.procs import Proc, admin_headers, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -125,7 +125,7 @@ async def test_an_invalidation_changes_the_next_decision_on_both_workers(
         put = httpx.put(f"{s.propositions_url}/v1/rules", content=orjson.dumps(rules), headers=admin_headers(s))
         assert put.status_code == 200, put.text
         for w in workers:
-            from tests.support.procs import wait_until
+            from harness.procs import wait_until
 
             wait_until(lambda w=w: "invalidation applied" in w.log(), 30, f"{w.name} applied the invalidation", w)
 

@@ -1,6 +1,6 @@
 """The project's ClickHouse HTTP code path, run through the chDB-backed TEST DOUBLE.
 
-``tests/chdb_http_double.py`` is NOT a ClickHouse server: it implements just enough of the HTTP
+``harness/chdb_http_double.py`` is NOT a ClickHouse server: it implements just enough of the HTTP
 interface over chDB (in its own process) for clickhouse-connect's HTTP client. These tests prove
 the HTTP path (URL → urllib3 transport → wire formats → error mapping → reconnect) works end to
 end here; ``test_clickhouse_http.py`` runs against a real server when one is configured.
@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from harness.chdb_http_double import RunningDouble, start_double
 from stream_engine.sinks.clickhouse import queries
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.schema import migrate
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.chdb_http_double import RunningDouble, start_double
-from tests.clickhouse_fixtures import chdb_http_double, make_metrics, make_rows, unique_database  # noqa: F401
+from tests.integration.clickhouse_data import make_metrics, make_rows, unique_database
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ WINDOW = (T0, T0 + timedelta(hours=1))
 
 
 @pytest.fixture
-def http_url(chdb_http_double: RunningDouble) -> str:  # noqa: F811
+def http_url(chdb_http_double: RunningDouble) -> str:
     return chdb_http_double.url
 
 
@@ -99,7 +99,7 @@ def test_server_errors_reach_the_client_with_their_code(http_url: str) -> None:
         connect(http_url, "x; DROP DATABASE default")
 
 
-def test_raw_http_contract(chdb_http_double: RunningDouble) -> None:  # noqa: F811
+def test_raw_http_contract(chdb_http_double: RunningDouble) -> None:
     """The headers and encodings clickhouse-connect relies on, checked on the wire."""
     base = f"http://{chdb_http_double.host}:{chdb_http_double.port}"
     with urllib.request.urlopen(f"{base}/ping") as response:
@@ -252,8 +252,7 @@ import asyncio, sys
 from pathlib import Path
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.clickhouse_fixtures import make_rows, make_metrics
-
+from tests.integration.clickhouse_data import make_metrics, make_rows
 async def main():
     sink = ClickHouseSink(lambda: connect({http_url!r}, {database!r}), Path({str(tmp_path / "j")!r}), flush_rows=1)
     await sink.start()

@@ -4,12 +4,12 @@ import pytest
 
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.schema import MIGRATIONS, migrate
-from tests.clickhouse_fixtures import ch_url, unique_database  # noqa: F401 - fixtures
+from tests.integration.clickhouse_data import unique_database
 
 pytestmark = pytest.mark.integration
 
 
-def test_migrate_twice_is_idempotent(ch_url: str) -> None:  # noqa: F811
+def test_migrate_twice_is_idempotent(ch_url: str) -> None:
     database = unique_database("mig")
     admin = connect(ch_url, None)
     try:
@@ -36,7 +36,7 @@ def test_migrate_twice_is_idempotent(ch_url: str) -> None:  # noqa: F811
         admin.command(f"DROP DATABASE IF EXISTS {database}")
 
 
-def test_migrate_rejects_unsafe_names_and_ttl(ch_url: str) -> None:  # noqa: F811
+def test_migrate_rejects_unsafe_names_and_ttl(ch_url: str) -> None:
     admin = connect(ch_url, None)
     with pytest.raises(ValueError):
         migrate(admin, "x; DROP DATABASE system", ttl_days=7)
@@ -44,7 +44,7 @@ def test_migrate_rejects_unsafe_names_and_ttl(ch_url: str) -> None:  # noqa: F81
         migrate(admin, unique_database(), ttl_days=0)
 
 
-def test_cli_migrate_and_info(ch_url: str, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_cli_migrate_and_info(ch_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     from stream_engine.cli import main
 
     database = unique_database("cli")

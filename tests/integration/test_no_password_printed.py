@@ -21,7 +21,7 @@ import pytest
 
 from stream_engine.settings import Settings
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.clickhouse_fixtures import chdb_http_double, make_metrics, make_rows, unique_database  # noqa: F401
+from tests.integration.clickhouse_data import make_metrics, make_rows, unique_database
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_commands_that_print_a_url_or_settings_mask_the_password(chdb_http_double: Any, tmp_path: Path) -> None:  # noqa: F811
+def test_commands_that_print_a_url_or_settings_mask_the_password(chdb_http_double: Any, tmp_path: Path) -> None:
     host = str(chdb_http_double.url).removeprefix("http://").split("@")[-1]
     env = {
         "STREAM_ENGINE_CLICKHOUSE_URL": f"http://analyst:{PASSWORD}@{host}",

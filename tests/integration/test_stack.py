@@ -21,7 +21,7 @@ from stream_engine.cli import build_parser, main, settings_from_args
 from stream_engine.settings import Settings
 from stream_engine.stack import Stack, StackError, StackUpError, ensure_kafka_libs, kafka_answers, libs_dir
 from stream_engine.stack.process import PidFile, group_members, port_is_open, process_start_time, spawn_detached, stop_group
-from stream_engine.stack.propositions import PropositionsComponent, settings_flags, subcommand_available
+from stream_engine.stack.propositions import PropositionsComponent, settings_flags
 from stream_engine.stack.sync import run_coroutine
 
 pytestmark = pytest.mark.timeout(240)
@@ -131,7 +131,7 @@ def test_up_starts_every_part(private: Settings, capsys: pytest.CaptureFixture[s
     report = Stack(private).up()
     states = {p.name: p.state for p in report.parts}
     assert states["kafka"] == "started" and states["redis"] == "started"
-    assert states["propositions"] == ("started" if subcommand_available("propositions", "serve") else "skipped")
+    assert states["propositions"] == "started"
     assert all(p.seconds > 0 for p in report.parts)
     assert kafka_answers(private.kafka_bootstrap)
     assert main([*global_flags(private), "stack", "status"]) == 0
@@ -161,8 +161,6 @@ def test_redis_answers(private: Settings) -> None:
 
 @pytest.mark.integration
 def test_proposition_service_answers_healthz(private: Settings) -> None:
-    if not subcommand_available("propositions", "serve"):
-        pytest.skip("propositions serve not in this checkout")
     import httpx
 
     assert httpx.get(f"http://127.0.0.1:{private.propositions_port}/healthz", timeout=5).status_code == 200

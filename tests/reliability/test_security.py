@@ -34,12 +34,12 @@ import orjson
 import pytest
 from aiohttp import web
 
+from harness.drills import Publisher, Tail, account, clickhouse_query, clickhouse_rows, record
+from harness.procs import Proc, start_propositions, start_worker, wait_until
 from stream_engine.models import DeadLetter
 from stream_engine.settings import Settings
 from stream_engine.validation import REDACTED
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, account, clickhouse_query, clickhouse_rows, record
-from tests.support.procs import Proc, start_propositions, start_worker, wait_until
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 
@@ -119,7 +119,7 @@ async def test_injection_is_harmless_and_the_api_is_loopback_and_bounded(
         result = cli(s, "query", "latency", "--type", value, "--json")
         assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     log = clickhouse_rows(s)
-    row = record(account("8 security", ids, decisions, log.rows, None))
+    row = record(account("8 security", ids, decisions, log.rows, None, engine=s.engine))
     assert row.missing == 0 and log.ids == set(ids)
 
 

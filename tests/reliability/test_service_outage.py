@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.drills import Publisher, Tail, account, clickhouse_rows, record
+from harness.procs import Proc, admin_headers, start_propositions, start_worker
 from stream_engine.propositions.client import PropositionClient
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, account, clickhouse_rows, record
-from tests.support.procs import Proc, admin_headers, start_propositions, start_worker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 
@@ -102,6 +102,6 @@ async def test_slow_then_dead_service_escalates_opens_and_closes_the_breaker(
     assert slowest <= bound_ms, f"slowest decision {slowest:.0f} ms > bound {bound_ms:.0f} ms"
 
     log = clickhouse_rows(s)
-    row = record(account("5 service slow+dead", ids, decisions, log.rows, recover_s))
+    row = record(account("5 service slow+dead", ids, decisions, log.rows, recover_s, engine=s.engine))
     assert row.missing == 0
     assert log.ids == set(ids)

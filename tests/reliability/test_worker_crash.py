@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_engine.settings import Settings
-from stream_engine.workload import Workload
-from tests.support.drills import (
+from harness.drills import (
     Publisher,
     Tail,
     account,
@@ -25,7 +23,9 @@ from tests.support.drills import (
     clickhouse_rows,
     record,
 )
-from tests.support.procs import Proc, start_worker
+from harness.procs import Proc, start_worker
+from stream_engine.settings import Settings
+from stream_engine.workload import Workload
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
 
@@ -61,7 +61,7 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
             restarted.stop()
 
     log = clickhouse_rows(s)
-    row = record(account("1 worker kill -9", ids, decisions, log.rows, recover_s))
+    row = record(account("1 worker kill -9", ids, decisions, log.rows, recover_s, engine=s.engine))
     assert row.missing == 0
 
     assert_crash_redelivery_is_the_uncommitted_suffix(decisions, first_run, pub.positions)

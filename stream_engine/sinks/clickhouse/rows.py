@@ -13,9 +13,6 @@ import orjson
 
 from stream_engine.models import Decision, Envelope
 
-# Stages a worker reports in latency_metrics; end-to-end per alert lives in proposition_log.
-STAGES = ("decode", "lru", "redis", "service", "produce", "sink", "end_to_end")
-
 
 class LogRow(NamedTuple):
     """One decision = one row of ``proposition_log``."""

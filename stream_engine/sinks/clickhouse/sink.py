@@ -31,8 +31,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from stream_engine.masking import Masker, mask_url_passwords
 from stream_engine.sinks.clickhouse import slots
 from stream_engine.sinks.clickhouse.journal import Journal, encode_batch
-from stream_engine.sinks.clickhouse.slots import Slot
 from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS, LOG_TYPES, METRIC_COLUMNS, METRIC_TYPES, LogRow, MetricRow
+from stream_engine.sinks.clickhouse.slots import Slot
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

@@ -27,10 +27,10 @@ def free_port() -> int:
 class Proc:
     """A child process in its own process group, its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], settings: Settings, log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], settings: Settings, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        env = {**os.environ, **settings.to_env()}
+        env = {**os.environ, **settings.to_env(), **(env or {})}
         self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "stream_engine", *args],
@@ -100,9 +100,10 @@ def start_propositions(settings: Settings, log_dir: Path, *extra: str) -> Proc:
     return proc
 
 
-def start_worker(settings: Settings, log_dir: Path, name: str = "worker") -> Proc:
-    """A worker on ``settings.engine``, once it logged "worker … ready" (checked: on that engine)."""
-    proc = Proc(name, ["worker"], settings, log_dir)
+def start_worker(settings: Settings, log_dir: Path, name: str = "worker", env: dict[str, str] | None = None) -> Proc:
+    """A worker on ``settings.engine``, once it logged "worker … ready" (checked: on that engine).
+    ``env``: extra environment, e.g. ``harness.faults.fault_env(...)``."""
+    proc = Proc(name, ["worker"], settings, log_dir, env)
     # Our own line, not faust's earlier "Worker ready": started, sink open, partitions assigned.
     wait_until(lambda: WORKER_READY.search(proc.log()) is not None, 60, f"{name} ready", proc)
     engine = f"starting a worker on the {settings.engine} engine"

@@ -76,6 +76,25 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(
         0.5, gt=0, description="faust engine: offset commit interval (faust's default 2.8). aiokafka commits after every batch."
     )
+    revoke_grace_s: float = Field(
+        5.0,
+        gt=0,
+        description="At a partition revocation, how long batches still running may take to finish; then they are "
+        "abandoned uncommitted (the partition's next owner redoes them), so one stuck worker cannot stall its group.",
+    )
+    poison_max_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Above this share of a batch (of 10 or more alerts) failing on its own (processing error, decision "
+        "too large), the batch is treated as an outage (retried) instead of dead-lettering its alerts.",
+    )
+    poison_max_per_minute: int = Field(
+        60,
+        ge=1,
+        description="Above this many alerts failing on their own in a minute, batches are treated as an outage (retried) "
+        "instead of dead-lettering their alerts.",
+    )
     session_timeout_s: float = Field(6.0, gt=0, description="Consumer group session timeout.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer group heartbeat interval.")
 

@@ -27,6 +27,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from harness.drills import Publisher, Tail, account, clickhouse_rows, record
+from harness.faults import fault_env
 from harness.procs import Proc, start_worker
 from stream_engine.keys import KeyBuilder
 from stream_engine.models import Alert, DeadLetter
@@ -282,32 +283,47 @@ async def test_worker_sends_hostile_payloads_to_the_dlq_and_keeps_deciding(
     assert log.ids == set(ids)
 
 
+def poison_alert() -> bytes:
+    """Valid for the decoder: only the test-only fault (``harness.faults``) makes it fail, later."""
+    return orjson.dumps({"id": "poison-pill", "type": "infra", "timestamp": 1, "severity": "low", "source": "s",
+                         "attributes": {"service": "poisoned", "check": "c"}})  # fmt: skip
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
-    "poison",
+    ("poison", "reason", "fault"),
     [
-        pytest.param(
-            lambda: deep_attributes_alert("poison-deep", 300),
-            id="attributes-300-deep",
-        ),
+        pytest.param(lambda: deep_attributes_alert("poison-deep", 300), "too_deep", None, id="attributes-300-deep"),
         # Regression: the dead letter (base64, ~1.2 MB) must fit the DLQ producer's max request size.
-        pytest.param(lambda: b'{"id":"poison-big","blob":"' + b"x" * 900_000 + b'"}', id="900KB-too-large"),
+        pytest.param(lambda: b'{"id":"poison-big","blob":"' + b"x" * 900_000 + b'"}', "too_large", None, id="900KB-too-large"),
+        # Passes the decoder and fails in the decision step, every time: the isolation path.
+        pytest.param(poison_alert, "processing_error", "poison-", id="processing-error"),
     ],
 )
 async def test_one_poison_pill_does_not_stall_the_worker(
-    drill_settings: Settings, propositions: Proc, tmp_path: Path, poison: Any
+    drill_settings: Settings, propositions: Proc, tmp_path: Path, poison: Any, reason: str, fault: str | None
 ) -> None:
     s = drill_settings
-    after = Workload("infra", seed=74).alerts(20)
-    worker = await asyncio.to_thread(start_worker, s, tmp_path, "worker")
+    before, after = Workload("infra", seed=75).alerts(20), Workload("infra", seed=74).alerts(20)
+    env = fault_env(tmp_path, poison_prefix=fault) if fault else None
+    worker = await asyncio.to_thread(start_worker, s, tmp_path, "worker", env)
     try:
         async with Tail(s.kafka_bootstrap, s.topic_decisions) as tail, Tail(
             s.kafka_bootstrap, s.topic_dlq, DeadLetter.from_json
         ) as dlq, Publisher(s.kafka_bootstrap, s.topic_alerts) as pub:
-            await pub.send_raw([poison()])
-            await pub.send(after)
-            await tail.wait_ids([a["id"] for a in after], 20, "decisions after the poison pill")
-            # The pill itself ends somewhere: a dead letter, or a decision (it may be a valid alert).
-            await dlq.wait_for(lambda r: bool(r) or any(d["alert_id"].startswith("poison") for d in tail.records), 30, "the pill")
+            # In one batch with valid alerts of its partition: they are decided, the pill is isolated.
+            await pub.send(before[:10])
+            (position,) = await pub.send_raw([poison()])
+            await pub.send(before[10:])
+            await pub.send(after, per_second=100)
+            decisions = await tail.wait_ids([a["id"] for a in before + after], 60, "decisions around the poison pill")
+            dead = await dlq.wait_for(lambda r: bool(r), 60, "the pill's dead letter")
+            assert worker.alive
     finally:
         worker.stop()
+
+    assert [(d.reason, (d.partition, d.offset)) for d in dead] == [(reason, position)]
+    assert not any(d["alert_id"].startswith("poison") for d in decisions)
+    if reason == "processing_error":
+        assert "a bug that formats the alert" in dead[0].error
+        assert "message failed" in worker.log(), "the worker isolated the message after repeated failures"

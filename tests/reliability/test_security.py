@@ -35,6 +35,7 @@ import pytest
 from aiohttp import web
 
 from harness.drills import Publisher, Tail, account, clickhouse_query, clickhouse_rows, record
+from harness.faults import fault_env
 from harness.procs import Proc, start_propositions, start_worker, wait_until
 from stream_engine.models import DeadLetter
 from stream_engine.settings import Settings
@@ -153,28 +154,6 @@ def test_a_worker_beyond_loopback_without_a_token_refuses_to_start(tmp_path: Pat
 
 # --- a secret planted in every kind of input ------------------------------------------------------
 
-# A test-only fault: a "bug" in the decision step that formats the whole alert into its exception,
-# for alerts whose id starts with "poison-". It runs in the worker process only (PYTHONPATH) and
-# makes the real isolate-and-dead-letter path run with an exception text that quotes a secret.
-POISON_HOOK = """
-from stream_engine import policy
-from stream_engine.models import Alert
-
-_decide = policy.DecisionPolicy.decide
-
-
-def decide(self, *args, **kwargs):
-    for value in (*args, *kwargs.values()):
-        alert = value if isinstance(value, Alert) else getattr(value, "alert", None)
-        if isinstance(alert, Alert) and alert.id.startswith("poison-"):
-            raise ValueError(f"a bug that formats the alert: {alert!r}")
-    return _decide(self, *args, **kwargs)
-
-
-policy.DecisionPolicy.decide = decide
-"""
-
-
 class RecordingProxy:
     """Forwards every request to the proposition service and keeps what the service received."""
 
@@ -259,7 +238,7 @@ def leaks(secret: str, haystacks: dict[str, bytes | str]) -> list[str]:
 
 
 async def test_a_secret_planted_in_every_kind_of_input_never_appears_in_clear_text(
-    drill_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    drill_settings: Settings, tmp_path: Path
 ) -> None:
     secret = f"sk-planted-{uuid.uuid4().hex}"
     api_token = f"api-{uuid.uuid4().hex}"
@@ -273,12 +252,9 @@ async def test_a_secret_planted_in_every_kind_of_input_never_appears_in_clear_te
     try:
         async with RecordingProxy(s.propositions_url) as proxy:
             ws = s.with_overrides(propositions_url=proxy.url, api_token=api_token)
-            hook = tmp_path / "hook"
-            hook.mkdir()
-            (hook / "sitecustomize.py").write_text(POISON_HOOK)
-            monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
-            worker = await asyncio.to_thread(start_worker, ws, tmp_path, "worker")
-            monkeypatch.delenv("PYTHONPATH")
+            # A "bug" in the decision step that formats the whole alert (and its secret) into its
+            # exception, for ids starting with "poison-": the real isolate-and-dead-letter path.
+            worker = await asyncio.to_thread(start_worker, ws, tmp_path, "worker", fault_env(tmp_path, poison_prefix="poison-"))
             try:
                 url = api_url(worker)
                 async with httpx.AsyncClient(base_url=url, timeout=30) as http:

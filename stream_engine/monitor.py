@@ -117,6 +117,7 @@ class Monitor:
         self.decisions: Counter[tuple[str, str, str, str]] = Counter()  # (source, mode, tier, alert_type)
         self.escalations: Counter[str] = Counter()  # tier "none" decisions by reason (service failures)
         self.dead_letters: Counter[str] = Counter()  # by DLQ reason
+        self.dead_letters_dropped: Counter[str] = Counter()  # too large for the DLQ in any form (logged), by reason
         self.api_requests: Counter[tuple[str, int]] = Counter()  # (route, status)
         self.progress: dict[tuple[str, int], PartitionProgress] = {}  # (topic, partition)
         self.assigned: set[tuple[str, int]] = set()
@@ -130,6 +131,8 @@ class Monitor:
         self._observe_times(report.times, include=STAGES)
         self._observe_decisions("stream", report.decisions)
         self._observe_dead(report.dead)
+        for dl in report.dropped:
+            self.dead_letters_dropped[dl.reason] += 1
         progress = self.progress
         for m in messages:
             tp = (m.topic, m.partition)
@@ -250,6 +253,7 @@ class Monitor:
             "hit_ratio": self.hit_ratio(),
             "errors": {
                 "dead_letters": dict(self.dead_letters),
+                "dead_letters_dropped": dict(self.dead_letters_dropped),
                 "escalations": dict(self.escalations),
                 "batch_failures": dict(self.batch_failures),
                 "latency_clamped": {s: h.clamped for s, h in self.stages.items() if h.clamped},

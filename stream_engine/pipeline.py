@@ -11,14 +11,20 @@
 ``Triage`` (envelopes → decisions) and ``DecisionLog`` (decisions → ClickHouse rows) are shared by
 the stream and the HTTP API; ``Pipeline`` wraps them with decoding and emitting for one
 micro-batch of Kafka messages. The ``Emitter`` that publishes is the engines' (one Kafka producer).
+
+A batch's stages are decode → decide → publish (await every ack) → log (rows durable). Its
+``BatchProgress`` keeps what each stage achieved across retries, so a retry redoes only what
+failed: a decision is made once (a retry sends the same decision again, never a new one), a
+record the broker acknowledged is not sent again, rows already durable are not written again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from stream_engine.cache.partitioned import PartitionedLRU
@@ -43,6 +49,8 @@ from stream_engine.sinks import Sink
 from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow, log_row, metric_row
 from stream_engine.validation import AlertDecoder, InvalidAlert
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class RawMessage:
@@ -52,15 +60,35 @@ class RawMessage:
     topic: str
 
 
+Position = tuple[int, int]  # (partition, offset) of a message of the batch's topic
+
+
+class RecordTooLarge(Exception):
+    """The broker would refuse this one record (larger than its topic's ``max.message.bytes`` or
+    the producer's request size): a problem of the record, not an outage, however often it is sent."""
+
+    def __init__(self, topic: str, size: int, limit: int) -> None:
+        super().__init__(f"a record of {size} bytes is larger than the {limit} bytes topic {topic} takes")
+        self.topic = topic
+        self.size = size
+        self.limit = limit
+
+
+class DecisionsTooLarge(Exception):
+    """Some decisions of the batch can never be published (``failures``, by message position).
+    Everything else of the batch was published; the caller dead-letters those messages
+    (:meth:`BatchProgress.divert`) or calls it an outage, then processes the batch again."""
+
+    def __init__(self, failures: dict[Position, RecordTooLarge]) -> None:
+        super().__init__(f"{len(failures)} decision(s) too large to publish, e.g. {next(iter(failures.values()))}")
+        self.failures = failures
+
+
 class Emitter(Protocol):
-    async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> Awaitable[object]:
-        """Hand the records to the producer; the returned awaitable completes once the broker
-        acknowledged every one of them (and raises if any was not)."""
-
-
-async def emit(emitter: Emitter, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> None:
-    """Publish and wait for the broker's acknowledgements."""
-    await (await emitter.send(decisions, dead))
+    async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> Sequence[Awaitable[object]]:
+        """Hand the records to the producer; one awaitable per record (decisions first, then dead
+        letters), completing once the broker acknowledged that record and raising if it did not
+        (``RecordTooLarge`` if it never will)."""
 
 
 @dataclass(slots=True)
@@ -69,6 +97,39 @@ class BatchReport:
     dead: list[DeadLetter]
     times: StageTimes
     tiers: dict[str, int] = field(default_factory=dict)
+    dropped: list[DeadLetter] = field(default_factory=list)  # no DLQ record could carry them: logged instead
+
+
+@dataclass(slots=True)
+class BatchProgress:
+    """What one batch achieved so far, by message position; kept across its retries."""
+
+    received_ns: int = field(default_factory=time.time_ns)
+    envelopes: dict[Position, Envelope] = field(default_factory=dict)  # decoded
+    dead: dict[Position, DeadLetter] = field(default_factory=dict)  # dead-lettered instead of decided
+    decisions: dict[Position, Decision] = field(default_factory=dict)  # made; sent again as is until acknowledged
+    acked: set[Position] = field(default_factory=set)  # its decision or dead letter acknowledged by the broker
+    logged: set[Position] = field(default_factory=set)  # its row durable
+    dropped: dict[Position, DeadLetter] = field(default_factory=dict)  # too large for the DLQ in any form: logged
+
+    def divert(self, position: Position, dead_letter: DeadLetter) -> None:
+        """Dead-letter this message instead of publishing its decision (a poison message)."""
+        self.decisions.pop(position, None)
+        self.dead[position] = dead_letter
+
+    def settled(self, message: RawMessage) -> bool:
+        """Its dead letter acknowledged, or its decision acknowledged and its row durable."""
+        position = (message.partition, message.offset)
+        return position in self.acked and (position in self.dead or position in self.logged)
+
+
+@dataclass(slots=True)
+class _Sent:
+    """Records handed to the producer, with the position of the message each belongs to."""
+
+    positions: list[Position]
+    records: list[Decision | DeadLetter]
+    acks: Sequence[Awaitable[object]]
 
 
 class Triage:
@@ -239,53 +300,146 @@ class Pipeline:
         self.emitter = emitter
         self.decision_log = decision_log
 
-    async def process(self, messages: Sequence[RawMessage]) -> BatchReport:
+    async def process(self, messages: Sequence[RawMessage], progress: BatchProgress | None = None) -> BatchReport:
+        """Every stage that ``progress`` (a previous attempt of this batch) has not done yet."""
+        progress = progress if progress is not None else BatchProgress()
         times = StageTimes()
-        received_ns = time.time_ns()
-        t0 = time.perf_counter_ns()
-        envelopes, dead = self.decode(messages, received_ns)
-        times.decode = time.perf_counter_ns() - t0
-
-        # LRU hits (most alerts) are sent at once; they don't wait for their batch's misses.
-        hits, misses = self.triage.split(envelopes, times)
-        decisions = self.triage.decide_hits(hits, times)
-        t1 = time.perf_counter_ns()
-        acks = [await self.emitter.send(decisions, dead)]
-        times.produce = time.perf_counter_ns() - t1
-        try:
-            if misses:
-                miss_decisions = await self.triage.decide_misses(misses, times)
-                t1 = time.perf_counter_ns()
-                acks.append(await self.emitter.send(miss_decisions, ()))
-                decisions += miss_decisions
-                envelopes = [env for env, _ in hits] + misses  # aligned with decisions again
-            else:
-                t1 = time.perf_counter_ns()
-        except BaseException:
-            await asyncio.gather(*acks, return_exceptions=True)  # the batch is retried; settle what was sent
-            raise
-        await asyncio.gather(*acks)  # every record acknowledged before the rows are made durable
-        times.produce += time.perf_counter_ns() - t1
-
-        await self.decision_log.write(envelopes, decisions, times, received_ns, STAGES)
-
+        envelopes, dead = self.decode(messages, progress, times)
+        await self.publish(envelopes, dead, progress, times)
+        decided = [env for env in envelopes if (env.partition, env.offset) in progress.decisions]
+        await self.log(decided, progress, times)
+        decisions = [progress.decisions[(env.partition, env.offset)] for env in decided]
         tiers: dict[str, int] = {}
         for d in decisions:
             tiers[d.cache_tier] = tiers.get(d.cache_tier, 0) + 1
-        return BatchReport(decisions, dead, times, tiers)
+        delivered = [(m.partition, m.offset) for m in messages]
+        dead = [progress.dead[p] for p in delivered if p in progress.dead and p not in progress.dropped]
+        dropped = [progress.dropped[p] for p in delivered if p in progress.dropped]
+        return BatchReport(decisions, dead, times, tiers, dropped)
 
-    def decode(self, messages: Sequence[RawMessage], received_ns: int) -> tuple[list[Envelope], list[DeadLetter]]:
+    def decode(
+        self, messages: Sequence[RawMessage], progress: BatchProgress, times: StageTimes
+    ) -> tuple[list[Envelope], list[DeadLetter]]:
+        """(envelopes, dead letters) of the batch; each message is decoded once, on first sight."""
+        t0 = time.perf_counter_ns()
         envelopes: list[Envelope] = []
         dead: list[DeadLetter] = []
         decode = self.decoder.decode
         for m in messages:
-            try:
-                alert = decode(m.value if m.value is not None else b"")
-            except InvalidAlert as exc:
-                dead.append(self.dead_letter(m, exc.reason, exc.detail, received_ns / 1e9))
+            position = (m.partition, m.offset)
+            if position in progress.dead:
+                dead.append(progress.dead[position])
                 continue
-            envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns))
+            env = progress.envelopes.get(position)
+            if env is None:
+                try:
+                    alert = decode(m.value if m.value is not None else b"")
+                except InvalidAlert as exc:
+                    dead.append(self.dead_letter(m, exc.reason, exc.detail, progress.received_ns / 1e9))
+                    progress.dead[position] = dead[-1]
+                    continue
+                env = progress.envelopes[position] = self.triage.envelope(alert, m.partition, m.offset, progress.received_ns)
+            envelopes.append(env)
+        times.decode = time.perf_counter_ns() - t0
         return envelopes, dead
+
+    async def publish(
+        self, envelopes: Sequence[Envelope], dead: Sequence[DeadLetter], progress: BatchProgress, times: StageTimes
+    ) -> None:
+        """Decide what is undecided and send what is unacknowledged; return once the broker
+        acknowledged every record (raise otherwise, after recording what it did acknowledge)."""
+        acked, decisions = progress.acked, progress.decisions
+        # LRU hits (most alerts) are sent at once; they don't wait for their batch's misses.
+        hits, misses = self.triage.split([env for env in envelopes if (env.partition, env.offset) not in decisions], times)
+        for (env, _), d in zip(hits, self.triage.decide_hits(hits, times)):
+            decisions[(env.partition, env.offset)] = d
+        unsent = [(env.partition, env.offset) for env in envelopes]
+        unsent = [p for p in unsent if p in decisions and p not in acked]
+        t1 = time.perf_counter_ns()
+        sent = [await self._send(progress, unsent, [dl for dl in dead if (dl.partition, dl.offset) not in acked])]
+        times.produce = time.perf_counter_ns() - t1
+        try:
+            if misses:
+                for env, d in zip(misses, await self.triage.decide_misses(misses, times)):
+                    decisions[(env.partition, env.offset)] = d
+                t1 = time.perf_counter_ns()
+                sent.append(await self._send(progress, [(env.partition, env.offset) for env in misses], []))
+            else:
+                t1 = time.perf_counter_ns()
+        except BaseException:
+            await self._settle(sent, progress, raise_errors=False)  # the batch is retried: keep what was acknowledged
+            raise
+        await self._settle(sent, progress)  # every record acknowledged before the rows are made durable
+        times.produce += time.perf_counter_ns() - t1
+
+    async def log(self, envelopes: Sequence[Envelope], progress: BatchProgress, times: StageTimes) -> None:
+        """Rows of the published decisions whose rows are not durable yet."""
+        todo = [env for env in envelopes if (env.partition, env.offset) not in progress.logged]
+        if todo:
+            decisions = [progress.decisions[(env.partition, env.offset)] for env in todo]
+            await self.decision_log.write(todo, decisions, times, progress.received_ns, STAGES)
+            progress.logged.update((env.partition, env.offset) for env in todo)
+
+    async def _send(self, progress: BatchProgress, positions: Sequence[Position], dead: Sequence[DeadLetter]) -> _Sent:
+        decisions = [progress.decisions[p] for p in positions]
+        acks = await self.emitter.send(decisions, dead)
+        return _Sent([*positions, *((dl.partition, dl.offset) for dl in dead)], [*decisions, *dead], acks)
+
+    async def _settle(self, sent: Sequence[_Sent], progress: BatchProgress, *, raise_errors: bool = True) -> None:
+        """Wait for every ack and record the acknowledged positions; then raise the first failure
+        (an outage, as a rule), else ``DecisionsTooLarge`` for decisions that can never be sent.
+        A dead letter too large for the DLQ is sent again without its original bytes."""
+        positions = [p for s in sent for p in s.positions]
+        records = [r for s in sent for r in s.records]
+        results = await asyncio.gather(*(a for s in sent for a in s.acks), return_exceptions=True)
+        errors: list[BaseException] = []
+        too_large: dict[Position, RecordTooLarge] = {}
+        shrink: list[tuple[DeadLetter, RecordTooLarge]] = []
+        for position, record, result in zip(positions, records, results):
+            if not isinstance(result, BaseException):
+                progress.acked.add(position)
+            elif isinstance(result, RecordTooLarge):
+                if isinstance(record, DeadLetter):
+                    shrink.append((record, result))
+                else:
+                    too_large[position] = result
+            elif isinstance(result, asyncio.CancelledError):  # the producer dropped it (stopping): send it again
+                errors.append(ConnectionError(f"the producer cancelled the send of a record: {result!r}"))
+            else:
+                errors.append(result)
+        if shrink:
+            errors += await self._send_without_original(shrink, progress)
+        if raise_errors and errors:
+            raise errors[0]
+        if raise_errors and too_large:
+            raise DecisionsTooLarge(too_large)
+
+    async def _send_without_original(
+        self, shrink: Sequence[tuple[DeadLetter, RecordTooLarge]], progress: BatchProgress
+    ) -> list[BaseException]:
+        """The dead letters again, without their original bytes (the error says why); one that is
+        still too large is logged and dropped: no DLQ record can carry it."""
+        smaller = [
+            replace(dl, original=b"", error=f"{dl.error} [original ({len(dl.original)} bytes) omitted: {exc}]")
+            for dl, exc in shrink
+        ]
+        sent = await self._send(progress, [], smaller)
+        errors: list[BaseException] = []
+        for small, result in zip(smaller, await asyncio.gather(*sent.acks, return_exceptions=True)):
+            position = (small.partition, small.offset)
+            if not isinstance(result, BaseException) or isinstance(result, RecordTooLarge):
+                progress.acked.add(position)
+                progress.dead[position] = small
+            if isinstance(result, RecordTooLarge):
+                progress.dropped[position] = small
+                log.error(
+                    "dead letter dropped: too large for the DLQ even without its original (%s)",
+                    result,
+                    extra={"reason": small.reason, "partition": small.partition, "offset": small.offset},
+                )
+            elif isinstance(result, BaseException):
+                errors.append(result)
+        return errors
 
     def dead_letter(self, message: RawMessage, reason: str, detail: str, received_at: float) -> DeadLetter:
         """The one way a dead letter is made: the original bytes and the detail, secrets masked

@@ -52,6 +52,11 @@ class RuntimeCollector(Collector):
             dead.add_metric([reason], n)
         yield dead
 
+        dropped = _counter("dead_letters_dropped", "Dead letters too large for the DLQ even without their original (logged).", ["reason"])
+        for reason, n in sorted(monitor.dead_letters_dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+
         escalations = _counter("service_failures", "Decisions without propositions, by reason.", ["reason"])
         for reason, n in sorted(monitor.escalations.items()):
             escalations.add_metric([reason], n)

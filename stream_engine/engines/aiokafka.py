@@ -4,14 +4,15 @@ Same Pipeline, same core as the faust engine, without faust's per-event machiner
 channel queues, per-event futures), which caps a do-nothing faust agent at a few thousand
 events/s on two cores. The loop:
 
-    getmany(≤ batch_max) ──▶ EngineCore.process (emit + await acks, rows durable) ──▶ commit
+    slot ──▶ getmany(≤ batch_max) ──▶ BatchRunner: EngineCore.process (emit + await acks, rows durable)
+                                                   ──▶ commit what the OffsetTracker released
 
-Up to ``batch_concurrency`` batches are in flight. At-least-once holds because a partition's
-commit point only passes a batch once that batch *and every batch fetched before it from the
-same partition* are done (:class:`~stream_engine.engines.offsets.OffsetTracker`); a revocation
-waits for in-flight batches and commits before giving partitions away; records fetched while a
-revocation is under way are dropped uncommitted, so the next owner (maybe us again) reads them
-from the committed offset.
+Up to ``batch_concurrency`` batches are in flight (engines/runner.py). At-least-once holds because
+a partition's commit point only passes a batch once that batch *and every batch fetched before it
+from the same partition* are done; a revocation waits ``revoke_grace_s`` for the batches in
+flight, abandons the rest uncommitted and commits what is done before giving partitions away;
+records fetched while a revocation is under way are dropped uncommitted, so the next owner (maybe
+us again) reads them from the committed offset.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from stream_engine.engines.core import STOP_GRACE_S, EngineCore, batch_context
-from stream_engine.engines.offsets import InFlight, OffsetTracker, positions_probe
+from stream_engine.engines.core import STOP_GRACE_S, EngineCore
+from stream_engine.engines.offsets import positions_probe
+from stream_engine.engines.runner import BatchRunner
 from stream_engine.pipeline import RawMessage
 from stream_engine.runtime import Runtime
 from stream_engine.settings import Settings
@@ -56,13 +58,9 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
             session_timeout_ms=int(settings.session_timeout_s * 1000),
             heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
         )
-        self.tracker = OffsetTracker()
-        self._slots = asyncio.Semaphore(settings.batch_concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()  # set while no fetched batch is unfinished
-        self._idle.set()
+        self.runner = BatchRunner(self.core, settings.batch_concurrency, settings.revoke_grace_s, self._commit_pending)
+        self.tracker = self.runner.tracker
         self._commit_lock = asyncio.Lock()
-        self._revoking = False
         self._stopping = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -74,11 +72,9 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
             self.consumer.subscribe([self.settings.topic_alerts], listener=self)
             await self.consumer.start()
             await self._fetch_loop()
-            if not await self.core.drain(STOP_GRACE_S):
-                for task in self._tasks:
-                    task.cancel()
-                log.warning("cancelled %d unfinished batch(es) at stop; they will be redelivered", len(self._tasks))
-            await asyncio.gather(*self._tasks, return_exceptions=True)  # their commits
+            if not await self.runner.drain(STOP_GRACE_S):
+                cancelled = await self.runner.cancel()
+                log.warning("cancelled %d unfinished batch(es) at stop; they will be redelivered", cancelled)
             await self._commit_pending()
         finally:
             try:
@@ -97,7 +93,7 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
-                slot = asyncio.ensure_future(self._slots.acquire())
+                slot = asyncio.ensure_future(self.runner.slot())
                 await asyncio.wait({slot, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not slot.done():
                     slot.cancel()
@@ -105,43 +101,16 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
                 try:
                     fetched = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.batch_max)
                 except KafkaError as exc:  # aiokafka reconnects by itself; don't spin meanwhile
-                    self._slots.release()
+                    self.runner.release()
                     log.warning("fetch failed: %s", exc)
                     await asyncio.sleep(0.5)
                     continue
-                if not fetched or self._revoking:
-                    # While partitions are being revoked, records are dropped uncommitted: the
-                    # next owner reads them again from the committed offset.
-                    self._slots.release()
-                    continue
-                self._start_batch(fetched)
+                # No await from the fetch to here: a revocation sees this batch in flight. While
+                # partitions are being revoked, the runner drops it uncommitted.
+                last = {tp: records[-1].offset for tp, records in fetched.items()}
+                self.runner.start(last, [m for records in fetched.values() for m in to_messages(records)])
         finally:
             stopping.cancel()
-
-    def _start_batch(self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        # No await between the fetch and here: a revocation sees this batch as in flight.
-        batch = self.tracker.started({tp: records[-1].offset for tp, records in fetched.items()})
-        messages = [m for records in fetched.values() for m in to_messages(records)]
-        task = asyncio.create_task(self._process(batch, messages))
-        self._tasks.add(task)
-        self._idle.clear()
-        task.add_done_callback(self._batch_ended)
-
-    def _batch_ended(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
-        if not self._tasks:
-            self._idle.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("batch task failed", exc_info=task.exception())
-
-    async def _process(self, batch: InFlight, messages: list[RawMessage]) -> None:
-        await self.core.process(messages)
-        self.tracker.finished(batch)
-        try:
-            await self._commit_pending()
-        except Exception:
-            log.exception("commit after a batch failed", extra=batch_context(messages))
 
     async def _commit_pending(self) -> None:
         """Commit every finished offset not yet committed. Serialized, so offsets only move forward;
@@ -164,15 +133,14 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
     # --- rebalance (ConsumerRebalanceListener) -------------------------------------------------
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._revoking = True
-        # Finish what we hold and commit it, so the next owner starts right after it.
-        await self._idle.wait()
-        await self._commit_pending()
-        self.tracker.forget(revoked)
+        # Finish what we hold (bounded) and commit it, so the next owner starts right after it.
+        kept = await self.runner.revoke(revoked, self._commit_pending)
+        if kept:
+            await self.consumer.seek_to_committed(*kept)
         self.core.partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._revoking = False
+        self.runner.assigned()
         self.core.partitions_assigned(assigned)
 
 

@@ -4,8 +4,9 @@ The commit-safety rule, for any engine that processes several batches of one par
 a partition's commit point only passes a batch once that batch *and every batch fetched before
 it from the same partition* are done. :class:`OffsetTracker` keeps the rule in pure code (no
 Kafka client, no event loop): an engine tells it when a batch is fetched (:meth:`started`) and
-done (:meth:`finished`), takes what became committable (:meth:`take`), gives back what a failed
-commit could not store (:meth:`restore`), and forgets revoked partitions (:meth:`forget`).
+done (:meth:`finished`), takes what became committable (:meth:`take`; or reads it,
+:meth:`committable`), gives back what a failed commit could not store (:meth:`restore`), and
+forgets revoked partitions (:meth:`forget`).
 Partitions are any hashable value (aiokafka's and faust's ``TopicPartition`` both work).
 """
 
@@ -54,6 +55,15 @@ class OffsetTracker:
                 ready[tp] = queue.popleft().last[tp] + 1
         self._merge(ready)
         return ready
+
+    def committable(self, tp: Hashable) -> int | None:
+        """The latest commit point released for ``tp``, without handing it out: for an engine whose
+        consumer decides itself when to commit (faust), and compares it with what it committed."""
+        return self._committable.get(tp)
+
+    def partitions(self) -> list[Hashable]:
+        """The partitions with a commit point."""
+        return list(self._committable)
 
     def take(self) -> dict[Hashable, int]:
         """The commit points not yet handed out; the caller commits them (or :meth:`restore`)."""

@@ -1,8 +1,8 @@
 """Fixtures of the unit tests (fakes only at typed seams).
 
 * ``clock``: a settable clock for the parts that take one (TTL caches, the breaker, the client).
-* ``pipeline_parts``: ``pipeline_parts(calls, status=200)`` -> (Pipeline, RecordingEmitter,
-  MemorySink) over a proposition service behind ``httpx.MockTransport`` (answers recorded in
+* ``pipeline_parts``: ``pipeline_parts(calls, status=200, emitter=None, sink=None)`` -> (Pipeline,
+  RecordingEmitter, MemorySink) over a proposition service behind ``httpx.MockTransport`` (answers recorded in
   ``calls``; a ``Timeout`` key gets one proposition, others none) and a Redis on a closed port
   (the degraded tier).
 """
@@ -35,7 +35,9 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def pipeline_parts(tmp_path: Path) -> PipelineParts:
-    def build(calls: list[list[str]], status: int = 200) -> tuple[Pipeline, RecordingEmitter, MemorySink]:
+    def build(
+        calls: list[list[str]], status: int = 200, emitter: RecordingEmitter | None = None, sink: MemorySink | None = None
+    ) -> tuple[Pipeline, RecordingEmitter, MemorySink]:
         settings = Settings(data_dir=tmp_path, service_retries=0, redis_retry_after_s=60)
         dead_redis = redis_asyncio.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
         triage = Triage(
@@ -45,7 +47,8 @@ def pipeline_parts(tmp_path: Path) -> PipelineParts:
             PropositionClient.from_settings(settings, transport=service_transport(calls, status)),
             DecisionPolicy.from_settings(settings),
         )
-        emitter, sink = RecordingEmitter(), MemorySink()
+        emitter = emitter if emitter is not None else RecordingEmitter()
+        sink = sink if sink is not None else MemorySink()
         decoder = AlertDecoder.from_settings(settings)
         return Pipeline(decoder, triage, emitter, DecisionLog(sink, "w"), settings.redact_fields), emitter, sink
 

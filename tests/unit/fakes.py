@@ -22,14 +22,45 @@ class FakeClock:
 
 
 class RecordingEmitter:
-    def __init__(self) -> None:
+    """Keeps what it was handed (``decisions``, ``dead``) and what the broker acknowledged
+    (``acked``). ``answer(record)``: None (acknowledged) or the exception its ack raises; while
+    ``gate`` is set to an unset event, acks wait for it (a lagging broker)."""
+
+    def __init__(self, answer: Callable[[Decision | DeadLetter], BaseException | None] | None = None) -> None:
         self.decisions: list[Decision] = []
         self.dead: list[DeadLetter] = []
+        self.acked: list[Decision | DeadLetter] = []
+        self.answer = answer or (lambda record: None)
+        self.gate: asyncio.Event | None = None
 
-    async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> Awaitable[None]:
+    async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> list[Awaitable[None]]:
         self.decisions.extend(decisions)
         self.dead.extend(dead)
-        return asyncio.sleep(0)
+        # Coroutines, not tasks: an ack is only settled if the pipeline awaits it.
+        return [self._ack(record, self.answer(record)) for record in [*decisions, *dead]]
+
+    async def _ack(self, record: Decision | DeadLetter, error: BaseException | None) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if error is not None:
+            raise error
+        self.acked.append(record)
+
+
+class FlakySink(MemorySink):
+    """A MemorySink whose ``write`` raises ``fail(n)`` on its n-th call (1-based) when not None."""
+
+    def __init__(self, fail: Callable[[int], BaseException | None]) -> None:
+        super().__init__()
+        self.fail = fail
+        self.calls = 0
+
+    async def write(self, rows, metrics):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        error = self.fail(self.calls)
+        if error is not None:
+            raise error
+        await super().write(rows, metrics)
 
 
 def service_transport(calls: list[list[str]], status: int = 200) -> httpx.MockTransport:
@@ -49,5 +80,6 @@ def service_transport(calls: list[list[str]], status: int = 200) -> httpx.MockTr
     return httpx.MockTransport(handle)
 
 
-# pipeline_parts(calls, status=200) -> (Pipeline, RecordingEmitter, MemorySink): see conftest.py.
+# pipeline_parts(calls, status=200, emitter=None, sink=None) -> (Pipeline, RecordingEmitter, MemorySink):
+# see conftest.py.
 PipelineParts = Callable[..., tuple[Pipeline, RecordingEmitter, MemorySink]]

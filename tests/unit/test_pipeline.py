@@ -4,14 +4,17 @@ see ``pipeline_parts`` in conftest.py."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from stream_engine.models import API_STAGES, END_TO_END, STAGES, Alert, Decision, Envelope, StageTimes
-from stream_engine.pipeline import DecisionLog, RawMessage
+from stream_engine.pipeline import BatchProgress, DecisionLog, RawMessage
 from stream_engine.sinks import MemorySink
 from stream_engine.workload import Workload, malformed_payloads
-from tests.unit.fakes import PipelineParts
+from tests.unit.fakes import PipelineParts, RecordingEmitter
 
 
 def messages(payloads: list[bytes], partition: int = 0) -> list[RawMessage]:
@@ -162,3 +165,55 @@ async def test_a_processing_error_that_quotes_a_secret_is_masked_in_the_dead_let
     dead = pipeline.dead_letter(RawMessage(poison, 0, 3, "alerts"), "processing_error", f"ValueError: bad {poison!r}", 0.0)
     assert dead.reason == "processing_error" and "ValueError: bad" in dead.error
     assert "sk-quoted-by-a-bug" not in dead.error and b"sk-quoted-by-a-bug" not in dead.original
+
+
+# --- acks: a batch is done only when the broker acknowledged every record ---------------------------
+
+
+async def test_process_returns_only_after_every_ack_and_writes_rows_after_them(pipeline_parts: PipelineParts) -> None:
+    emitter = RecordingEmitter()
+    emitter.gate = asyncio.Event()  # a broker that has not answered yet
+    pipeline, _, sink = pipeline_parts([], emitter=emitter)
+    alerts = Workload("ci_failures", seed=2).alerts(5)
+    batch = asyncio.ensure_future(pipeline.process(messages([orjson.dumps(a) for a in alerts])))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(emitter.decisions) == 5 and not batch.done(), "sent, but not acknowledged: not done"
+    assert sink.rows == [], "no row before the acks"
+    emitter.gate.set()
+    report = await asyncio.wait_for(batch, 5)
+    assert len(emitter.acked) == len(sink.rows) == len(report.decisions) == 5
+
+
+async def test_a_refused_ack_fails_the_batch_and_no_row_is_written(pipeline_parts: PipelineParts) -> None:
+    alerts = Workload("ci_failures", seed=2).alerts(5)
+    refused = alerts[3]["id"]
+    emitter = RecordingEmitter(lambda r: KafkaConnectionError() if isinstance(r, Decision) and r.alert_id == refused else None)
+    pipeline, _, sink = pipeline_parts([], emitter=emitter)
+    progress = BatchProgress()
+    with pytest.raises(KafkaConnectionError):
+        await pipeline.process(messages([orjson.dumps(a) for a in alerts]), progress)
+    assert sink.rows == []
+    assert len(progress.acked) == 4 and (0, 3) not in progress.acked, "what was acknowledged is remembered"
+
+
+async def test_acks_already_sent_are_settled_before_a_later_failure_propagates(pipeline_parts: PipelineParts) -> None:
+    """Hits are sent before the misses are decided; if deciding the misses fails, the hits' acks
+    are awaited first, and remembered, so the retry does not send them again."""
+    calls: list[list[str]] = []
+    pipeline, emitter, _ = pipeline_parts(calls)
+    warm = Workload("ci_failures", seed=2).alerts(5)
+    await pipeline.process(messages([orjson.dumps(a) for a in warm]))
+    hits = [{**a, "id": "hit-" + a["id"]} for a in warm]
+    cold = Workload("scam", seed=9).alerts(2)
+
+    async def broken_fetch(requests):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the service client broke")
+
+    pipeline.triage.service.fetch_many = broken_fetch  # type: ignore[method-assign]
+    emitter.acked.clear()
+    progress = BatchProgress()
+    with pytest.raises(RuntimeError):
+        await pipeline.process(messages([orjson.dumps(a) for a in hits + cold]), progress)
+    assert sorted(d.alert_id for d in emitter.acked) == sorted(a["id"] for a in hits), "settled before the error"
+    assert progress.acked == {(0, i) for i in range(len(hits))}

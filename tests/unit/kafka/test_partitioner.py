@@ -30,7 +30,7 @@ def test_no_key_picks_an_available_partition_else_any() -> None:
 
 
 async def test_the_engines_one_producer_uses_it(tmp_path: object) -> None:
-    from stream_engine.engines.core import create_producer
+    from stream_engine.engines.emitter import create_producer
     from stream_engine.settings import Settings
 
     producer = create_producer(Settings(data_dir=tmp_path))  # type: ignore[arg-type]

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     kafka_port: int = Field(9092, description="Broker listener port of the local stack.")
     kafka_controller_port: int = Field(9093, description="KRaft controller port of the local stack.")
     kafka_heap: str = Field("512m", description="Broker JVM max heap.")
+    kafka_brokers: int = Field(
+        1,
+        ge=1,
+        description="Kafka nodes of the local stack (`stack up --brokers 3`): node i on kafka_port + 2i (controller "
+        "kafka_controller_port + 2i), replication factor = nodes, min.insync.replicas = nodes - 1.",
+    )
     redis_port: int = Field(6379, description="Redis port of the local stack.")
     propositions_port: int = Field(8700, description="Port of the reference proposition service.")
 

@@ -17,7 +17,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ):
         parser = actions.add_parser(name, help=text)
         parser.add_argument("--only", action="append", metavar="PART", help="kafka, redis, propositions (repeatable)")
+        parser.add_argument(
+            "--brokers",
+            type=int,
+            default=None,
+            metavar="N",
+            help="Kafka nodes (default STREAM_ENGINE_KAFKA_BROKERS, 1); 3: replication factor 3, min.insync.replicas 2",
+        )
         parser.set_defaults(func=handler)
+
+
+def _with_brokers(args: argparse.Namespace, settings: Settings) -> Settings:
+    return settings if args.brokers is None else settings.with_overrides(kafka_brokers=args.brokers)
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
@@ -26,6 +37,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     from stream_engine.stack import Stack, StackError, StackUpError
 
     started = time.monotonic()
+    settings = _with_brokers(args, settings)
     try:
         report = Stack(settings, only=args.only).up()
     except StackUpError as exc:
@@ -38,6 +50,9 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     for line in report.lines():
         print(line)
+    if settings.kafka_brokers > 1 and any(p.name.startswith("kafka-") for p in report.parts):
+        bootstrap = ",".join(f"127.0.0.1:{settings.kafka_port + 2 * n}" for n in range(settings.kafka_brokers))
+        print(f"kafka cluster of {settings.kafka_brokers}: STREAM_ENGINE_KAFKA_BOOTSTRAP={bootstrap}")
     if "propositions" in report.by_name():
         from stream_engine.propositions.admin import find_admin_token
 
@@ -53,7 +68,7 @@ def _down(args: argparse.Namespace, settings: Settings) -> int:
     from stream_engine.stack import Stack, StackError
 
     try:
-        report = Stack(settings, only=args.only).down()
+        report = Stack(_with_brokers(args, settings), only=args.only).down()
     except StackError as exc:
         print(f"stack down failed: {exc}")
         return 1
@@ -66,7 +81,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     from stream_engine.stack import Stack, StackError
 
     try:
-        statuses = Stack(settings, only=args.only).status()
+        statuses = Stack(_with_brokers(args, settings), only=args.only).status()
     except StackError as exc:
         print(f"stack status failed: {exc}")
         return 1

@@ -49,6 +49,16 @@ class Component(ABC):
         self.settings = settings
         self.layout = layout
 
+    @classmethod
+    def instances(cls, settings: Settings, layout: StackLayout) -> list[Component]:
+        """The processes of this part (one, unless a part runs several: Kafka with ``--brokers``)."""
+        return [cls(settings, layout)]
+
+    @property
+    def instance(self) -> str:
+        """This process's name: its pid file, log file and report line."""
+        return self.name
+
     @property
     @abstractmethod
     def ports(self) -> tuple[int, ...]:
@@ -74,6 +84,11 @@ class Component(ABC):
     @abstractmethod
     def healthy(self) -> bool:
         """A real protocol-level request succeeds (not merely an open port)."""
+
+    def started(self) -> bool:
+        """Far enough for `up` to go on to the next process (a node that needs its peers to be
+        healthy cannot wait for health before they start)."""
+        return self.healthy()
 
 
 def require_executable(name: str, install_hint: str) -> str:

@@ -5,6 +5,7 @@ The parts are data: `COMPONENT_TYPES` lists them in start order; adding a part i
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -12,13 +13,14 @@ from typing import Literal
 
 from stream_engine.settings import Settings
 from stream_engine.stack.component import Component, StackError, StackLayout
-from stream_engine.stack.kafka import KafkaComponent
+from stream_engine.stack.kafka import KafkaComponent, recorded_kafka_nodes
 from stream_engine.stack.process import (
     PidFile,
     describe_pid,
     is_alive,
     listening_pids,
     port_is_open,
+    signal_group,
     spawn_detached,
     stop_group,
     tail,
@@ -104,11 +106,18 @@ class Stack:
         if wanted is not None and wanted - known:
             raise StackError(f"unknown stack parts {sorted(wanted - known)}; known: {sorted(known)}")
         self.components: list[Component] = [
-            t(settings, self.layout) for t in COMPONENT_TYPES if wanted is None or t.name in wanted
+            c for t in COMPONENT_TYPES if wanted is None or t.name in wanted for c in t.instances(settings, self.layout)
         ]
 
     def _pid_file(self, component: Component) -> PidFile:
-        return PidFile(self.layout.pid_path(component.name))
+        return PidFile(self.layout.pid_path(component.instance))
+
+    def _recorded(self) -> list[Component]:
+        """``self.components`` plus Kafka nodes started with another ``--brokers`` (pid files):
+        `down` and `status` must see them too."""
+        names = {c.instance for c in self.components}
+        extra = [c for c in recorded_kafka_nodes(self.settings, self.layout) if c.instance not in names]
+        return self.components + extra if any(c.name == "kafka" for c in self.components) else self.components
 
     # --- up ------------------------------------------------------------------------------
     def up(self) -> StackReport:
@@ -119,34 +128,34 @@ class Stack:
             try:
                 result = self._up_one(component)
             except StackError as exc:
-                result = PartResult(component.name, "failed", detail=str(exc))
+                result = PartResult(component.instance, "failed", detail=str(exc))
             result = PartResult(
                 result.name, result.state, time.monotonic() - started, result.pid, result.detail
             )
             report.parts.append(result)
             if result.state == "failed":
-                raise StackUpError(f"{component.name}: {result.detail}", report)
+                raise StackUpError(f"{component.instance}: {result.detail}", report)
         return report
 
     def _up_one(self, component: Component) -> PartResult:
         skip = component.skip_reason()
         if skip:
-            return PartResult(component.name, "skipped", detail=skip)
+            return PartResult(component.instance, "skipped", detail=skip)
         pid_file = self._pid_file(component)
         record = pid_file.live_record()
         if record is not None:
             if self._wait_ready(component, record):
-                return PartResult(component.name, "reused", pid=record.pid)
+                return PartResult(component.instance, "reused", pid=record.pid)
             raise StackError(
                 f"our process pid {record.pid} runs but is not healthy after {component.ready_timeout_s:.0f}s; "
-                f"see {self.layout.log_path(component.name)} (or `stack down` and retry)"
+                f"see {self.layout.log_path(component.instance)} (or `stack down` and retry)"
             )
         busy = [port for port in component.ports if port_is_open(port)]
         if busy:
             owners = ", ".join(describe_pid(pid) for port in busy for pid in listening_pids(port)) or "unknown owner"
             if busy[0] == component.ports[0] and component.healthy():
                 return PartResult(
-                    component.name, "external",
+                    component.instance, "external",
                     detail=f"port {busy[0]} already served by {owners}, not started by this stack; reused as is",
                 )  # fmt: skip
             raise StackError(
@@ -154,7 +163,7 @@ class Stack:
                 f"started by this stack: stop it or choose another port setting"
             )
         note = component.prepare()
-        log_path = self.layout.log_path(component.name)
+        log_path = self.layout.log_path(component.instance)
         record = spawn_detached(component.command(), log_path=log_path, cwd=component.cwd(), env=component.env())
         pid_file.write(record)
         if not self._wait_ready(component, record):
@@ -164,12 +173,12 @@ class Stack:
             why = "did not become healthy" if alive else "exited"
             raise StackError(f"{why} within {component.ready_timeout_s:.0f}s; last log lines of {log_path}:\n"
                              f"{tail(log_path)}")  # fmt: skip
-        return PartResult(component.name, "started", pid=record.pid, detail=note)
+        return PartResult(component.instance, "started", pid=record.pid, detail=note)
 
     def _wait_ready(self, component: Component, record: object) -> bool:
         deadline = time.monotonic() + component.ready_timeout_s
         while time.monotonic() < deadline:
-            if component.healthy():
+            if component.started():
                 return True
             if not is_alive(record):  # type: ignore[arg-type]
                 return False
@@ -181,7 +190,14 @@ class Stack:
         """Stop the parts this stack started (SIGTERM, SIGKILL after a timeout), last first."""
         wanted = set(only) if only is not None else None
         report = StackReport()
-        for component in reversed(self.components):
+        components = self._recorded()
+        # A cluster's nodes stop together: the last one alone would wait for a quorum that is gone.
+        for component in components:
+            record = self._pid_file(component).read()
+            if isinstance(component, KafkaComponent) and component.nodes > 1 and record is not None and is_alive(record):
+                if wanted is None or component.name in wanted:
+                    signal_group(record.pid, signal.SIGTERM)
+        for component in reversed(components):
             if wanted is not None and component.name not in wanted:
                 continue
             started = time.monotonic()
@@ -190,30 +206,30 @@ class Stack:
             if record is None:
                 state = "external" if any(port_is_open(p) for p in component.ports[:1]) else "not running"
                 detail = "not started by this stack: left alone" if state == "external" else ""
-                report.parts.append(PartResult(component.name, state, time.monotonic() - started, detail=detail))
+                report.parts.append(PartResult(component.instance, state, time.monotonic() - started, detail=detail))
                 continue
             state = stop_group(record, timeout_s=component.stop_timeout_s)
             pid_file.remove()
-            report.parts.append(PartResult(component.name, state, time.monotonic() - started, pid=record.pid))
+            report.parts.append(PartResult(component.instance, state, time.monotonic() - started, pid=record.pid))
         return report
 
     # --- status --------------------------------------------------------------------------
     def status(self) -> list[PartStatus]:
         statuses: list[PartStatus] = []
-        for component in self.components:
+        for component in self._recorded():
             skip = component.skip_reason()
             if skip:
-                statuses.append(PartStatus(component.name, "skipped", component.ports, detail=skip))
+                statuses.append(PartStatus(component.instance, "skipped", component.ports, detail=skip))
                 continue
             record = self._pid_file(component).live_record()
             healthy = component.healthy()
             if record is not None:
                 health: Health = "running" if healthy else "down"
                 detail = "" if healthy else "process alive but not answering"
-                statuses.append(PartStatus(component.name, health, component.ports, record.pid, detail))
+                statuses.append(PartStatus(component.instance, health, component.ports, record.pid, detail))
             elif healthy:
                 owners = ", ".join(describe_pid(p) for p in listening_pids(component.ports[0])) or "unknown owner"
-                statuses.append(PartStatus(component.name, "external", component.ports, detail=f"served by {owners}"))
+                statuses.append(PartStatus(component.instance, "external", component.ports, detail=f"served by {owners}"))
             else:
-                statuses.append(PartStatus(component.name, "down", component.ports))
+                statuses.append(PartStatus(component.instance, "down", component.ports))
         return statuses

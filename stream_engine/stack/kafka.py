@@ -1,16 +1,23 @@
-"""Apache Kafka (KRaft, single node) assembled from Maven Central jars and run with `java`."""
+"""Apache Kafka (KRaft) assembled from Maven Central jars and run with `java`: one node, or a
+cluster of ``kafka_brokers`` nodes (`stack up --brokers 3`), each broker and controller, node i on
+``kafka_port + 2i`` (its controller on ``kafka_controller_port + 2i``), replication factor =
+nodes, ``min.insync.replicas`` = nodes - 1. A cluster's nodes are ``kafka-1`` … in the stack dir;
+the single node stays ``kafka`` (the two do not share data)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
 import time
+import uuid
 from importlib import resources
 from pathlib import Path
 from string import Template
 
-from stream_engine.stack.component import Component, StackError, require_executable
+from stream_engine.settings import Settings
+from stream_engine.stack.component import Component, StackError, StackLayout, require_executable
 from stream_engine.stack.process import port_is_open
 from stream_engine.stack.sync import run_coroutine
 
@@ -96,13 +103,34 @@ class KafkaComponent(Component):
     ready_timeout_s = 90.0
     stop_timeout_s = 30.0  # controlled shutdown flushes logs and writes a clean-shutdown marker
 
+    def __init__(self, settings: Settings, layout: StackLayout, node: int = 0) -> None:
+        super().__init__(settings, layout)
+        self.node = node
+        self.nodes = settings.kafka_brokers
+
+    @classmethod
+    def instances(cls, settings: Settings, layout: StackLayout) -> list[Component]:
+        return [cls(settings, layout, node) for node in range(settings.kafka_brokers)]
+
+    @property
+    def instance(self) -> str:
+        return "kafka" if self.nodes == 1 else f"kafka-{self.node + 1}"
+
+    @property
+    def broker_port(self) -> int:
+        return self.settings.kafka_port + 2 * self.node
+
+    @property
+    def controller_port(self) -> int:
+        return self.settings.kafka_controller_port + 2 * self.node
+
     @property
     def ports(self) -> tuple[int, ...]:
-        return (self.settings.kafka_port, self.settings.kafka_controller_port)
+        return (self.broker_port, self.controller_port)
 
     @property
     def home(self) -> Path:
-        return self.layout.root / "kafka"
+        return self.layout.root / self.instance
 
     @property
     def log_dir(self) -> Path:
@@ -112,17 +140,31 @@ class KafkaComponent(Component):
     def libs(self) -> Path:
         return libs_dir(self.layout.root, self.settings.kafka_version)
 
+    @property
+    def voters(self) -> str:
+        port = self.settings.kafka_controller_port
+        return ",".join(f"{n + 1}@127.0.0.1:{port + 2 * n}" for n in range(self.nodes))
+
     def prepare(self) -> str:
         java = require_executable("java", JAVA_HINT)
         started = time.monotonic()
         libs, downloaded = ensure_kafka_libs(self.layout.root, self.settings.kafka_version)
         notes = [f"jars downloaded in {time.monotonic() - started:.1f}s" if downloaded else "jars cached"]
         self.home.mkdir(parents=True, exist_ok=True)
+        quorum = (
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
+            if self.nodes == 1
+            else f"controller.quorum.voters={self.voters}"
+        )
         (self.home / "server.properties").write_text(
             _template("kafka-server.properties").substitute(
-                broker_port=self.settings.kafka_port,
-                controller_port=self.settings.kafka_controller_port,
+                node_id=self.node + 1,
+                quorum=quorum,
+                broker_port=self.broker_port,
+                controller_port=self.controller_port,
                 log_dir=self.log_dir.resolve(),
+                replicas=self.nodes,
+                min_isr=max(1, self.nodes - 1),
             )
         )
         (self.home / "log4j2.yaml").write_text(_template("kafka-log4j2.yaml").template)
@@ -132,7 +174,7 @@ class KafkaComponent(Component):
 
     def _format_if_needed(self, java: str, libs: Path) -> bool:
         marker = self.log_dir / FORMAT_MARKER
-        wanted = f"controller_port={self.settings.kafka_controller_port}"
+        wanted = f"controller_port={self.controller_port}" if self.nodes == 1 else f"voters={self.voters}"
         if (self.log_dir / "meta.properties").is_file():
             recorded = marker.read_text().strip() if marker.is_file() else wanted
             if recorded != wanted:
@@ -144,10 +186,15 @@ class KafkaComponent(Component):
                 )
             return False
         classpath = f"{libs}/*"
-        uuid = self._run_tool(java, classpath, ["random-uuid"]).strip()
-        self._run_tool(
-            java, classpath, ["format", "-t", uuid, "-c", str(self.home / "server.properties"), "--standalone"]
-        )
+        config = str(self.home / "server.properties")
+        if self.nodes == 1:
+            uuid = self._run_tool(java, classpath, ["random-uuid"]).strip()
+            self._run_tool(java, classpath, ["format", "-t", uuid, "-c", config, "--standalone"])
+        else:  # one cluster id for every node; a static quorum (controller.quorum.voters)
+            cluster_id = self.layout.root / f"kafka-cluster-{self.nodes}.id"
+            if not cluster_id.is_file():
+                cluster_id.write_text(random_cluster_id())
+            self._run_tool(java, classpath, ["format", "-t", cluster_id.read_text().strip(), "-c", config])
         marker.write_text(wanted + "\n")
         return True
 
@@ -181,11 +228,41 @@ class KafkaComponent(Component):
         return {k: v for k, v in os.environ.items() if k not in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS")}
 
     def healthy(self) -> bool:
-        return kafka_answers(f"127.0.0.1:{self.settings.kafka_port}")
+        return kafka_answers(f"127.0.0.1:{self.broker_port}")
+
+    def started(self) -> bool:
+        """A cluster's node serves only once a quorum of controllers runs: the nodes before the
+        last are started at once (their JVMs boot side by side); the last waits for every broker."""
+        if self.nodes == 1:
+            return self.healthy()
+        if self.node < self.nodes - 1:
+            return True
+        port = self.settings.kafka_port
+        bootstrap = ",".join(f"127.0.0.1:{port + 2 * n}" for n in range(self.nodes))
+        return kafka_answers(bootstrap, brokers=self.nodes)
 
 
-def kafka_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
-    """True when a broker at `bootstrap` answers a metadata request and names at least one broker."""
+def random_cluster_id() -> str:
+    """What `kafka-storage random-uuid` prints (a URL-safe base64 UUID, not starting with "-"),
+    without starting a JVM for it."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
+
+
+def recorded_kafka_nodes(settings: Settings, layout: StackLayout) -> list[KafkaComponent]:
+    """The nodes of a cluster this stack dir started (``run/kafka-<n>.pid``), whatever
+    ``settings.kafka_brokers`` says now."""
+    nodes = len(list(layout.run_dir.glob("kafka-*.pid")))
+    if nodes < 2:
+        return []
+    cluster = settings.with_overrides(kafka_brokers=nodes)
+    return [KafkaComponent(cluster, layout, node) for node in range(nodes)]
+
+
+def kafka_answers(bootstrap: str, timeout_s: float = 3.0, brokers: int = 1) -> bool:
+    """True when a broker at `bootstrap` answers a metadata request and names at least `brokers` brokers."""
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     if not port_is_open(int(port), host or "127.0.0.1"):
         return False  # cheap pre-check; also keeps aiokafka from logging a connect error per poll
@@ -196,7 +273,7 @@ def kafka_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
         client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
         try:
             await client.bootstrap()
-            return bool(client.cluster.brokers())
+            return len(client.cluster.brokers()) >= brokers
         except Exception:
             return False
         finally:

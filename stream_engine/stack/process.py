@@ -132,15 +132,15 @@ def stop_group(record: PidRecord, *, timeout_s: float) -> str:
         if not leftovers:
             return "not running"
     pgid = record.pid  # start_new_session=True: the child leads its own group
-    _signal_group(pgid, signal.SIGTERM)
+    signal_group(pgid, signal.SIGTERM)
     if wait_until(lambda: not group_members(pgid) and not is_alive(record), timeout_s=timeout_s, interval_s=0.1):
         return "stopped"
-    _signal_group(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL)
     wait_until(lambda: not group_members(pgid) and not is_alive(record), timeout_s=5.0, interval_s=0.05)
     return "killed"
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:

@@ -78,9 +78,3 @@ def one_partition_settings(make_topics: MakeTopics) -> Settings:
     """``drill_settings`` on one-partition topics: every batch of the stream is in one order."""
     return make_topics(partitions=1)
 
-
-def fix_pending(request: pytest.FixtureRequest, *engines: str, reason: str) -> None:
-    """Mark the running drill xfail(strict) on ``engines`` (all if none) until its fix lands."""
-    engine = request.getfixturevalue("drill_settings").engine
-    if not engines or engine in engines:
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))

@@ -21,15 +21,13 @@ from harness.faults import fault_env
 from harness.procs import Proc, start_worker
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.reliability.conftest import fix_pending
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 
 
 async def test_a_worker_stuck_in_its_batches_does_not_stall_the_rebalance(
-    drill_settings: Settings, propositions: Proc, tmp_path: Path, request: pytest.FixtureRequest
+    drill_settings: Settings, propositions: Proc, tmp_path: Path
 ) -> None:
-    fix_pending(request, reason="issue 11: revocation waits without bound")
     s = drill_settings.with_overrides(revoke_grace_s=2.0)
     sick = s.with_overrides(data_dir=tmp_path / "sick", worker_name="sick")
     healthy = s.with_overrides(data_dir=tmp_path / "healthy", worker_name="healthy")

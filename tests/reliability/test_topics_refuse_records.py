@@ -28,7 +28,6 @@ from harness.kafka import alter_topic_config
 from harness.procs import Proc, start_worker, wait_until
 from stream_engine.models import DeadLetter
 from stream_engine.workload import Workload
-from tests.reliability.conftest import fix_pending
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 
@@ -46,9 +45,8 @@ def api_url(worker: Proc) -> str:
 
 
 async def test_decisions_too_large_for_their_topic_are_dead_lettered_until_the_poison_cap(
-    make_topics, propositions: Proc, tmp_path: Path, request: pytest.FixtureRequest  # type: ignore[no-untyped-def]
+    make_topics, propositions: Proc, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    fix_pending(request, reason="issue 11: a record too large is retried forever as an outage")
     s = make_topics(configs={"topic_decisions": {"max.message.bytes": "3000"}}).with_overrides(poison_max_per_minute=5)
     normal = Workload("ci_failures", seed=111).alerts(scaled(300))
     big = [big_alert(f"big-{i}") for i in range(3)]
@@ -104,9 +102,8 @@ def alert_id(dead: DeadLetter) -> str:
 
 
 async def test_dead_letters_too_large_for_the_dlq_lose_their_original_not_the_stream(
-    make_topics, propositions: Proc, tmp_path: Path, request: pytest.FixtureRequest  # type: ignore[no-untyped-def]
+    make_topics, propositions: Proc, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    fix_pending(request, reason="issue 11: a dead letter too large is retried forever as an outage")
     s = make_topics(configs={"topic_dlq": {"max.message.bytes": "1500"}})
     valid = Workload("typical", seed=121).alerts(scaled(200))
     small_poison = [b"not json, small %d" % i for i in range(5)]

@@ -1,7 +1,8 @@
 """Drills 11 and 12: the broker refuses records that are too large for their topic.
 
-11. The decisions topic takes records up to 3,000 bytes (``max.message.bytes``); a few alerts have
-    a 4 KB proposition key, so their decisions are too large. Each is a problem of its own record:
+11. The decisions topic takes records up to 3,000 bytes (``max.message.bytes``); for a few alerts
+    the proposition service answers with a 4 KB rationale (a rule the drill adds), so their
+    decisions are too large. Each is a problem of its own record:
     dead-lettered as ``decision_too_large`` with its original bytes, while the stream goes on
     (before: an endless "outage", and aiokafka's idempotent producer then failed every later send
     to that partition with OutOfOrderSequenceNumber). Then a burst of such alerts exceeds the
@@ -25,18 +26,30 @@ import pytest
 
 from harness.drills import Publisher, Tail, account, clickhouse_rows, record, scaled
 from harness.kafka import alter_topic_config
-from harness.procs import Proc, start_worker, wait_until
+from harness.procs import Proc, admin_headers, start_worker, wait_until
 from stream_engine.models import DeadLetter
+from stream_engine.settings import Settings
 from stream_engine.workload import Workload
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 
-BIG_REPO = "r" * 4000  # part of the proposition key, which every decision carries
+BIG_REPO = "big-decision"  # the drill's rule answers this repo with a 4 KB rationale
 
 
 def big_alert(alert_id: str) -> dict[str, object]:
     return {"id": alert_id, "type": "ci_failure", "timestamp": 1_700_000_000, "severity": "high", "source": "drill",
-            "attributes": {"repo": f"{BIG_REPO}-{alert_id}", "job": "build", "error_class": "Timeout"}}  # fmt: skip
+            "attributes": {"repo": BIG_REPO, "job": alert_id, "error_class": "Unheard"}}  # fmt: skip
+
+
+def add_big_rule(s: Settings) -> None:
+    """A rule whose proposition no decision can carry within 3,000 bytes (keys are bounded, so
+    only the service's answer can make a decision that large)."""
+    rules = httpx.get(f"{s.propositions_url}/v1/rules", headers=admin_headers(s), timeout=10).json()
+    big = {"action": "escalate_to_a_human", "confidence": 0.5, "rationale": "x" * 4000}
+    rules["types"]["ci_failure"].append({"match": {"repo": BIG_REPO}, "propositions": [big]})
+    rules["version"] = "drill-11"
+    answer = httpx.put(f"{s.propositions_url}/v1/rules", json=rules, headers=admin_headers(s), timeout=10)
+    assert answer.status_code == 200, answer.text
 
 
 def api_url(worker: Proc) -> str:
@@ -57,6 +70,7 @@ async def test_decisions_too_large_for_their_topic_are_dead_lettered_until_the_p
         mixed.insert((i + 1) * len(first) // (len(big) + 1), b)
     ids = [a["id"] for a in normal + big + burst]
 
+    add_big_rule(s)
     worker = await asyncio.to_thread(start_worker, s, tmp_path, "worker")
     try:
         async with Tail(s.kafka_bootstrap, s.topic_decisions) as tail, Tail(
@@ -86,7 +100,7 @@ async def test_decisions_too_large_for_their_topic_are_dead_lettered_until_the_p
     assert {d.reason for d in dead.values()} == {"decision_too_large"}, Counter(d.reason for d in dead.values())
     assert {a["id"] for a in big} <= dead.keys(), "every oversized decision of the first part was dead-lettered"
     assert len(dead) <= s.poison_max_per_minute, f"{len(dead)} dead letters: the cap let more through"
-    assert all(b"Timeout" in d.original and d.error for d in dead.values())
+    assert all(BIG_REPO.encode() in d.original and "3000 bytes" in d.error for d in dead.values())
     assert not dead.keys() & tail.decided(), "an alert is either decided or dead-lettered"
     log = clickhouse_rows(s)
     decided_ids = [i for i in ids if i not in dead]

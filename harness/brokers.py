@@ -24,9 +24,10 @@ from stream_engine.stack.sync import run_coroutine
 
 
 def free_port_block(n: int) -> int:
-    """A base port with ``base … base + n - 1`` all free (the stack's node i uses base + 2i, + 2i + 1)."""
+    """A base port with ``base … base + n - 1`` all free (the stack's node i uses base + 2i, + 2i + 1),
+    below Linux's ephemeral range (32768+), where client sockets could take one meanwhile."""
     while True:
-        base = random.randrange(20000, 60000 - n, 2)
+        base = random.randrange(12000, 32000 - n, 2)
         if not any(port_is_open(p) for p in range(base, base + n)):
             return base
 

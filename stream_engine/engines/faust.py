@@ -80,8 +80,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
     @app.agent(alerts)
     async def triage(stream: faust.StreamT) -> None:
         await ready.wait()
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        batches = aiter(stream.take_events(settings.batch_max, within=settings.batch_within_s))
+        while True:
+            # A slot first, then the batch: what arrives meanwhile waits in the stream's queue and
+            # makes the next batch bigger (take_events stops buffering while a batch is out).
             await runner.slot()
+            try:
+                events = await anext(batches)
+            except StopAsyncIteration:
+                runner.release()
+                return
             # Taken before a rebalance, handed over after it: not ours to commit any more.
             fresh = [e for e in events if e.message.generation_id == app.consumer_generation_id]
             runner.start(last_offsets(fresh), to_messages(fresh))

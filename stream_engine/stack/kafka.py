@@ -237,9 +237,10 @@ class KafkaComponent(Component):
             return self.healthy()
         if self.node < self.nodes - 1:
             return True
-        port = self.settings.kafka_port
-        bootstrap = ",".join(f"127.0.0.1:{port + 2 * n}" for n in range(self.nodes))
-        return kafka_answers(bootstrap, brokers=self.nodes)
+        ports = [self.settings.kafka_port + 2 * n for n in range(self.nodes)]
+        if not all(port_is_open(p) for p in ports):  # a node may register, then fail to bind
+            return False
+        return kafka_answers(",".join(f"127.0.0.1:{p}" for p in ports), brokers=self.nodes)
 
 
 def random_cluster_id() -> str:

@@ -69,8 +69,14 @@ class PrivateKafka:
         assert wait_until(lambda: not is_alive(record), timeout_s=10), f"{node.instance} survived kill -9"
 
     def leader(self, topic: str, partition: int) -> int:
-        """The node id leading ``topic``'s ``partition`` (-1: none)."""
-        return run_coroutine(lambda: self._leader(topic, partition), timeout_s=30)
+        """The node id leading ``topic``'s ``partition`` (-1: none, or the cluster did not answer:
+        right after a kill, a request may go to the dead node)."""
+        from aiokafka.errors import KafkaError
+
+        try:
+            return run_coroutine(lambda: self._leader(topic, partition), timeout_s=30)
+        except (KafkaError, OSError, TimeoutError):
+            return -1
 
     async def _leader(self, topic: str, partition: int) -> int:
         from aiokafka.admin import AIOKafkaAdminClient

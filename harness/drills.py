@@ -135,12 +135,17 @@ class Publisher:
     async def __aexit__(self, *exc: object) -> None:
         await self._producer.stop()
 
-    async def send(self, alerts: Sequence[dict[str, Any]], per_second: float | None = None) -> None:
+    async def send(
+        self, alerts: Sequence[dict[str, Any]], per_second: float | None = None, until: asyncio.Event | None = None
+    ) -> None:
         """Publish and wait for every ack. Paced in small chunks when ``per_second`` is given,
-        so a drill can break something while the stream is still flowing."""
+        so a drill can break something while the stream is still flowing; stops early once
+        ``until`` is set (``positions`` has what was published)."""
         chunk = max(1, int(per_second // 20)) if per_second else len(alerts) or 1
         started = time.monotonic()
         for start in range(0, len(alerts), chunk):
+            if until is not None and until.is_set():
+                return
             part = alerts[start : start + chunk]
             futures = [await self._producer.send(self.topic, orjson.dumps(a), key=message_key(a)) for a in part]
             for alert, meta in zip(part, await asyncio.gather(*futures)):

@@ -6,7 +6,8 @@ the dead worker had decided at or beyond the committed offsets (read right after
 The drills create that window and assert it was hit: every decision-log write waits 1 s (a
 test-only fault, see harness/faults.py), so a batch's decisions are acknowledged a second before
 its offsets can be committed, and the kill comes once the tail shows decisions beyond the
-committed offsets. Every alert of the window must be decided again, and no other alert may be:
+committed offsets. The stream is still flowing at the kill, and stops a few seconds after the
+restart or takeover (what was published is what is counted). Every alert of the window must be decided again, and no other alert may be:
 a duplicate below a committed offset would mean a commit passed a batch that was not done.
 ClickHouse collapses the duplicates: FINAL rows == unique ids.
 """
@@ -56,8 +57,7 @@ async def kill_inside_the_window(tail: Tail, pub: Publisher, settings: Settings,
 
 async def test_kill_9_mid_stream_then_restart_loses_nothing(drill_settings: Settings, propositions: Proc, tmp_path: Path) -> None:
     s = drill_settings
-    warmup, stream = Workload("typical", seed=11).alerts(50), Workload("typical", seed=12).alerts(scaled(2000))
-    ids = [a["id"] for a in warmup + stream]
+    warmup, stream = Workload("typical", seed=11).alerts(50), Workload("typical", seed=12).alerts(scaled(8000))
     slow_log = fault_env(tmp_path, sink_delay_s=SINK_DELAY_S)
 
     worker = await asyncio.to_thread(start_worker, s, tmp_path, "worker-1", slow_log)
@@ -66,8 +66,9 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(drill_settings: Sett
         async with Tail(s.kafka_bootstrap, s.topic_decisions) as tail, Publisher(s.kafka_bootstrap, s.topic_alerts) as pub:
             await pub.send(warmup)  # the group has joined and decisions flow before the drill starts
             await tail.wait_ids([a["id"] for a in warmup], 60, "warm-up decisions")
-            sending = asyncio.create_task(pub.send(stream, per_second=400))
-            await tail.wait_for(lambda r: len(r) >= len(warmup) + len(stream) // 10, 60, "decisions before the kill")
+            enough = asyncio.Event()
+            sending = asyncio.create_task(pub.send(stream, per_second=400, until=enough))
+            await tail.wait_for(lambda r: len(r) >= len(warmup) + 200, 60, "decisions before the kill")
             await kill_inside_the_window(tail, pub, s, worker, None)
             killed_at = time.monotonic()
             assert not sending.done(), "the kill must land mid-stream"
@@ -76,7 +77,10 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(drill_settings: Sett
             committed = await committed_offsets(s, s.topic_alerts)
 
             restarted = await asyncio.to_thread(start_worker, s, tmp_path, "worker-2")
+            await asyncio.sleep(2)
+            enough.set()
             await sending
+            ids = [a["id"] for a in warmup + stream if a["id"] in pub.positions]
             decisions = await tail.wait_ids(ids, 120, "decisions after the restart")
             recover_s = tail.arrivals[len(first_run)] - killed_at
     finally:
@@ -95,8 +99,7 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(drill_settings: Sett
 async def test_kill_9_one_of_two_workers_the_other_takes_over(drill_settings: Settings, propositions: Proc, tmp_path: Path) -> None:
     s1 = drill_settings.with_overrides(data_dir=tmp_path / "w1", worker_name="w1")
     s2 = drill_settings.with_overrides(data_dir=tmp_path / "w2", worker_name="w2")
-    warmup, stream = Workload("typical", seed=13).alerts(60), Workload("typical", seed=14).alerts(scaled(2000))
-    ids = [a["id"] for a in warmup + stream]
+    warmup, stream = Workload("typical", seed=13).alerts(60), Workload("typical", seed=14).alerts(scaled(8000))
     slow_log = fault_env(tmp_path, sink_delay_s=SINK_DELAY_S)
     w1, w2 = await asyncio.gather(
         asyncio.to_thread(start_worker, s1, tmp_path, "w1", slow_log), asyncio.to_thread(start_worker, s2, tmp_path, "w2", slow_log)
@@ -107,15 +110,19 @@ async def test_kill_9_one_of_two_workers_the_other_takes_over(drill_settings: Se
             await tail.wait_ids([a["id"] for a in warmup], 60, "warm-up decisions")
             w1_partitions = last_assignment(w1)
             assert w1_partitions and w1_partitions != set(range(6)), "both workers consume"
-            sending = asyncio.create_task(pub.send(stream, per_second=400))
-            await tail.wait_for(lambda r: len(r) >= len(warmup) + len(stream) // 10, 60, "decisions from both workers")
+            enough = asyncio.Event()
+            sending = asyncio.create_task(pub.send(stream, per_second=400, until=enough))
+            await tail.wait_for(lambda r: len(r) >= len(warmup) + 200, 60, "decisions from both workers")
             await kill_inside_the_window(tail, pub, s1, w1, w1_partitions)
             killed_at = time.monotonic()
             assert not sending.done(), "the kill must land mid-stream"
             await asyncio.sleep(1.5)
             first_run = list(tail.records)
             committed = await committed_offsets(s1, s1.topic_alerts)
+            await asyncio.sleep(s1.session_timeout_s + 2)  # the survivor takes over while the stream flows
+            enough.set()
             await sending
+            ids = [a["id"] for a in warmup + stream if a["id"] in pub.positions]
             decisions = await tail.wait_ids(ids, 120, "decisions after the takeover")
             takeover = [t for r, t in zip(tail.records[len(first_run):], tail.arrivals[len(first_run):])
                         if pub.positions[r["alert_id"]][0] in w1_partitions]  # fmt: skip

@@ -1,10 +1,12 @@
 """The stream engines: everything that turns Kafka records into ``Pipeline`` calls.
 
-    core.py      EngineCore: the per-batch step (retry, isolate, observe, log), the one producer
-                 and emitter, rebalance hooks, start (runtime + HTTP API) and drain on stop
+    core.py      EngineCore: the per-batch step (retry from the failed stage, isolate poison,
+                 poison cap, observe), rebalance hooks, start (runtime + HTTP API) and stop
+    runner.py    BatchRunner: batches in flight, commits in fetch order, bounded revocation
+    emitter.py   the one producer and emitter (per-record acks, records too large refused)
     offsets.py   OffsetTracker (which offsets may be committed) and the consumer-lag probe
     aiokafka.py  the default: a consumer group with getmany, pipelined batches, exact commits
-    faust.py     a faust-streaming agent with take_events (``--engine faust``)
+    faust.py     one faust-streaming agent with take_events feeding the same runner (``--engine faust``)
     cli.py       `stream-engine worker [--engine …]`
 
 Each engine module has ``serve(settings) -> int``: run one worker until SIGTERM/SIGINT.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,25 +25,32 @@ from stream_engine.workload import Workload
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 
 
-@pytest.fixture
-def private_kafka(drill_settings: Settings, tmp_path: Path) -> Iterator[PrivateKafka]:
-    """A private broker with the drill's topics (``kafka.settings`` point at it)."""
-    from stream_engine.kafka import apply_topics
-    from stream_engine.stack.sync import run_coroutine
-
-    kafka = PrivateKafka(drill_settings, tmp_path / "stack")
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateKafka]:
+    """One private broker for the module (both engines); each drill restarts it."""
+    kafka = PrivateKafka(Settings(), tmp_path_factory.mktemp("broker") / "stack")
     kafka.up()
     try:
-        report = run_coroutine(lambda: apply_topics(kafka.settings), timeout_s=60)
-        assert report.in_sync, report.lines()
         yield kafka
     finally:
         kafka.down()
 
 
-async def test_worker_rides_out_a_broker_crash_and_restart(private_kafka: PrivateKafka, tmp_path: Path) -> None:
-    kafka = private_kafka
-    s = kafka.settings
+@pytest.fixture
+def broker_settings(broker: PrivateKafka, drill_settings: Settings, unique: Callable[[str], str]) -> Settings:
+    """``drill_settings`` on the private broker (up again), with fresh topics."""
+    from stream_engine.kafka import apply_topics, prefixed_settings
+    from stream_engine.stack.sync import run_coroutine
+
+    broker.up()  # an earlier drill's crash, restarted
+    settings = prefixed_settings(drill_settings.with_overrides(kafka_bootstrap=broker.bootstrap), unique("b") + ".")
+    report = run_coroutine(lambda: apply_topics(settings), timeout_s=60)
+    assert report.in_sync, report.lines()
+    return settings
+
+
+async def test_worker_rides_out_a_broker_crash_and_restart(broker: PrivateKafka, broker_settings: Settings, tmp_path: Path) -> None:
+    kafka, s = broker, broker_settings
     warmup, stream = Workload("typical", seed=31).alerts(50), Workload("typical", seed=32).alerts(scaled(1500))
     ids = [a["id"] for a in warmup + stream]
     service = start_propositions(s, tmp_path)

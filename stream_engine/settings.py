@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAM_ENGINE_", extra="forbid", frozen=True)
 
     # --- where things live -------------------------------------------------------------
-    data_dir: Path = Field(PROJECT_ROOT / ".data", description="Worker state: chDB directory, sink journal.")
+    data_dir: Path = Field(PROJECT_ROOT / ".data", description="Worker state: sink journal (and the engine's directory for chdb:// URLs).")
     stack_dir: Path = Field(PROJECT_ROOT / ".stack", description="Local stack: Kafka jars, broker logs, pids.")
     topics_dir: Path = Field(PROJECT_ROOT / "topics", description="Topic definitions and JSON Schemas.")
 
@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Shared proposition cache.")
     clickhouse_url: str = Field(
-        "", description="chdb://DIR (embedded, default DATA_DIR/clickhouse) or http(s)://user:pass@host:port."
+        "",
+        description="'' = the local stack's endpoint http://127.0.0.1:CLICKHOUSE_PORT; http(s)://user:pass@host:port "
+        "a ClickHouse server; chdb://DIR the engine embedded in the process (one process per directory).",
     )
     clickhouse_database: str = Field("stream_engine", description="ClickHouse database name.")
     propositions_url: str = Field("http://127.0.0.1:8700", description="Proposition service base URL.")
@@ -46,6 +48,7 @@ class Settings(BaseSettings):
     kafka_heap: str = Field("512m", description="Broker JVM max heap.")
     redis_port: int = Field(6379, description="Redis port of the local stack.")
     propositions_port: int = Field(8700, description="Port of the reference proposition service.")
+    clickhouse_port: int = Field(8123, description="Port of the local stack's ClickHouse HTTP endpoint (chDB).")
 
     # --- topics ------------------------------------------------------------------------
     topic_alerts: str = Field("alerts", description="Input topic.")
@@ -124,7 +127,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def effective_clickhouse_url(self) -> str:
-        return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+        return self.clickhouse_url or f"http://127.0.0.1:{self.clickhouse_port}"
 
     def threshold_for(self, alert_type: str) -> float:
         return self.auto_thresholds.get(alert_type, self.auto_threshold)

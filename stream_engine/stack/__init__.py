@@ -1,4 +1,4 @@
-"""The local stack (`stream-engine stack up|down|status`): Kafka, Redis, the proposition service.
+"""The local stack (`stream-engine stack up|down|status`): Kafka, Redis, ClickHouse, the proposition service.
 
     from stream_engine.stack import Stack
     report = Stack(settings).up()         # StackReport; raises StackUpError if a part fails
@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from stream_engine.stack.clickhouse import clickhouse_answers
 from stream_engine.stack.component import Component, StackError, StackLayout
 from stream_engine.stack.core import COMPONENT_TYPES, PartResult, PartStatus, Stack, StackReport, StackUpError
 from stream_engine.stack.kafka import ensure_kafka_libs, kafka_answers, libs_dir
@@ -23,6 +24,7 @@ __all__ = [
     "StackLayout",
     "StackReport",
     "StackUpError",
+    "clickhouse_answers",
     "ensure_kafka_libs",
     "kafka_answers",
     "libs_dir",

@@ -1,9 +1,10 @@
-"""``stream-engine clickhouse migrate|info`` and ``stream-engine query <name>``."""
+"""``stream-engine clickhouse migrate|info|serve`` and ``stream-engine query <name>``."""
 
 from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     migrate_cmd.set_defaults(func=cmd_migrate)
     info_cmd = ch_sub.add_parser("info", help="applied migrations and row counts")
     info_cmd.set_defaults(func=cmd_info)
+    serve_cmd = ch_sub.add_parser("serve", help="ClickHouse's HTTP interface on a chDB directory (the stack's ClickHouse)")
+    serve_cmd.add_argument("--path", type=Path, default=None, help="data directory (default STACK_DIR/clickhouse/data)")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, default=None, help="port (default: settings clickhouse_port)")
+    serve_cmd.set_defaults(func=cmd_serve)
 
     query = subparsers.add_parser("query", help="temporal queries over the proposition log")
     query.add_argument("name", choices=QUERY_NAMES)
@@ -50,6 +56,38 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     where = f"{settings.effective_clickhouse_url} database {settings.clickhouse_database}"
     print(f"applied migrations {applied} on {where}" if applied else f"schema up to date on {where}")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The login is the one in CLICKHOUSE_URL when it names this endpoint, else `default` without password."""
+    import asyncio
+    import sys
+
+    from stream_engine.chdb_server import ClickHouseError, ServerConfig, run_server
+    from stream_engine.logs import configure_logging
+    from stream_engine.sinks.clickhouse.client import parse_url
+
+    configure_logging(settings, worker=f"clickhouse:{args.port or settings.clickhouse_port}")
+    user, password = "default", ""
+    if settings.clickhouse_url.startswith(("http://", "https://")):
+        target = parse_url(settings.clickhouse_url)
+        user, password = target.username, target.password
+    config = ServerConfig(
+        path=args.path or settings.stack_dir / "clickhouse" / "data",
+        host=args.host,
+        port=args.port or settings.clickhouse_port,
+        user=user,
+        password=password,
+        create_database=settings.clickhouse_database,  # as the server image's CLICKHOUSE_DB does
+    )
+    try:
+        return asyncio.run(run_server(config))
+    except ClickHouseError as exc:
+        print(f"clickhouse serve: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"clickhouse serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_info(args: argparse.Namespace, settings: Settings) -> int:

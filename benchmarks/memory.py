@@ -71,13 +71,13 @@ def clickhouse_server(s: Settings, work: Path, clickhouse: str) -> Iterator[tupl
     if clickhouse == "embedded":
         yield s, None
         return
-    from tests.chdb_http_double import start_double
+    from tests.support.clickhouse import start_server
 
-    double = start_double(work / "clickhouse-double")
+    server = start_server(work / "clickhouse")
     try:
-        yield s.with_overrides(clickhouse_url=double.url), double.process.pid
+        yield s.with_overrides(clickhouse_url=server.url), server.process.pid
     finally:
-        double.stop()
+        server.stop()
 
 
 async def run(settings: Settings | None = None, step_alerts: int = 100_000, steps: int = 3, cached: int = 1000,

@@ -176,7 +176,7 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
             ["growth, first step, per 100k alerts", *(cell(n, "growth_first_step_per_100k_mb") for n, _ in mems), "–"],
             ["growth, later steps, per 100k alerts (median)", *(cell(n, "growth_per_100k_steady_mb") for n, _ in mems),
              "< 1 MB per 100 requests = < 1000 MB per 100k"],
-            ["the separate ClickHouse process (chDB HTTP test double)", *(cell(n, "clickhouse_process_rss_mb") for n, _ in mems), "–"],
+            ["the separate ClickHouse process (the chDB endpoint)", *(cell(n, "clickhouse_process_rss_mb") for n, _ in mems), "–"],
         ]
         out.append(table(["measure", *(label for _, label in mems), "target"], rows))
         out += ["", "![memory](memory.png)", ""]
@@ -189,7 +189,7 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
             [x["backend"], "on" if x["fsync"] else "off", _num(x["durable_rows_per_s"]), _num(x["inserted_rows_per_s"]),
              _num(x["flushes"]), _num(x["flush_rows_avg"])] for x in sk.runs
         ]))
-        out += ["", "*http* is the chDB HTTP test double in its own process (one request at a time), not a ClickHouse server.", ""]
+        out += ["", "*http* is the stack's ClickHouse endpoint (chDB in its own process behind the HTTP interface), not a clickhouse-server.", ""]
 
     if "profile_worker" in r:
         p = r["profile_worker"]

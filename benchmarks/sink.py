@@ -2,8 +2,8 @@
 
 The worker's own path, without Kafka: ``ClickHouseSink.write`` in batches the size of a worker's
 micro-batch (500 decisions + their stage metrics), into a fresh chDB directory (embedded) and,
-with ``--http``, through the chDB HTTP test double in its own process (the HTTP code path; the
-double is single-threaded, so that figure is a floor for a real server).
+with ``--http``, through a private `stream-engine clickhouse serve` (the stack's ClickHouse
+endpoint: chDB in its own process behind the HTTP interface, the workers' default path).
 
     python -m benchmarks.sink --rows 200000 [--http]
 """
@@ -49,13 +49,13 @@ def clickhouse_url(work: Path, backend: str) -> Iterator[str]:
     if backend == "embedded":
         yield f"chdb://{work / 'chdb'}"
         return
-    from tests.chdb_http_double import start_double
+    from tests.support.clickhouse import start_server
 
-    double = start_double(work / "double")
+    server = start_server(work / "clickhouse")
     try:
-        yield double.url
+        yield server.url
     finally:
-        double.stop()
+        server.stop()
 
 
 async def one_run(url: str, work: Path, rows: int, fsync: bool, label: str) -> dict[str, Any]:
@@ -101,7 +101,7 @@ async def run(rows: int = 200_000, backends: tuple[str, ...] = ("embedded", "htt
         runs=runs,
         notes=["durable = every write() returned (rows in the journal, fsynced when fsync is on); "
                "inserted = rows_inserted reached the total (one columnar insert per table per flush).",
-               "http = the chDB HTTP test double in its own process (one request at a time), not a ClickHouse server."],
+               "http = the stack's ClickHouse endpoint (stream-engine clickhouse serve: chDB in its own process behind the HTTP interface), not a clickhouse-server."],
     )
     return watch.finish(result)
 
@@ -109,7 +109,7 @@ async def run(rows: int = 200_000, backends: tuple[str, ...] = ("embedded", "htt
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--http", action="store_true", help="also through the chDB HTTP test double")
+    parser.add_argument("--http", action="store_true", help="also through the stack's ClickHouse endpoint (clickhouse serve)")
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     backends = ("embedded", "http") if args.http else ("embedded",)

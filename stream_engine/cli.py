@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "stream_engine.propositions.cli",
     "stream_engine.worker_cli",
     "stream_engine.sinks.clickhouse.cli",
+    "stream_engine.sinks.clickhouse.sql",
     "stream_engine.demo",
 )
 

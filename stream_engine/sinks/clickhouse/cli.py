@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ch = subparsers.add_parser("clickhouse", help="ClickHouse schema and state")
     ch_sub = ch.add_subparsers(dest="clickhouse_command", required=True)
     migrate_cmd = ch_sub.add_parser("migrate", help="create/upgrade the schema (idempotent)")
+    migrate_cmd.add_argument("--cluster", metavar="NAME", help="ON CLUSTER NAME: Replicated*MergeTree tables + Distributed *_all")
+    migrate_cmd.add_argument("--print", dest="print_only", action="store_true", help="print the DDL instead of applying it")
     migrate_cmd.set_defaults(func=cmd_migrate)
     info_cmd = ch_sub.add_parser("info", help="applied migrations and row counts")
     info_cmd.set_defaults(func=cmd_info)
@@ -49,11 +51,25 @@ def _parse_time(value: str | None, default: datetime) -> datetime:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from stream_engine.sinks.clickhouse.client import connect
+    from stream_engine.sinks.clickhouse.client import connect, redact_url
     from stream_engine.sinks.clickhouse.schema import migrate
 
+    if args.cluster:
+        from stream_engine.sinks.clickhouse import cluster
+
+        if args.print_only:
+            print(cluster.render_text(settings.clickhouse_database, settings.clickhouse_ttl_days, args.cluster), end="")
+            return 0
+        client = connect(settings.effective_clickhouse_url, None)
+        applied = cluster.migrate_on_cluster(client, settings.clickhouse_database, settings.clickhouse_ttl_days, args.cluster)
+        where = f"cluster {args.cluster} through {redact_url(settings.effective_clickhouse_url)} database {settings.clickhouse_database}"
+        print(f"applied migrations {applied} on {where}" if applied else f"schema up to date on {where}")
+        return 0
+    if args.print_only:
+        print("--print renders the cluster DDL: give --cluster NAME")
+        return 2
     applied = migrate(connect(settings.effective_clickhouse_url, None), settings.clickhouse_database, settings.clickhouse_ttl_days)
-    where = f"{settings.effective_clickhouse_url} database {settings.clickhouse_database}"
+    where = f"{redact_url(settings.effective_clickhouse_url)} database {settings.clickhouse_database}"
     print(f"applied migrations {applied} on {where}" if applied else f"schema up to date on {where}")
     return 0
 

@@ -133,8 +133,23 @@ def kafka_broker_version(settings: Settings | None = None) -> str:
     return f"{configured} (configured; broker process not inspectable)"
 
 
+def git_commit() -> str:
+    """The commit measured (``+dirty`` when the working tree had changes)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               check=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
     return {
+        "commit": git_commit(),
         "nproc": os.cpu_count(),
         "ram_mb": _meminfo_mb(),
         "cpu": _cpu_model(),

@@ -1,16 +1,18 @@
 """Worker memory: RSS (``VmRSS`` of the worker subprocess) idle, with 1000 cached propositions,
 and its growth while ``steps`` × ``step_alerts`` alerts flow through.
 
-    python -m benchmarks.memory --step-alerts 100000 --steps 3 [--clickhouse http]
+    python -m benchmarks.memory --step-alerts 100000 --steps 3 [--engine aiokafka] [--clickhouse embedded]
+        [--before OLD_RESULT.json]
 
-``--clickhouse embedded`` (default) is the worker as `./run demo` runs it: the chDB engine lives
-in the worker process (imported when the sink starts, ~270 MB). ``--clickhouse http`` is the
-worker as docker-compose runs it, writing to ClickHouse over HTTP: here the server is the chDB
-HTTP test double (``tests/chdb_http_double.py``) in its own process, whose RSS is reported
-separately, so the worker's figure is the worker alone.
+``--clickhouse http`` (default) is the worker as it runs by default and in production: it writes to
+ClickHouse over HTTP, here a private `stream-engine clickhouse serve` (the stack's endpoint: chDB in
+its own process), whose RSS is reported separately, so the worker's figure is the worker alone.
+``--clickhouse embedded`` puts the engine in the worker (``chdb://``, ~270 MB).
 The first step includes one-off allocations (buffers grow to their working size);
 ``growth_per_100k_steady`` is the median growth of the later steps, the number to hold against
-"growth < 1 MB per 100 requests".
+"growth < 1 MB per 100k alerts after warm-up".
+``--before`` puts the figures of an earlier run (another commit) beside this one in the result
+file: ``params.before`` keeps its command, commit and points, ``metrics.before_*`` its headlines.
 """
 
 from __future__ import annotations
@@ -81,12 +83,15 @@ def clickhouse_server(s: Settings, work: Path, clickhouse: str) -> Iterator[tupl
 
 
 async def run(settings: Settings | None = None, step_alerts: int = 100_000, steps: int = 3, cached: int = 1000,
-              work_dir: Path | None = None, clickhouse: str = "embedded") -> BenchResult:
+              work_dir: Path | None = None, clickhouse: str = "http", engine: str | None = None,
+              before: Path | None = None) -> BenchResult:
     watch = Stopwatch()
     points: list[dict[str, Any]] = []
     complete = True
+    base = settings or Settings()
+    engine = engine or base.engine
     with workspace(work_dir) as work:
-        s = with_private_service_and_data(bench_settings(settings, "mem"), work / "data")
+        s = with_private_service_and_data(bench_settings(base.with_overrides(engine=engine), "mem"), work / "data")
         await create_topics(s)
         try:
             with clickhouse_server(s, work, clickhouse) as (s, server_pid), proposition_service(s, work, 0), \
@@ -115,10 +120,10 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
     steady = [per_100k(g) for g in step_growth[1:]]
     embedded = clickhouse == "embedded"
     result = BenchResult(
-        name="memory" if embedded else f"memory_{clickhouse}",
+        name=("memory" if embedded else f"memory_{clickhouse}") + ("" if engine == "faust" else f"_{engine}"),
         command="",
         params={"step_alerts": step_alerts, "steps": steps, "cached": cached, "profile_steps": "ci_failures",
-                "clickhouse": clickhouse},
+                "clickhouse": clickhouse, "engine": engine},
         metrics={
             "rss_idle_mb": idle,
             f"rss_with_{cached}_cached_mb": with_cache,
@@ -131,10 +136,33 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
         notes=["RSS read from /proc/<worker pid>/status after a 2 s settle. " + (
             "The worker runs chDB (embedded ClickHouse) in its own process, opened when its sink starts."
             if embedded else
-            "The worker writes over HTTP to the chDB HTTP test double in another process (its RSS: "
-            "clickhouse_process_rss_mb); a real ClickHouse server stands there in production.")],
+            "The worker writes over HTTP to the stack's ClickHouse endpoint (clickhouse serve: chDB) in another "
+            "process (its RSS: clickhouse_process_rss_mb); a ClickHouse server stands there in production.")],
     )
+    if before is not None:
+        attach_before(result, BenchResult.load(before))
     return watch.finish(result)
+
+
+HEADLINES = ("rss_idle_mb", "growth_first_step_per_100k_mb", "growth_per_100k_steady_mb")
+
+
+def attach_before(result: BenchResult, old: BenchResult) -> None:
+    """Side by side: the earlier run's figures (same benchmark, another commit) inside this result."""
+    if old.params.get("clickhouse") != result.params["clickhouse"] or old.params.get("cached") != result.params["cached"]:
+        raise ValueError(f"--before must be the same benchmark: {old.params} vs {result.params}")
+    cached_key = f"rss_with_{result.params['cached']}_cached_mb"
+    result.params["before"] = {
+        "commit": old.machine.get("commit", "unknown"), "command": old.command, "started_at": old.started_at,
+        "engine": old.params.get("engine", "unknown"), "metrics": old.metrics, "runs": old.runs,
+    }  # fmt: skip
+    for key in (*HEADLINES, cached_key):
+        if key in old.metrics:
+            result.metrics[f"before_{key}"] = old.metrics[key]
+    result.notes.append(
+        f"before = commit {result.params['before']['commit']} ({old.started_at}), same command and sizes: "
+        + ", ".join(f"{k} {old.metrics.get(k)} -> {result.metrics.get(k)}" for k in ("rss_idle_mb", cached_key))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,12 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-alerts", type=int, default=100_000)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--cached", type=int, default=1000)
-    parser.add_argument("--clickhouse", choices=("embedded", "http"), default="embedded")
+    parser.add_argument("--clickhouse", choices=("http", "embedded"), default="http")
+    parser.add_argument("--engine", choices=("faust", "aiokafka"), default=None, help="default: STREAM_ENGINE_ENGINE")
+    parser.add_argument("--before", type=Path, default=None, help="an earlier result of this benchmark to compare with")
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     settings = Settings()
     require_kafka(settings)
-    result = asyncio.run(run(settings, args.step_alerts, args.steps, args.cached, clickhouse=args.clickhouse))
+    result = asyncio.run(run(settings, args.step_alerts, args.steps, args.cached, clickhouse=args.clickhouse,
+                             engine=args.engine, before=args.before))
     path = result.write(args.results_dir)
     print(f"memory: {result.metrics} -> {path}")
     return 0

@@ -22,10 +22,28 @@ AIM_P99_MS_AT_1K = 50.0
 
 
 def _memory_results(r: dict[str, BenchResult]) -> list[tuple[str, str]]:
-    """The memory runs present, with their column labels: embedded chDB first, then over HTTP."""
-    labels = (("memory", "ClickHouse embedded (chDB in the worker; `./run demo`)"),
-              ("memory_http", "ClickHouse over HTTP (docker-compose)"))
-    return [(name, label) for name, label in labels if name in r]
+    """The memory runs present, with their column labels (an earlier run they carry comes first)."""
+    labels = (("memory_http", "ClickHouse over HTTP (the default; docker-compose)"),
+              ("memory_http_aiokafka", "ClickHouse over HTTP, aiokafka engine"),
+              ("memory", "ClickHouse embedded (chdb://, in the worker)"),
+              ("memory_aiokafka", "ClickHouse embedded, aiokafka engine"))
+    out: list[tuple[str, str]] = []
+    for name, label in labels:
+        if name in r:
+            before = r[name].params.get("before")
+            if before:
+                out.append((f"{name}@before", f"{label}, before (commit {before.get('commit')})"))
+            out.append((name, label))
+    return out
+
+
+def _memory_view(r: dict[str, BenchResult], name: str) -> BenchResult:
+    """A result, or (``name@before``) the earlier run it carries, as a result of its own."""
+    if not name.endswith("@before"):
+        return r[name]
+    current = r[name.removesuffix("@before")]
+    before = current.params["before"]
+    return BenchResult(name, before["command"], current.params, before["metrics"], before["runs"])
 
 
 def load_all(directory: Path) -> dict[str, BenchResult]:
@@ -166,16 +184,16 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
         out += ["## Worker memory (RSS)", ""]
 
         def cell(name: str, key: str) -> str:
-            value = r[name].metrics.get(key)
+            value = _memory_view(r, name).metrics.get(key)
             return f"{_num(value, 1)} MB" if value is not None else "–"
 
-        cached = r[mems[0][0]].params.get("cached")
+        cached = _memory_view(r, mems[0][0]).params.get("cached")
         rows = [
-            ["idle", *(cell(n, "rss_idle_mb") for n, _ in mems), "~50 MB"],
-            [f"with {cached} cached propositions", *(cell(n, f"rss_with_{cached}_cached_mb") for n, _ in mems), "~150 MB"],
+            ["idle", *(cell(n, "rss_idle_mb") for n, _ in mems), "≤ 64 MB (HTTP)"],
+            [f"with {cached} cached propositions", *(cell(n, f"rss_with_{cached}_cached_mb") for n, _ in mems), "≤ 100 MB (HTTP)"],
             ["growth, first step, per 100k alerts", *(cell(n, "growth_first_step_per_100k_mb") for n, _ in mems), "–"],
             ["growth, later steps, per 100k alerts (median)", *(cell(n, "growth_per_100k_steady_mb") for n, _ in mems),
-             "< 1 MB per 100 requests = < 1000 MB per 100k"],
+             "< 1 MB per 100k"],
             ["the separate ClickHouse process (the chDB endpoint)", *(cell(n, "clickhouse_process_rss_mb") for n, _ in mems), "–"],
         ]
         out.append(table(["measure", *(label for _, label in mems), "target"], rows))
@@ -332,7 +350,7 @@ def render_plots(r: dict[str, BenchResult], directory: Path) -> list[Path]:
     if mems:
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, label in mems:
-            points = r[name].runs
+            points = _memory_view(r, name).runs
             ax.plot([p["alerts"] for p in points], [p["rss_mb"] for p in points], marker="o", label=label.split(" (")[0])
             for p in points:
                 ax.annotate(p["stage"], (p["alerts"], p["rss_mb"]), fontsize=7, textcoords="offset points", xytext=(3, 3))

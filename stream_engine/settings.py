@@ -10,8 +10,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from stream_engine._settings_model import Field, SettingsError, TypedSettings
+
+__all__ = ["PROJECT_ROOT", "Settings", "SettingsError", "settings_table"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,8 +23,8 @@ DEFAULT_KEY_FIELDS: dict[str, list[str]] = {
 }
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAM_ENGINE_", extra="forbid", frozen=True)
+class Settings(TypedSettings):
+    env_prefix = "STREAM_ENGINE_"
 
     # --- where things live -------------------------------------------------------------
     data_dir: Path = Field(PROJECT_ROOT / ".data", description="Worker state: sink journal (and the engine's directory for chdb:// URLs).")

@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import sys
+
+    # httpx imports its command-line client (click, rich, pygments: 4 MB of a worker's RSS)
+    # whenever those are installed, as they are here for the demo; a worker never runs it.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[assignment]
     from stream_engine.logs import configure_logging
 
     if args.engine is not None and args.engine != settings.engine:

@@ -7,10 +7,10 @@ import argparse
 
 import pytest
 from aiokafka.structs import TopicPartition
-from pydantic import ValidationError
 
 from stream_engine.cli import build_parser, settings_from_args
 from stream_engine.kafka.batch_worker import OffsetTracker
+from stream_engine.settings import SettingsError
 
 P0, P1 = TopicPartition("alerts", 0), TopicPartition("alerts", 1)
 
@@ -59,5 +59,5 @@ def test_engine_is_chosen_by_flag_or_setting_and_defaults_to_faust(monkeypatch: 
     assert engine == "aiokafka"
     with pytest.raises(SystemExit):
         parse(["worker", "--engine", "spark"])
-    with pytest.raises(ValidationError):  # the global flag is validated by Settings (main() reports it)
+    with pytest.raises(SettingsError):  # the global flag is validated by Settings (main() reports it)
         parse(["--engine", "spark", "worker"])

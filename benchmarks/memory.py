@@ -9,8 +9,9 @@ ClickHouse over HTTP, here a private `stream-engine clickhouse serve` (the stack
 its own process), whose RSS is reported separately, so the worker's figure is the worker alone.
 ``--clickhouse embedded`` puts the engine in the worker (``chdb://``, ~270 MB).
 The first step includes one-off allocations (buffers grow to their working size);
-``growth_per_100k_steady`` is the median growth of the later steps, the number to hold against
-"growth < 1 MB per 100k alerts after warm-up".
+``growth_per_100k_steady`` is the median growth of the later steps and ``growth_per_100k_slope``
+the least-squares slope over every reading after the first step: the number to hold against
+"growth < 1 MB per 100k alerts after warm-up" (a single reading moves by a megabyte or two).
 ``--before`` puts the figures of an earlier run (another commit) beside this one in the result
 file: ``params.before`` keeps its command, commit and points, ``metrics.before_*`` its headlines.
 """
@@ -118,6 +119,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
     step_growth = [points[i]["rss_mb"] - points[i - 1]["rss_mb"] for i in range(2, len(points))]
     per_100k = lambda mb: round(mb * 100_000 / step_alerts, 2)  # noqa: E731
     steady = [per_100k(g) for g in step_growth[1:]]
+    slope = growth_slope_per_100k(points[2:])
     embedded = clickhouse == "embedded"
     result = BenchResult(
         name=("memory" if embedded else f"memory_{clickhouse}") + ("" if engine == "faust" else f"_{engine}"),
@@ -129,6 +131,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
             f"rss_with_{cached}_cached_mb": with_cache,
             "growth_first_step_per_100k_mb": per_100k(step_growth[0]) if step_growth else None,
             "growth_per_100k_steady_mb": round(statistics.median(steady), 2) if steady else None,
+            "growth_per_100k_slope_mb": slope,
             "clickhouse_process_rss_mb": server_rss,
             "complete": complete,
         },
@@ -144,7 +147,19 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
     return watch.finish(result)
 
 
-HEADLINES = ("rss_idle_mb", "growth_first_step_per_100k_mb", "growth_per_100k_steady_mb")
+HEADLINES = ("rss_idle_mb", "growth_first_step_per_100k_mb", "growth_per_100k_steady_mb", "growth_per_100k_slope_mb")
+
+
+def growth_slope_per_100k(points: list[dict[str, Any]]) -> float | None:
+    """Least-squares slope of RSS over alerts after the first step, per 100k alerts.
+
+    One reading moves by a megabyte or two (allocator, GC timing); a difference of two readings
+    carries that noise whole, a slope over every reading after warm-up averages it out.
+    """
+    if len(points) < 2:
+        return None
+    xs, ys = [p["alerts"] for p in points], [p["rss_mb"] for p in points]
+    return round(statistics.linear_regression(xs, ys).slope * 100_000, 2)
 
 
 def attach_before(result: BenchResult, old: BenchResult) -> None:
@@ -156,6 +171,8 @@ def attach_before(result: BenchResult, old: BenchResult) -> None:
         "commit": old.machine.get("commit", "unknown"), "command": old.command, "started_at": old.started_at,
         "engine": old.params.get("engine", "unknown"), "metrics": old.metrics, "runs": old.runs,
     }  # fmt: skip
+    if "growth_per_100k_slope_mb" not in old.metrics:  # runs from before the slope existed: from their points
+        old.metrics["growth_per_100k_slope_mb"] = growth_slope_per_100k(old.runs[2:])
     for key in (*HEADLINES, cached_key):
         if key in old.metrics:
             result.metrics[f"before_{key}"] = old.metrics[key]

@@ -192,7 +192,8 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
             ["idle", *(cell(n, "rss_idle_mb") for n, _ in mems), "≤ 64 MB (HTTP)"],
             [f"with {cached} cached propositions", *(cell(n, f"rss_with_{cached}_cached_mb") for n, _ in mems), "≤ 100 MB (HTTP)"],
             ["growth, first step, per 100k alerts", *(cell(n, "growth_first_step_per_100k_mb") for n, _ in mems), "–"],
-            ["growth, later steps, per 100k alerts (median)", *(cell(n, "growth_per_100k_steady_mb") for n, _ in mems),
+            ["growth, later steps, per 100k alerts (median)", *(cell(n, "growth_per_100k_steady_mb") for n, _ in mems), "–"],
+            ["growth after the first step, per 100k alerts (slope)", *(cell(n, "growth_per_100k_slope_mb") for n, _ in mems),
              "< 1 MB per 100k"],
             ["the separate ClickHouse process (the chDB endpoint)", *(cell(n, "clickhouse_process_rss_mb") for n, _ in mems), "–"],
         ]

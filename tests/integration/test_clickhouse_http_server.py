@@ -378,15 +378,14 @@ def test_sessions_keep_their_settings_and_take_one_request_at_a_time(clickhouse_
     status, headers, _ = _post(base, "SELECT 1", session_id="nope", session_check="1")
     assert (status, _code(headers)) == (500, 372)  # SESSION_NOT_FOUND
 
-    slow = threading.Thread(target=_post, args=(base, "SELECT sleepEachRow(0.5) FROM numbers(6) SETTINGS max_block_size = 1"),
-                            kwargs={"session_id": "s2"})  # fmt: skip
+    slow = threading.Thread(target=_post, args=(base, _SLOW.format(tag="locked")), kwargs={"session_id": "s2"})
     slow.start()
     try:
-        _wait(lambda: _post(base, "SELECT count() FROM system.processes WHERE query LIKE '%sleepEachRow(0.5)%' "
-                                  "AND query NOT LIKE '%system.processes%'")[2] == b"1\n")  # fmt: skip
+        _wait(lambda: _running(base, "locked"))
         status, headers, body = _post(base, "SELECT 1", session_id="s2")
         assert (status, _code(headers)) == (500, 373), body  # SESSION_IS_LOCKED, as clickhouse-server answers
     finally:
+        _kill(base, "locked")
         slow.join()
     assert _post(base, "SELECT 1", session_id="s2")[0] == 200  # free again
 
@@ -492,8 +491,9 @@ def test_concurrent_readers_and_writers(clickhouse_server: RunningServer, databa
     """Writers, readers and a slow query at once: nothing waits for the slow query, nothing is lost."""
     base = clickhouse_server.base
     _post(base, f"CREATE TABLE {database}.w (writer UInt8, n UInt32) ENGINE = MergeTree ORDER BY (writer, n)")
-    slow = threading.Thread(target=_post, args=(base, "SELECT sleepEachRow(0.5) FROM numbers(8) SETTINGS max_block_size = 1"))
+    slow = threading.Thread(target=_post, args=(base, _SLOW.format(tag="concurrent")))
     slow.start()
+    _wait(lambda: _running(base, "concurrent"))
 
     def write(writer: int) -> None:
         client = connect(clickhouse_server.url, database)
@@ -510,7 +510,9 @@ def test_concurrent_readers_and_writers(clickhouse_server: RunningServer, databa
         for future in writers:
             future.result()
         counts = [future.result() for future in readers]
-    assert slow.is_alive(), "the slow query finished before the others: they did not run alongside it"
+    # Still running after all of them: they ran alongside it, none waited for it.
+    assert _running(base, "concurrent"), "the slow query ended first: this run proves nothing"
+    _kill(base, "concurrent")
     slow.join()
     assert _post(base, f"SELECT count(), uniqExact(writer, n) FROM {database}.w")[2] == b"8000\t8000\n"
     for seen in counts:
@@ -534,6 +536,19 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
     assert '"stopped"' in server.log()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{server.base}/ping", timeout=2)
+
+
+# A query that runs until killed (30 s at most): the tag finds it in system.processes.
+_SLOW = "SELECT sleepEachRow(0.5), '{tag}' FROM numbers(60) SETTINGS max_block_size = 1"
+
+
+def _running(base: str, tag: str) -> bool:
+    sql = f"SELECT count() FROM system.processes WHERE query LIKE '%sleepEachRow%{tag}%' AND query NOT LIKE '%processes%'"
+    return _post(base, sql)[2] == b"1\n"
+
+
+def _kill(base: str, tag: str) -> None:
+    _post(base, f"KILL QUERY WHERE query LIKE '%sleepEachRow%{tag}%' AND query NOT LIKE '%KILL%' SYNC")
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ AIM_P99_MS_AT_1K = 50.0
 
 def _memory_results(r: dict[str, BenchResult]) -> list[tuple[str, str]]:
     """The memory runs present, with their column labels (an earlier run they carry comes first)."""
-    labels = (("memory_http", "ClickHouse over HTTP (the default; docker-compose)"),
+    labels = (("memory_http", "ClickHouse over HTTP (the default; docker-compose), faust engine"),
               ("memory_http_aiokafka", "ClickHouse over HTTP, aiokafka engine"),
               ("memory", "ClickHouse embedded (chdb://, in the worker)"),
               ("memory_aiokafka", "ClickHouse embedded, aiokafka engine"))
@@ -352,7 +353,7 @@ def render_plots(r: dict[str, BenchResult], directory: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, label in mems:
             points = _memory_view(r, name).runs
-            ax.plot([p["alerts"] for p in points], [p["rss_mb"] for p in points], marker="o", label=label.split(" (")[0])
+            ax.plot([p["alerts"] for p in points], [p["rss_mb"] for p in points], marker="o", label=re.sub(r"\s*\([^)]*\)", "", label))
             for p in points:
                 ax.annotate(p["stage"], (p["alerts"], p["rss_mb"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xlabel("alerts processed")

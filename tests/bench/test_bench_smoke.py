@@ -126,7 +126,7 @@ async def test_every_benchmark_runs_at_a_tiny_size_and_the_report_renders(stack:
     md = report.render(out, "pytest smoke")
     text = md.read_text()
     assert "pytest smoke" in text and "nproc=" in text and "## Throughput" in text and "## Hit ratio" in text
-    assert "ClickHouse over HTTP (the default; docker-compose)" in text and "before (commit" in text
+    assert "ClickHouse over HTTP (the default; docker-compose), faust engine" in text and "before (commit" in text
     assert "## ClickHouse sink" in text
     assert {p.name for p in out.glob("*.png")} >= {"throughput.png", "latency.png", "hitratio.png", "memory.png"}
 

@@ -305,3 +305,39 @@ async def test_a_running_sink_adopts_a_stopped_replicas_segments(
     await _eventually(lambda: _count(ch_client, "proposition_log", final=True) == 100)
     await survivor.stop()
     assert not list(root.glob("slot-*/seg-*"))
+
+
+async def test_a_segment_inserted_again_after_a_crash_is_stored_once(
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Kill between "inserted" and "segment deleted": the next run re-sends the same blocks, and
+    ClickHouse drops them by their deduplication tokens: one copy WITHOUT FINAL."""
+    import os
+
+    from tests.support.faults import failing_calls
+
+    journal_dir = tmp_path / "j"
+    crashed = ClickHouseSink(lambda: connect(ch_url, ch_database), journal_dir, flush_rows=200, flush_interval_s=3600,
+                             retry_initial_s=0.01, retry_max_s=0.05)  # fmt: skip
+    now_us = int(time.time() * 1_000_000)
+    with monkeypatch.context() as m:  # the process dies after each insert, before its segment is deleted
+        m.setattr(os, "unlink", failing_calls(os.unlink, lambda p, *a: OSError(5, "killed") if str(journal_dir) in str(p) else None))
+        await crashed.start()
+        rows = make_rows(1000)
+        for i in range(0, 1000, 100):
+            await crashed.write(rows[i : i + 100], make_metrics(1, start_us=now_us + i))
+        await _eventually(lambda: crashed.stats()["rows_inserted"] == 1000)
+        await crashed.stop()
+    assert list(journal_dir.glob("slot-*/seg-*")), "the segments outlived their inserts"
+    assert _count(ch_client, "proposition_log") == 1000
+
+    again = _sink(ch_url, ch_database, journal_dir)
+    await again.start()
+    await _eventually(lambda: again.stats()["journal_segments"] == 0)
+    await again.stop()
+    assert again.stats()["replayed_rows"] == 1000  # every block really was sent a second time
+    for table in ("proposition_log", "decision_audit"):
+        duplicates = ch_client.query(f"SELECT count() - uniqExact(alert_id), count() FROM {table}").result_rows[0]
+        assert tuple(duplicates) == (0, 1000), table
+    assert _count(ch_client, "latency_metrics") == 10
+    assert int(ch_client.query("SELECT countMerge(decisions) FROM proposition_minute").result_rows[0][0]) == 1000

@@ -100,8 +100,8 @@ class Triage:
         self.service = service
         self.policy = policy
 
-    def envelope(self, alert: Alert, partition: int, offset: int, received_ns: int) -> Envelope:
-        return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns)
+    def envelope(self, alert: Alert, partition: int, offset: int, received_ns: int, topic: str = "") -> Envelope:
+        return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns, topic)
 
     async def decide(self, envelopes: Sequence[Envelope], times: StageTimes | None = None) -> list[Decision]:
         """Every envelope's decision, in order (the HTTP API's path)."""
@@ -262,7 +262,7 @@ class Pipeline:
                     DeadLetter(exc.reason, exc.detail, m.topic, m.partition, m.offset, original, received_ns / 1e9, redacted)
                 )
                 continue
-            envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns))
+            envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns, m.topic))
         return envelopes, dead
 
     def scrub(self, raw: bytes, reason: str) -> tuple[bytes, bool]:

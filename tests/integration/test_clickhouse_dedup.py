@@ -105,3 +105,17 @@ def test_the_token_is_remembered_by_a_new_process_on_the_same_data(tmp_path: Pat
             assert _count(client, "t") == 3
         finally:
             double.stop()
+
+
+def test_view_blocks_of_different_tokens_are_kept_even_when_identical(client: Any) -> None:
+    """Deduplicating the view must not merge two real blocks whose aggregates happen to be equal."""
+    _table(client, "src", 100)
+    client.command(
+        "CREATE TABLE agg (day Date, n AggregateFunction(count)) ENGINE = AggregatingMergeTree "
+        "PARTITION BY day ORDER BY day SETTINGS non_replicated_deduplication_window = 100"
+    )
+    client.command("CREATE MATERIALIZED VIEW mv TO agg AS SELECT day, countState() AS n FROM src GROUP BY day")
+    for token, ids in (("seg-1", ["a", "b", "c"]), ("seg-2", ["d", "e", "f"]), ("seg-1", ["a", "b", "c"])):
+        _insert(client, "src", ids, token, deduplicate_blocks_in_dependent_materialized_views=1)
+    assert _count(client, "src") == 6
+    assert int(client.query("SELECT countMerge(n) FROM agg").result_rows[0][0]) == 6

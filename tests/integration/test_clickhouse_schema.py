@@ -60,7 +60,8 @@ def test_cli_migrate_and_info(ch_url: str, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_every_table_the_sink_writes_drops_a_block_resent_with_its_token(ch_url: str) -> None:  # noqa: F811
-    """The dedup window is what makes a retried or replayed insert exactly once (MergeTree's is 0)."""
+    """The dedup windows are what make a retried or replayed insert exactly once (MergeTree's is 0),
+    down the views: decision_audit -> proposition_log -> proposition_minute."""
     from tests.clickhouse_fixtures import make_metrics, make_rows
     from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS, LOG_TYPES, METRIC_COLUMNS, METRIC_TYPES
 
@@ -70,14 +71,15 @@ def test_every_table_the_sink_writes_drops_a_block_resent_with_its_token(ch_url:
         migrate(admin, database, ttl_days=7)
         client = connect(ch_url, database)
         rows, metrics = make_rows(10), make_metrics(3)
+        settings = {"insert_deduplication_token": "seg-1", "deduplicate_blocks_in_dependent_materialized_views": 1}
         for _ in range(2):
-            for table in ("proposition_log", "decision_audit"):
-                client.insert(table, list(zip(*rows)), column_names=LOG_COLUMNS, column_type_names=LOG_TYPES,
-                              column_oriented=True, settings={"insert_deduplication_token": f"seg-1/{table}"})  # fmt: skip
+            client.insert("decision_audit", list(zip(*rows)), column_names=LOG_COLUMNS, column_type_names=LOG_TYPES,
+                          column_oriented=True, settings=settings)  # fmt: skip
             client.insert("latency_metrics", list(zip(*metrics)), column_names=METRIC_COLUMNS, column_type_names=METRIC_TYPES,
-                          column_oriented=True, settings={"insert_deduplication_token": "seg-1/latency_metrics"})  # fmt: skip
+                          column_oriented=True, settings=settings)  # fmt: skip
         counts = {t: client.query(f"SELECT count() FROM {t}").result_rows[0][0] for t in ("proposition_log", "decision_audit", "latency_metrics")}
         assert counts == {"proposition_log": 10, "decision_audit": 10, "latency_metrics": 3}
+        assert client.query("SELECT countMerge(decisions) FROM proposition_minute").result_rows[0][0] == 10
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {database}")
 

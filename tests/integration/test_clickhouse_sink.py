@@ -263,7 +263,8 @@ async def test_from_settings_migrates_and_writes(ch_url: str, tmp_path: Path) ->
 def test_the_sinks_column_types_are_the_migrated_tables(ch_client: Any) -> None:  # noqa: F811
     from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS, LOG_TYPES, METRIC_COLUMNS, METRIC_TYPES
 
-    for table, names, types in (("proposition_log", LOG_COLUMNS, LOG_TYPES), ("latency_metrics", METRIC_COLUMNS, METRIC_TYPES)):
+    for table, names, types in (("decision_audit", LOG_COLUMNS, LOG_TYPES), ("proposition_log", LOG_COLUMNS, LOG_TYPES),
+                                ("latency_metrics", METRIC_COLUMNS, METRIC_TYPES)):  # fmt: skip
         described = [(r[0], r[1]) for r in ch_client.query(f"DESCRIBE TABLE {table}").result_rows]
         assert described == list(zip(names, types, strict=True)), table
 

@@ -68,7 +68,7 @@ class _DownClient:
 
 
 class _RecordingClient:
-    """Records the alert ids of every proposition_log insert, in order; optionally slow."""
+    """Records the alert ids of every decision log insert (decision_audit), in order; optionally slow."""
 
     def __init__(self, delay_s: Callable[[list[str]], float] = lambda ids: 0.0) -> None:
         self.inserts: list[list[str]] = []
@@ -76,7 +76,7 @@ class _RecordingClient:
         self.lock = threading.Lock()
 
     def insert(self, table: str, data: list[tuple[object, ...]], **kwargs: object) -> None:
-        if table != "proposition_log":
+        if table != "decision_audit":
             return
         ids = [str(x) for x in data[0]]
         time.sleep(self.delay_s(ids))

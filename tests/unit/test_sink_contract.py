@@ -137,8 +137,7 @@ class _RecordingClient:
         self.tables: list[str] = []
 
     def insert(self, table: str, data: object, **kwargs: object) -> None:
-        if table != "decision_audit":  # every log row goes to both; these tests count flushes
-            self.tables.append(table)
+        self.tables.append(table)
 
     def close(self) -> None:
         pass
@@ -161,7 +160,7 @@ async def test_start_opens_the_client_before_the_first_write(tmp_path: Path) -> 
     assert opened == [1]  # chDB's import and table loading happen here, not under traffic
     await sink.write([_row()], [])
     await sink.stop()
-    assert opened == [1] and client.tables == ["proposition_log"]
+    assert opened == [1] and client.tables == ["decision_audit"]
 
 
 async def test_start_does_not_fail_when_clickhouse_is_down_and_rows_flush_once_it_is_up(tmp_path: Path) -> None:
@@ -182,7 +181,7 @@ async def test_start_does_not_fail_when_clickhouse_is_down_and_rows_flush_once_i
             break
         await asyncio.sleep(0.01)
     await sink.stop()
-    assert sink.stats()["rows_inserted"] == 1 and client.tables == ["proposition_log"]
+    assert sink.stats()["rows_inserted"] == 1 and client.tables == ["decision_audit"]
 
 
 async def test_start_waits_a_bounded_time_for_a_hung_clickhouse(tmp_path: Path) -> None:
@@ -205,4 +204,4 @@ async def test_start_waits_a_bounded_time_for_a_hung_clickhouse(tmp_path: Path) 
             break
         await asyncio.sleep(0.01)
     await sink.stop()
-    assert client.tables == ["proposition_log"]
+    assert client.tables == ["decision_audit"]

@@ -44,11 +44,11 @@ class _Recorder:
             self.inserts.append((table, [str(x) for x in data[0] if table != "latency_metrics"] or [str(x) for x in data[1]],
                                  str((settings or {}).get("insert_deduplication_token"))))  # fmt: skip
 
-    def ids(self, table: str = "proposition_log") -> set[str]:
+    def ids(self, table: str = "decision_audit") -> set[str]:
         with self.lock:
             return {i for t, ids, _ in self.inserts if t == table for i in ids}
 
-    def tokens(self, table: str = "proposition_log") -> list[str]:
+    def tokens(self, table: str = "decision_audit") -> list[str]:
         with self.lock:
             return [token for t, _, token in self.inserts if t == table]
 
@@ -82,9 +82,9 @@ async def test_held_rows_wait_for_their_commit(tmp_path: Path) -> None:
     sink = _sink(client, tmp_path / "j")
     await sink.start()
     await sink.write(_rows(range(0, 3), "held"), [_metric("decode")], transaction="txn-1")
-    await sink.write(_rows(range(0, 2), "free"), [])  # not in a transaction: goes at once
+    await _eventually(lambda: sink.stats()["held_blocks"] == 1, what="the held rows' block sealed")
+    await sink.write(_rows(range(0, 2), "free"), [])  # not in a transaction, in a later block: goes at once
     await _eventually(lambda: {"free0", "free1"} <= client.ids(), what="untransacted rows inserted")
-    await asyncio.sleep(0.1)
     assert not {"held0", "held1", "held2"} & client.ids(), "held rows reached ClickHouse before their commit"
     assert sink.stats()["held_transactions"] == 1
     await sink.settle("txn-1", committed=True)

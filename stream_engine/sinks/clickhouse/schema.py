@@ -7,14 +7,17 @@ interrupted half way is safe to re-run.
 
 Deduplication, in two layers:
 
-* Inserts are exactly once. The sink inserts one block per sealed journal segment and gives it an
-  ``insert_deduplication_token`` (the segment's id): a retried insert, or a segment replayed after
-  a crash between "inserted" and "deleted", is dropped by ClickHouse. Non-replicated MergeTrees
-  only remember tokens with ``non_replicated_deduplication_window`` > 0 (default 0);
-  ReplicatedMergeTree always does (``replicated_deduplication_window``). Both settings come from
-  :func:`dedup_setting`, the one place a cluster rendering takes them from. The rollup view is
-  deduplicated too (the sink sets ``deduplicate_blocks_in_dependent_materialized_views``): without
-  it ClickHouse feeds a view with the blocks its source table dropped.
+* Inserts are exactly once. The sink inserts one block per sealed journal segment into
+  ``decision_audit`` (and ``latency_metrics``) with an ``insert_deduplication_token`` (the
+  segment's id): a retried insert, or a segment replayed after a crash between "inserted" and
+  "deleted", is dropped by ClickHouse. Materialized views carry each block on to
+  ``proposition_log`` and from there to the ``proposition_minute`` rollup; the sink sets
+  ``deduplicate_blocks_in_dependent_materialized_views`` so the view targets drop a re-sent block
+  too (without it ClickHouse feeds a view with the blocks its source table dropped), and a retry
+  after an insert that failed half way (source written, a view target not) completes the target.
+  Non-replicated MergeTrees only remember tokens with ``non_replicated_deduplication_window`` > 0
+  (default 0); ReplicatedMergeTree always does (``replicated_deduplication_window``). Both
+  settings come from :func:`dedup_setting`, the one place a cluster rendering takes them from.
 * Alerts are decided at least once unless the engine runs exactly-once: a Kafka redelivery after
   a crash, or an HTTP API call with the same id, is another decision. ``decision_audit`` keeps
   every one (append-only: what the decisions topic carried, with its attempt);
@@ -165,9 +168,9 @@ GROUP BY alert_type, minute
     ),
     Migration(
         4,
-        "exactly-once inserts: row source and attempt, dedup windows, decision_audit",
+        "exactly-once inserts: row source and attempt, dedup windows, decision_audit feeding proposition_log",
         (
-            # Existing rows predate sources: topic "" and origin stream (API rows had partition 65535).
+            # Existing rows predate sources: topic '' and origin from the API's pseudo-partition.
             """
 ALTER TABLE $db.proposition_log
     ADD COLUMN IF NOT EXISTS topic   LowCardinality(String) DEFAULT '',
@@ -211,6 +214,13 @@ PARTITION BY toDate(received_at)
 ORDER BY (alert_type, alert_id, decided_at)
 TTL toDateTime(received_at) + INTERVAL $ttl_days DAY
 SETTINGS $dedup
+""",
+            # The sink inserts decision_audit only; ClickHouse copies each block into the view
+            # analysts query (and from there into the rollup), deduplicated with the same token.
+            """
+CREATE MATERIALIZED VIEW IF NOT EXISTS $db.decision_audit_mv TO $db.proposition_log AS
+SELECT alert_id, alert_type, key, severity, source, received_at, decided_at, mode, action, confidence, cache_tier, latency_ms, batch_size, partition, offset, worker, propositions, reason, engine_version, topic, origin, attempt
+FROM $db.decision_audit
 """,
         ),
     ),

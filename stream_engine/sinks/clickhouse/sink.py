@@ -158,8 +158,7 @@ class ClickHouseSink:
         connect_wait_s: float = 10.0,
         adopt_interval_s: float = 30.0,
         segment_max_bytes: int = 16 << 20,
-        log_table: str = "proposition_log",
-        audit_table: str | None = "decision_audit",
+        log_table: str = "decision_audit",  # its view feeds proposition_log (schema.py)
         metric_table: str = "latency_metrics",
         replay_filter: ReplayFilter | None = None,
     ) -> None:
@@ -177,7 +176,6 @@ class ClickHouseSink:
         self.adopt_interval_s = adopt_interval_s
         self._next_adoption = time.monotonic() + adopt_interval_s
         self.log_table = log_table
-        self.audit_table = audit_table
         self.metric_table = metric_table
         self.replay_filter = replay_filter
 
@@ -383,6 +381,7 @@ class ClickHouseSink:
             "disk_blocks": len(self._disk) + len(self._parked),
             "replayed_rows": self.replayed_rows,
             "held_transactions": sum(1 for t in self._holding if t not in self._settled),
+            "held_blocks": sum(1 for b in self._ready if not self._decided(b)) + len(self._parked),
             "dropped_rows": self.dropped_rows,
             "journal_bytes": journal_bytes,
             "journal_segments": journal_segments,
@@ -450,8 +449,10 @@ class ClickHouseSink:
             else:
                 self._add(block, entry)
             entry.future.set_result(None)
-        if appended.sealed or block.written >= self.flush_rows:
+        if appended.sealed:  # the segment's size limit; otherwise the flusher seals when it is free
             await self._seal_active()
+        if block.written >= self.flush_rows:
+            self._wake.set()
 
     def _add(self, block: _Block, write: _Write) -> None:
         n = len(write.rows) + len(write.metrics)
@@ -523,7 +524,9 @@ class ClickHouseSink:
                 await asyncio.sleep(self.retry_max_s)
 
     def _work_due(self) -> bool:
-        return self._stopping or bool(self._disk) or any(self._decided(b) for b in self._ready)
+        active = self._active
+        return (self._stopping or bool(self._disk) or any(self._decided(b) for b in self._ready)
+                or (active is not None and active.written >= self.flush_rows))  # fmt: skip
 
     def _idle_wait(self) -> float:
         if self._active is None:
@@ -531,8 +534,14 @@ class ClickHouseSink:
         return max(0.001, self._active.opened_at + self.flush_interval_s - time.monotonic())
 
     async def _seal_if_due(self) -> None:
+        """Seal the active segment when the flusher is free to insert it: by size, age or stop.
+
+        Sealing here rather than in ``write`` lets a block grow while the previous insert runs,
+        so inserts get bigger (and fewer) when ClickHouse is slower, as a buffer flush did."""
         block = self._active
-        if block is None or not (self._stopping or time.monotonic() - block.opened_at >= self.flush_interval_s):
+        if block is None or (self._disk and self._disk_turn):  # a replayed block goes first
+            return
+        if not (self._stopping or block.written >= self.flush_rows or time.monotonic() - block.opened_at >= self.flush_interval_s):
             return
         async with self._journal_lock:
             if self._active is block:
@@ -716,12 +725,12 @@ class ClickHouseSink:
         log.warning("ClickHouse insert failed (%d so far): %s", self.failures, self.last_error)
 
     def _insert_sync(self, rows: list[LogRow], metrics: list[MetricRow], token: str, done: set[str]) -> None:
-        # The same token on every table: each table remembers its own. A view below a table (the
-        # rollup) is only deduplicated if the insert asks for it.
+        # The same token on every table: each table remembers its own. The views below the log
+        # table (proposition_log, the rollup) are only deduplicated if the insert asks for it.
         settings = {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
         tables: list[tuple[str, Sequence[tuple[Any, ...]], tuple[str, ...], tuple[str, ...]]] = []
         if rows:
-            tables += [(t, rows, LOG_COLUMNS, LOG_TYPES) for t in (self.log_table, self.audit_table) if t]
+            tables.append((self.log_table, rows, LOG_COLUMNS, LOG_TYPES))
         if metrics:
             tables.append((self.metric_table, metrics, METRIC_COLUMNS, METRIC_TYPES))
         try:

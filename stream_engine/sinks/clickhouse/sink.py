@@ -578,13 +578,14 @@ class ClickHouseSink:
                 if selected is None:  # our own transactions, not settled yet: wait for settle()
                     self._parked.append(block)
                     return
-                rows, metrics, token = selected
+                rows, metrics, token, dropped = selected
             else:
-                rows, metrics, token = self._select(block.id, block.batches, self._settled, None)
+                rows, metrics, token, dropped = self._select(block.id, block.batches, self._settled, None)
             if rows or metrics:
                 await self._insert(rows, metrics, token)
             if block.batches is None:
                 self.replayed_rows += len(rows)
+            self.dropped_rows += dropped
         except BaseException:
             # Not inserted: the block goes back in line (a disk block behind the others, so one
             # unreadable segment does not stop the rest).
@@ -623,7 +624,7 @@ class ClickHouseSink:
             except OSError:
                 self._undeleted.append(path)
 
-    async def _read_back(self, block: _Block) -> tuple[list[LogRow], list[MetricRow], str] | None:
+    async def _read_back(self, block: _Block) -> tuple[list[LogRow], list[MetricRow], str, int] | None:
         """Read a disk block; None if it holds our own transactions not settled yet."""
         segment = await self._in_replay_thread(read_segment, block.path)
         block.id = segment.id
@@ -652,8 +653,8 @@ class ClickHouseSink:
 
     def _select(
         self, segment_id: str, batches: Sequence[Batch], settled: Mapping[str, bool], keep: set[LogRow] | None
-    ) -> tuple[list[LogRow], list[MetricRow], str]:
-        """The rows of a block that may go to ClickHouse, and the block's token.
+    ) -> tuple[list[LogRow], list[MetricRow], str, int]:
+        """The rows of a block that may go to ClickHouse, the block's token, how many rows were dropped.
 
         Held rows go if their transaction committed; undecided ones (no marker: a crash) if the
         replay filter keeps them, or all of them without a filter. A batch's metrics go with its
@@ -661,6 +662,7 @@ class ClickHouseSink:
         rows: list[LogRow] = []
         metrics: list[MetricRow] = []
         cuts: list[str] = []
+        dropped = 0
         for i, batch in enumerate(batches):
             t = batch.transaction
             aborted = t is not None and settled.get(t) is False
@@ -671,14 +673,14 @@ class ClickHouseSink:
                 kept = [batch.rows[j] for j in positions]
                 if aborted or len(kept) < len(batch.rows):
                     cuts.append(f"{i}:{','.join(map(str, positions))}")
-                    self.dropped_rows += len(batch.rows) - len(kept)
+                    dropped += len(batch.rows) - len(kept)
             rows.extend(kept)
             if not aborted and (kept or not batch.rows):
                 metrics.extend(batch.metrics)
         if not cuts:
-            return rows, metrics, segment_id
+            return rows, metrics, segment_id, 0
         digest = hashlib.blake2b(";".join(cuts).encode(), digest_size=8).hexdigest()
-        return rows, metrics, f"{segment_id}-{digest}"
+        return rows, metrics, f"{segment_id}-{digest}", dropped
 
     async def _insert(self, rows: list[LogRow], metrics: list[MetricRow], token: str) -> None:
         """Insert with retries (exponential backoff + jitter) until it works or stop's deadline."""

@@ -238,13 +238,15 @@ V1_RECORD = (
 
 def test_a_record_of_the_unversioned_format_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "seg-000000000000.jsonl"
-    path.write_bytes(V1_RECORD)
+    api_record = V1_RECORD.replace(b'"a1"', b'"a2"').replace(b",10,3,1,", b",1,65535,0,")  # the API's pseudo-partition
+    path.write_bytes(V1_RECORD + api_record)
     journal = Journal(tmp_path)
     journal.open()
-    [(rows, metrics)] = list(journal.read(path))
+    [(rows, metrics), (api_rows, _)] = list(journal.read(path))
     assert rows[0].alert_id == "a1" and rows[0].offset == 1 and metrics[0].stage == "decode"
     assert (rows[0].topic, rows[0].origin, rows[0].attempt) == ("", "stream", "")  # unknown then: defaults
-    assert journal.torn_lines == 0
+    assert (api_rows[0].alert_id, api_rows[0].partition, api_rows[0].origin) == ("a2", 65535, "api")
+    assert journal.torn_lines == 0 and journal.unreadable_records == 0
 
 
 async def test_a_record_of_an_unknown_version_is_kept_not_dropped(tmp_path: Path) -> None:

@@ -5,9 +5,12 @@ exactly-once inserts rest on, checked rather than assumed.
 * With ``non_replicated_deduplication_window`` > 0 a block re-sent with the same token is dropped,
   also by a new process on the same data directory (the dedup log is on disk); without the
   window (the MergeTree default, 0) the token does nothing.
-* A materialized view is fed by the re-sent block even when its source table drops it, unless the
-  insert sets ``deduplicate_blocks_in_dependent_materialized_views`` and the view's target table
-  has a window of its own.
+* A materialized view is fed by the re-sent block even when its source table drops it, unless
+  ``deduplicate_blocks_in_dependent_materialized_views`` is on (this engine's default is 1; older
+  servers default to 0, so the sink sets it on every insert) and the view's target table has a
+  window of its own.
+* Without a token the window still drops a byte-identical re-sent block (by its content hash); a
+  token makes the block's identity explicit, so the same rows under another token are stored again.
 """
 
 from __future__ import annotations

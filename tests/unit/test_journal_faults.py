@@ -170,11 +170,14 @@ async def test_an_adoption_that_fails_half_way_loses_no_segment(tmp_path: Path, 
     await _eventually(lambda: bool(failures), what="an adoption failing half way")  # slot-1's segment moved in
     await sink.write(_rows(range(0, 4), "live"), [])  # a flush of live rows meanwhile
     await _eventually(lambda: {f"live{i}" for i in range(4)} <= client.ids(), what="live rows inserted")
+    moved_in = {f"gone{i}" for i in range(3)}  # slot-1's rows: ours since the rename, while slot-2 keeps failing
+    moved_in_replayed = await _within(lambda: moved_in <= client.ids(), 10)
     slot2_fails.clear()
     want = {f"gone{i}" for i in range(6)} | {f"live{i}" for i in range(4)}
     await _within(lambda: want <= client.ids(), 10)
     await sink.stop()
     assert want <= client.ids(), f"lost: {sorted(want - client.ids())}"
+    assert moved_in_replayed, "segments moved in by a failed adoption waited for the next adoption to succeed"
     assert not list(root.glob("slot-*/seg-*"))
 
 

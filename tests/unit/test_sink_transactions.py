@@ -6,15 +6,19 @@ ClickHouse sits behind the client seam (a recording fake); the journal is real f
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import pytest
+
 from stream_engine.sinks import MemorySink
-from stream_engine.sinks.clickhouse.journal import Journal, encode_batch, encode_settlement
+from stream_engine.sinks.clickhouse.journal import Journal, encode_batch, encode_settlement, read_segment
 from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink, below_committed
+from tests.support.faults import failing_calls
 
 
 def _rows(ids: range, prefix: str = "a", partition: int = 0, topic: str = "alerts") -> list[LogRow]:
@@ -184,3 +188,26 @@ async def test_memory_sink_holds_transactions_too() -> None:
     await sink.settle("t1", committed=True)
     await sink.settle("t2", committed=False)
     assert sink.rows == rows and sink.held == {}
+
+
+async def test_a_segment_carries_the_same_token_from_memory_and_from_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token is the segment's id (its header), whichever way the block is sent: inserted from
+    memory, then (the process died before deleting the segment) replayed from disk by the next run."""
+    journal = tmp_path / "j"
+    first = _Recorder()
+    with monkeypatch.context() as m:
+        m.setattr(os, "unlink", failing_calls(os.unlink, lambda p, *a: OSError(5, "killed") if str(journal) in str(p) else None))
+        sink = _sink(first, journal)
+        await sink.start()
+        await sink.write(_rows(range(0, 5)), [_metric("decode")])
+        await _eventually(lambda: sink.stats()["rows_inserted"] == 5)
+        await sink.stop()
+    [segment] = list(journal.glob("slot-*/seg-*"))
+    header_id = read_segment(segment).id
+    again = _Recorder()
+    sink = _sink(again, journal)
+    await sink.start()
+    await _eventually(lambda: sink.stats()["journal_segments"] == 0)
+    await sink.stop()
+    assert first.tokens() == again.tokens() == [header_id]
+    assert first.tokens("latency_metrics") == again.tokens("latency_metrics") == [header_id]

@@ -38,8 +38,10 @@ durable before the transaction commits, yet only committed transactions may reac
 
 * ``write(rows, metrics, transaction=T)`` journals the rows (durable, so nothing is lost if the
   process dies after the commit) but holds them: no block containing T is inserted until
-  ``settle(T, committed)`` is called. ``settle`` journals a marker (``c`` / ``a`` records) and
-  releases (committed) or drops (aborted) T's rows and stage metrics.
+  ``settle(T, committed)`` is called (other rows sharing that block wait with it). ``settle``
+  journals a marker (``c`` / ``a`` records) and releases (committed) or drops (aborted) T's rows
+  and stage metrics. Held rows count against ``max_buffer_rows``: an engine must settle every
+  transaction it writes, or its writers end up waiting for room.
 * After a crash, T's marker may be missing (the process died between the Kafka commit and the
   marker). Replaying such a segment (at the next start, or when another worker adopts it), the
   sink looks for T's marker in the other segments of its directory, and otherwise asks

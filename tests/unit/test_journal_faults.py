@@ -266,3 +266,29 @@ async def test_a_record_of_an_unknown_version_is_kept_not_dropped(tmp_path: Path
     kept = [p.read_bytes() for p in (tmp_path / "j").rglob("*") if p.is_file() and future in p.read_bytes()]
     assert kept, "... so the record must stay on disk for a build that can"
     assert sink.stats()["journal_unreadable_records"] == 1
+
+
+@pytest.mark.timeout(60)
+async def test_stop_while_a_write_is_being_journaled_completes_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow disk: stop() arrives while a write waits for its append. The write is acknowledged
+    (its rows are durable) and stop returns, the flusher never spinning the event loop meanwhile."""
+    client = _RecordingClient()
+    sink = ClickHouseSink(lambda: client, tmp_path / "j", flush_interval_s=0.05, stop_timeout_s=2)  # type: ignore[arg-type,return-value]
+    await sink.start()
+    real_append = sink._journal.append
+    appending = threading.Event()
+
+    def slow_append(payloads: Any) -> Any:
+        appending.set()
+        time.sleep(0.3)
+        return real_append(payloads)
+
+    monkeypatch.setattr(sink._journal, "append", slow_append)
+    writing = asyncio.create_task(sink.write(_rows(range(0, 3)), []))
+    await _eventually(appending.is_set, what="the append under way")
+    queued = asyncio.create_task(sink.write(_rows(range(3, 5)), []))  # waits for the journal behind it
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(sink.stop(), 20)
+    await asyncio.wait_for(asyncio.gather(writing, queued), 5)
+    durable = client.ids() | set(_journal_ids(tmp_path / "j" / "slot-0"))
+    assert {f"a{i}" for i in range(5)} <= durable

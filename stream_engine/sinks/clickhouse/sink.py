@@ -453,7 +453,7 @@ class ClickHouseSink:
             entry.future.set_result(None)
         if appended.sealed:  # the segment's size limit; otherwise the flusher seals when it is free
             await self._seal_active()
-        if block.written >= self.flush_rows:
+        if block.written >= self.flush_rows or self._stopping:
             self._wake.set()
 
     def _add(self, block: _Block, write: _Write) -> None:
@@ -499,7 +499,9 @@ class ClickHouseSink:
     async def _flush_loop(self) -> None:
         while True:
             if not self._work_due():
-                try:
+                if self._stopping and not self._pending:
+                    return  # what is left (held or undecided) stays in the journal
+                try:  # also while stopping: a write still being journaled needs the loop to run
                     await asyncio.wait_for(self._wake.wait(), self._idle_wait())
                 except TimeoutError:
                     pass
@@ -514,8 +516,6 @@ class ClickHouseSink:
                 block = self._next_block()
                 if block is not None:
                     await self._flush_block(block)
-                elif self._stopping and not self._pending:
-                    return
             except _GaveUp:
                 log.warning("ClickHouse sink gave up at stop: %s", self.last_error)
                 return
@@ -526,9 +526,10 @@ class ClickHouseSink:
                 await asyncio.sleep(self.retry_max_s)
 
     def _work_due(self) -> bool:
+        """A block to insert now, or the active segment to seal for one (full, or stopping)."""
         active = self._active
-        return (self._stopping or bool(self._disk) or any(self._decided(b) for b in self._ready)
-                or (active is not None and active.written >= self.flush_rows))  # fmt: skip
+        return (bool(self._disk) or any(self._decided(b) for b in self._ready)
+                or (active is not None and (self._stopping or active.written >= self.flush_rows)))  # fmt: skip
 
     def _idle_wait(self) -> float:
         if self._active is None:

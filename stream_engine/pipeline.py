@@ -88,8 +88,8 @@ class Triage:
         self.service = service
         self.policy = policy
 
-    def envelope(self, alert: Alert, partition: int, offset: int, received_ns: int) -> Envelope:
-        return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns)
+    def envelope(self, alert: Alert, partition: int, offset: int, received_ns: int, topic: str = "") -> Envelope:
+        return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns, topic)
 
     async def decide(self, envelopes: Sequence[Envelope], times: StageTimes | None = None) -> list[Decision]:
         """Every envelope's decision, in order (the HTTP API's path)."""
@@ -284,7 +284,7 @@ class Pipeline:
             except InvalidAlert as exc:
                 dead.append(self.dead_letter(m, exc.reason, exc.detail, received_ns / 1e9))
                 continue
-            envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns))
+            envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns, m.topic))
         return envelopes, dead
 
     def dead_letter(self, message: RawMessage, reason: str, detail: str, received_at: float) -> DeadLetter:

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from harness.chdb_http_double import start_double
 from stream_engine.sinks.clickhouse.client import connect
-from tests.chdb_http_double import start_double
-from tests.clickhouse_fixtures import chdb_http_double, chdb_session_url, unique_database  # noqa: F401
+from tests.integration.clickhouse_data import unique_database
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ DAYS = [datetime.date(2024, 1, 1), datetime.date(2024, 1, 1), datetime.date(2024
 @pytest.fixture(params=["embedded", "http-double"])
 def url(request: pytest.FixtureRequest) -> str:
     if request.param == "embedded":
-        return chdb_session_url()
+        return str(request.getfixturevalue("ch_url"))
     return str(request.getfixturevalue("chdb_http_double").url)
 
 

@@ -59,11 +59,11 @@ def test_cli_migrate_and_info(ch_url: str, capsys: pytest.CaptureFixture[str]) -
         connect(ch_url, None).command(f"DROP DATABASE IF EXISTS {database}")
 
 
-def test_every_table_the_sink_writes_drops_a_block_resent_with_its_token(ch_url: str) -> None:  # noqa: F811
+def test_every_table_the_sink_writes_drops_a_block_resent_with_its_token(ch_url: str) -> None:
     """The dedup windows are what make a retried or replayed insert exactly once (MergeTree's is 0),
     down the views: decision_audit -> proposition_log -> proposition_minute."""
     from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS, LOG_TYPES, METRIC_COLUMNS, METRIC_TYPES
-    from tests.clickhouse_fixtures import make_metrics, make_rows
+    from tests.integration.clickhouse_data import make_metrics, make_rows
 
     database = unique_database("tok")
     admin = connect(ch_url, None)
@@ -85,7 +85,7 @@ def test_every_table_the_sink_writes_drops_a_block_resent_with_its_token(ch_url:
         admin.command(f"DROP DATABASE IF EXISTS {database}")
 
 
-def test_a_database_of_the_previous_schema_upgrades_and_keeps_its_rows(ch_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_a_database_of_the_previous_schema_upgrades_and_keeps_its_rows(ch_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from stream_engine.sinks.clickhouse import schema
 
     database = unique_database("upg")

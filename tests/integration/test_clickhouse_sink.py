@@ -309,7 +309,7 @@ async def test_a_running_sink_adopts_a_stopped_replicas_segments(
 
 
 async def test_a_segment_inserted_again_after_a_crash_is_stored_once(
-    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Kill between "inserted" and "segment deleted": the next run re-sends the same blocks, and
     ClickHouse drops them by their deduplication tokens: one copy WITHOUT FINAL."""

@@ -45,8 +45,8 @@ import orjson
 
 from benchmarks.common import BenchResult, Progress, Stopwatch, bench_settings, create_topics, drop_topics, latency_summary, require_kafka
 from benchmarks.services import cpu_seconds, proposition_service, with_private_service_and_data, worker, workspace
+from harness.procs import Proc, wait_until
 from stream_engine.settings import Settings
-from tests.support.procs import Proc, wait_until
 
 PROCESS_PATH = "/api/v1/alerts/process"
 API_URL = re.compile(r"api listening on (http://[0-9.]+:\d+)")
@@ -127,7 +127,7 @@ class Client:
         self.connections_opened = 0
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         trace = aiohttp.TraceConfig()
 
         async def queued_start(session: Any, ctx: Any, params: Any) -> None:
@@ -178,7 +178,7 @@ class Tally:
     start_lag_ms: float = 0.0
 
     @classmethod
-    def empty(cls) -> "Tally":
+    def empty(cls) -> Tally:
         return cls([], [], Counter(), Counter(), Counter())
 
     def add(self, latency_ms: float, status: int, content: bytes) -> None:

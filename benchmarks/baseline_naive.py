@@ -36,7 +36,7 @@ from benchmarks.common import (
 )
 from benchmarks.services import proposition_service, with_private_service_and_data, workspace
 from stream_engine.keys import KeyBuilder
-from stream_engine.models import Proposition
+from stream_engine.models import Envelope, Proposition
 from stream_engine.policy import DecisionPolicy
 from stream_engine.propositions.client import alert_payload
 from stream_engine.settings import Settings
@@ -86,7 +86,7 @@ async def naive_loop(settings: Settings, group: str, expected: int, progress: Pr
                 propositions, reason = None, f"service_error:{type(exc).__name__}"
                 failed += 1
             now = time.time_ns()
-            decision = policy.decide(alert, key, propositions, reason, "service", now, now)
+            decision = policy.decide(Envelope(alert, key, 0, 0, now), propositions, "service", reason, now)
             await producer.send_and_wait(settings.topic_decisions, decision.to_json(), key=alert.id.encode())
             done += 1
             last = time.perf_counter()

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class BenchResult:
         return path
 
     @classmethod
-    def load(cls, path: Path) -> "BenchResult":
+    def load(cls, path: Path) -> BenchResult:
         return cls(**orjson.loads(path.read_bytes()))
 
 
@@ -62,7 +62,7 @@ class Stopwatch:
     """Fills ``started_at``/``duration_s``/``machine``/``command`` of a result being built."""
 
     def __init__(self) -> None:
-        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.t0 = time.monotonic()
         self.load_before = os.getloadavg()
 
@@ -283,9 +283,10 @@ class Progress:
         self.description = description
         self.total = total
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
                 "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -41,9 +41,10 @@ from benchmarks.common import (
 from benchmarks.services import cpu_seconds, proposition_service, with_private_service_and_data, worker, workspace
 from benchmarks.streamio import DecisionCollector, publish_paced
 from benchmarks.trace import TraceSpec, make_trace
+from harness.procs import Proc
+from stream_engine.engines import ENGINES
 from stream_engine.keys import message_key
 from stream_engine.settings import Settings
-from tests.support.procs import Proc
 
 SERVICE_MEDIAN_MS = 20.0
 SERVICE_P99_MS = 50.0
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--service-p99-ms", type=float, default=SERVICE_P99_MS)
         p.add_argument("--results-dir", type=Path, default=None)
         p.add_argument("--keep", type=Path, default=None, help="keep logs and worker data here")
-        p.add_argument("--engine", choices=("faust", "aiokafka"), default=None,
+        p.add_argument("--engine", choices=ENGINES, default=None,
                        help="worker engine (default: STREAM_ENGINE_ENGINE); non-faust results get a name suffix")
     args = parser.parse_args(argv)
     settings = Settings()

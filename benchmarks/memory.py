@@ -29,10 +29,9 @@ from typing import Any
 
 import orjson
 
-from benchmarks.common import BenchResult, Progress, Stopwatch, bench_settings, create_topics, drop_topics, require_kafka
+from benchmarks.common import BenchResult, Progress, Stopwatch, bench_settings, create_topics, drop_topics, fill_topic, require_kafka
 from benchmarks.services import proposition_service, rss_kb, with_private_service_and_data, worker, workspace
 from benchmarks.streamio import DecisionCollector
-from benchmarks.common import fill_topic
 from stream_engine.keys import message_key
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
@@ -74,7 +73,7 @@ def clickhouse_server(s: Settings, work: Path, clickhouse: str) -> Iterator[tupl
     if clickhouse == "embedded":
         yield s, None
         return
-    from tests.support.clickhouse import start_server
+    from harness.clickhouse import start_server
 
     server = start_server(work / "clickhouse")
     try:

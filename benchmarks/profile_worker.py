@@ -26,8 +26,8 @@ from typing import Any
 from benchmarks.common import RESULTS_DIR, BenchResult, Stopwatch, require_kafka
 from benchmarks.e2e_stream import SERVICE_MEDIAN_MS, SERVICE_P99_MS, _throughput_run
 from benchmarks.services import workspace
+from harness.procs import Proc
 from stream_engine.settings import Settings
-from tests.support.procs import Proc
 
 SAMPLE_RATE_HZ = 250
 

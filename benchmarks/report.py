@@ -24,8 +24,8 @@ AIM_P99_MS_AT_1K = 50.0
 
 def _memory_results(r: dict[str, BenchResult]) -> list[tuple[str, str]]:
     """The memory runs present, with their column labels (an earlier run they carry comes first)."""
-    labels = (("memory_http", "ClickHouse over HTTP (the default; docker-compose), faust engine"),
-              ("memory_http_aiokafka", "ClickHouse over HTTP, aiokafka engine"),
+    labels = (("memory_http_aiokafka", "ClickHouse over HTTP, aiokafka engine (the defaults; docker-compose)"),
+              ("memory_http", "ClickHouse over HTTP, faust engine"),
               ("memory", "ClickHouse embedded (chdb://, in the worker)"),
               ("memory_aiokafka", "ClickHouse embedded, aiokafka engine"))
     out: list[tuple[str, str]] = []
@@ -93,18 +93,21 @@ def throughput_rows(r: dict[str, BenchResult]) -> tuple[list[list[str]], dict[st
         ["bare aiokafka consume→produce (ceiling)", _num(bare), runs("baseline_bare"), "–", "–"],
         ["naive: one alert at a time, service 20/50 ms", _num(naive, 1), runs("baseline_naive"), "–", "–"],
         ["naive, service without latency", _num(naive0, 1), runs("baseline_naive_nolatency"), "–", "–"],
-        ["**engine**, hit-heavy (ci_failures), service 20/50 ms", _num(ours_hit), runs("e2e_throughput_ci_failures"),
+        ["**engine, `--engine faust`**, hit-heavy (ci_failures), service 20/50 ms", _num(ours_hit), runs("e2e_throughput_ci_failures"),
          cpu("e2e_throughput_ci_failures"), f"{_num(ratios['hit_heavy_vs_bare'], 2)}× bare (aim ≥ {AIM_OF_BARE}); "
          f"aim ≥ {AIM_ALERTS_PER_S:,}/s"],
-        ["**engine**, typical, service 20/50 ms", _num(ours_typ), runs("e2e_throughput_typical"),
+        ["**engine, `--engine faust`**, typical, service 20/50 ms", _num(ours_typ), runs("e2e_throughput_typical"),
          cpu("e2e_throughput_typical"), f"{_num(ratios['typical_vs_naive'], 1)}× naive (aim ≥ {AIM_OF_NAIVE:.0f}×)"],
     ]
     if ak_hit is not None or ak_typ is not None:
+        params = r.get("e2e_throughput_ci_failures_aiokafka", r.get("e2e_throughput_typical_aiokafka")).params
+        concurrency = params.get("batch_concurrency")
+        aiokafka = "**engine, aiokafka (default)**" + (f" `batch_concurrency={concurrency}`" if concurrency != 2 else "")
         rows += [
-            ["**engine, `--engine aiokafka`**, hit-heavy, service 20/50 ms", _num(ak_hit),
+            [f"{aiokafka}, hit-heavy, service 20/50 ms", _num(ak_hit),
              runs("e2e_throughput_ci_failures_aiokafka"), cpu("e2e_throughput_ci_failures_aiokafka"),
              f"{_num(ratios['aiokafka_hit_heavy_vs_bare'], 2)}× bare (aim ≥ {AIM_OF_BARE}); aim ≥ {AIM_ALERTS_PER_S:,}/s"],
-            ["**engine, `--engine aiokafka`**, typical, service 20/50 ms", _num(ak_typ),
+            [f"{aiokafka}, typical, service 20/50 ms", _num(ak_typ),
              runs("e2e_throughput_typical_aiokafka"), cpu("e2e_throughput_typical_aiokafka"),
              f"{_num(ratios['aiokafka_typical_vs_naive'], 1)}× naive (aim ≥ {AIM_OF_NAIVE:.0f}×)"],
         ]
@@ -169,9 +172,11 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
             target = row.get("target")
             target_text = "–" if not target else (f"≥ {target[0]:.0%}" if target[1] is None else f"{target[0]:.0%}–{target[1]:.0%}")
             rows.append([row["profile"], _num(row["distinct_keys"]), _pct(eng.get("hit_ratio")), _pct(eng.get("service_avoided_ratio")),
-                         _pct(b["best_achievable"]), _pct(b["lru"]), _pct(b.get("lru_batched")), target_text, verdict(row["profile"], eng.get("hit_ratio"))])
+                         _pct(b["best_achievable"]), _pct(b["lru"]), _pct(b.get("lru_batched")), target_text,
+                         verdict(row["profile"], eng.get("hit_ratio"))])
+        batch = hr.runs[0].get("expected_batch", "?") if hr.runs else "?"
         out.append(table(["profile", "distinct keys", "engine hit ratio", "engine: alerts not sent to service",
-                          "trace optimum", "LRU bound", f"LRU, batched lookups (batch≈{hr.runs[0].get('expected_batch', '?') if hr.runs else '?'})",
+                          "trace optimum", "LRU bound", f"LRU, batched lookups (batch≈{batch})",
                           "target", "verdict"], rows))
         out += ["", "Trace optimum = min(1 − compulsory misses within the TTL, Belady OPT at the LRU capacity). "
                 "TTL optimum of the larger sweep trace if it arrived slowly (the TTL starts to matter):", ""]
@@ -209,7 +214,8 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
             [x["backend"], "on" if x["fsync"] else "off", _num(x["durable_rows_per_s"]), _num(x["inserted_rows_per_s"]),
              _num(x["flushes"]), _num(x["flush_rows_avg"])] for x in sk.runs
         ]))
-        out += ["", "*http* is the stack's ClickHouse endpoint (chDB in its own process behind the HTTP interface), not a clickhouse-server.", ""]
+        out += ["", "*http* is the stack's ClickHouse endpoint (chDB in its own process behind the HTTP interface), "
+                "not a clickhouse-server.", ""]
 
     if "profile_worker" in r:
         p = r["profile_worker"]
@@ -217,7 +223,8 @@ def render_markdown(r: dict[str, BenchResult], command: str) -> str:
         out += [f"## Where the worker's time goes at maximum throughput (py-spy, {_num(summary.get('samples'))} samples, "
                 f"{_num(p.metrics.get('msgs_per_s_while_sampled'))} alerts/s while sampled)", ""]
         out.append(table(["area", "% of samples"], [[a, f"{v:.1f}"] for a, v in summary.get("by_area", {}).items()]))
-        out += ["", table(["function (own time)", "% of samples"], [[f"`{x['frame']}`", f"{x['pct']:.1f}"] for x in summary.get("top_own", [])[:15]]), ""]
+        own = [[f"`{x['frame']}`", f"{x['pct']:.1f}"] for x in summary.get("top_own", [])[:15]]
+        out += ["", table(["function (own time)", "% of samples"], own), ""]
 
     out += api_section(r)
     return "\n".join(out)

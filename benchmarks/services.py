@@ -1,6 +1,6 @@
 """The real processes a benchmark runs against: the proposition service and workers.
 
-Thin wrappers over ``tests.support.procs`` (the same helpers the e2e tests use) that also give
+Thin wrappers over ``harness.procs`` (the same helpers the e2e tests use) that also give
 each run its own proposition-service port and data directory.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,14 @@ from typing import Any
 
 import httpx
 
+from harness.procs import Proc, admin_headers, free_port, start_propositions, start_worker
 from stream_engine.settings import Settings
-from tests.support.procs import Proc, free_port, start_propositions, start_worker
 
 
 def with_private_service_and_data(settings: Settings, data_dir: Path) -> Settings:
-    return settings.with_overrides(propositions_url=f"http://127.0.0.1:{free_port()}", data_dir=data_dir)
+    return settings.with_overrides(
+        propositions_url=f"http://127.0.0.1:{free_port()}", admin_token=secrets.token_urlsafe(16), data_dir=data_dir
+    )
 
 
 @contextlib.contextmanager
@@ -57,11 +60,11 @@ def worker(settings: Settings, log_dir: Path, name: str = "worker") -> Iterator[
 
 
 def service_stats(settings: Settings) -> dict[str, Any]:
-    return dict(httpx.get(f"{settings.propositions_url}/v1/stats", timeout=5).json())
+    return dict(httpx.get(f"{settings.propositions_url}/v1/stats", headers=admin_headers(settings), timeout=5).json())
 
 
 def reset_service_stats(settings: Settings) -> None:
-    httpx.delete(f"{settings.propositions_url}/v1/stats", timeout=5).raise_for_status()
+    httpx.delete(f"{settings.propositions_url}/v1/stats", headers=admin_headers(settings), timeout=5).raise_for_status()
 
 
 def rss_kb(pid: int) -> int:

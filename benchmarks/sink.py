@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BenchResult, Progress, Stopwatch
+from benchmarks.common import BenchResult, Progress, Stopwatch, latency_summary
 from benchmarks.services import workspace
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow
@@ -49,7 +49,7 @@ def clickhouse_url(work: Path, backend: str) -> Iterator[str]:
     if backend == "embedded":
         yield f"chdb://{work / 'chdb'}"
         return
-    from tests.support.clickhouse import start_server
+    from harness.clickhouse import start_server
 
     server = start_server(work / "clickhouse")
     try:
@@ -64,10 +64,13 @@ async def one_run(url: str, work: Path, rows: int, fsync: bool, label: str) -> d
     now_ms = int(time.time() * 1000)
     data = decisions(rows, now_ms)
     await sink.start()
+    write_ms: list[float] = []  # one worker batch's time in write(): the hot path's share of the sink
     t0 = time.perf_counter()
     with Progress(label, rows) as bar:
         for b, i in enumerate(range(0, rows, BATCH)):
+            started = time.perf_counter()
             await sink.write(data[i : i + BATCH], metrics_for(b, now_ms * 1000))
+            write_ms.append((time.perf_counter() - started) * 1000)
             bar.update(min(BATCH, rows - i))
     written_s = time.perf_counter() - t0
     while sink.stats()["rows_inserted"] < rows:
@@ -80,6 +83,7 @@ async def one_run(url: str, work: Path, rows: int, fsync: bool, label: str) -> d
         "durable_rows_per_s": round(rows / written_s), "inserted_rows_per_s": round(rows / inserted_s),
         "flushes": stats["flushes"], "flush_rows_avg": round(stats["flush_rows_avg"]),
         "flush_seconds_avg": round(stats["flush_seconds_avg"], 4), "journal_fsyncs": stats["journal_fsyncs"],
+        "write": latency_summary(write_ms), "write_wait_seconds": round(stats["write_wait_seconds"], 3),
     }  # fmt: skip
 
 
@@ -100,8 +104,11 @@ async def run(rows: int = 200_000, backends: tuple[str, ...] = ("embedded", "htt
         metrics={f"{r['backend']}_fsync_{'on' if r['fsync'] else 'off'}_inserted_rows_per_s": r["inserted_rows_per_s"] for r in runs},
         runs=runs,
         notes=["durable = every write() returned (rows in the journal, fsynced when fsync is on); "
-               "inserted = rows_inserted reached the total (one columnar insert per table per flush).",
-               "http = the stack's ClickHouse endpoint (stream-engine clickhouse serve: chDB in its own process behind the HTTP interface), not a clickhouse-server."],
+               "inserted = rows_inserted reached the total (one columnar insert per journal segment into decision_audit, "
+               "whose view copies it into proposition_log, and one into latency_metrics).",
+               "write = time of each 500-row write(), backpressure waits included (write_wait_seconds in total).",
+               "http = the stack's ClickHouse endpoint (stream-engine clickhouse serve: chDB in its own process behind "
+               "the HTTP interface), not a clickhouse-server."],
     )
     return watch.finish(result)
 
@@ -116,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(run(args.rows, backends))
     path = result.write(args.results_dir)
     for r in result.runs:
-        print(f"{r['label']:24s} durable {r['durable_rows_per_s']:>9,} rows/s  in ClickHouse {r['inserted_rows_per_s']:>9,} rows/s")
+        w = r["write"]
+        print(f"{r['label']:24s} durable {r['durable_rows_per_s']:>9,} rows/s  in ClickHouse {r['inserted_rows_per_s']:>9,} rows/s"
+              f"  write() p50 {w['p50_ms']:.2f} ms p99 {w['p99_ms']:.2f} ms (waiting for room {r['write_wait_seconds']} s)")
     print(f"-> {path}")
     return 0
 

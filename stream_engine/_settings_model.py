@@ -7,8 +7,11 @@ and checks its bounds. Instances are immutable. The surface the project uses is 
 (``model_fields``, ``model_dump``), which it replaces: pydantic and pydantic-settings cost 9 MB of
 a worker's RSS (of a 64 MB budget) for the five types and three bounds these settings need.
 
-Types: ``str``, ``int``, ``float``, ``bool``, ``Path``, ``Literal[...]``, ``list[str]``,
-``dict[str, T]`` with ``T`` one of these. Anything else fails when the class is defined.
+Types: ``str``, ``int``, ``float``, ``bool``, ``Path``, :class:`SecretStr`, ``Literal[...]``,
+``list[str]``, ``dict[str, T]`` with ``T`` one of these. Anything else fails when the class is
+defined. Methods decorated ``@model_validator(mode="after")`` check the whole object; a
+``ValueError`` they raise becomes a :class:`SettingsError`. Error messages name the setting and
+what it must be, never the value given: a rejected value may be (or sit next to) a secret.
 """
 
 from __future__ import annotations
@@ -26,7 +29,41 @@ FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
 
 class SettingsError(ValueError):
-    """A setting has a value its type or bounds refuse; the message names it and why."""
+    """A setting has a value its type or bounds refuse; the message names it and why (not the value)."""
+
+
+class SecretStr:
+    """A string that shows as ``**********`` in reprs, dumps and logs; ``get_secret_value()`` reads it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretStr) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "SecretStr('**********')" if self._value else "SecretStr('')"
+
+    def __str__(self) -> str:
+        return "**********" if self._value else ""
+
+
+def model_validator(*, mode: Literal["after"]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Marks a method that checks the finished object (pydantic's spelling; only ``mode="after"``)."""
+
+    def mark(method: Callable[..., Any]) -> Callable[..., Any]:
+        method.__settings_validator__ = mode  # type: ignore[attr-defined]
+        return method
+
+    return mark
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +97,14 @@ class TypedSettings:
 
     env_prefix: ClassVar[str] = ""
     model_fields: ClassVar[dict[str, FieldInfo]] = {}
+    _validators: ClassVar[tuple[Callable[..., Any], ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         hints = typing.get_type_hints(cls, include_extras=False)
         fields: dict[str, FieldInfo] = {}
         for name in cls.__dict__.get("__annotations__", {}):
-            if hints.get(name) is None or get_origin(hints[name]) is ClassVar or name in ("env_prefix", "model_fields"):
+            if hints.get(name) is None or get_origin(hints[name]) is ClassVar or name.startswith("_"):
                 continue
             declared = cls.__dict__.get(name, _MISSING)
             info = declared if isinstance(declared, FieldInfo) else FieldInfo(default=declared)
@@ -75,6 +113,7 @@ class TypedSettings:
             if name in cls.__dict__:
                 delattr(cls, name)  # the value lives on instances
         cls.model_fields = fields
+        cls._validators = tuple(v for v in vars(cls).values() if getattr(v, "__settings_validator__", None) == "after")
 
     def __init__(self, **values: Any) -> None:
         unknown = set(values) - set(self.model_fields)
@@ -92,6 +131,11 @@ class TypedSettings:
             else:
                 raise SettingsError(f"{name}: required")
             object.__setattr__(self, name, _check_bounds(where, _convert(where, value, info.annotation), info))
+        for validator in self._validators:
+            try:
+                validator(self)
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise SettingsError(f"settings are immutable: use with_overrides({name}=...)")
@@ -114,7 +158,7 @@ class TypedSettings:
 
 def _check_supported(name: str, kind: Any) -> None:
     origin, args = get_origin(kind), get_args(kind)
-    if kind in (str, int, float, bool, Path) or origin is Literal:
+    if kind in (str, int, float, bool, Path, SecretStr) or origin is Literal:
         return
     if origin is list and args == (str,):
         return
@@ -131,7 +175,7 @@ def _from_env(text: str, kind: Any, variable: str) -> Any:
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            raise SettingsError(f"{variable}: not valid JSON ({exc})") from None
+            raise SettingsError(f"{variable}: not valid JSON (at character {exc.pos})") from None
     return text
 
 
@@ -139,15 +183,15 @@ def _convert(where: str, value: Any, kind: Any) -> Any:
     origin = get_origin(kind)
     if origin is Literal:
         if value not in get_args(kind):
-            raise SettingsError(f"{where}: must be one of {', '.join(map(repr, get_args(kind)))}, got {value!r}")
+            raise SettingsError(f"{where}: must be one of {', '.join(map(repr, get_args(kind)))}")
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise SettingsError(f"{where}: must be a list of strings, got {value!r}")
+            _fail(where, "a list of strings", value)
         return list(value)
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise SettingsError(f"{where}: must be an object with string keys, got {value!r}")
+            _fail(where, "an object with string keys", value)
         inner = get_args(kind)[1]
         return {k: _convert(f"{where}.{k}", v, inner) for k, v in value.items()}
     if kind is bool:
@@ -156,10 +200,10 @@ def _convert(where: str, value: Any, kind: Any) -> Any:
         text = str(value).strip().lower()
         if text in TRUE or text in FALSE:
             return text in TRUE
-        raise SettingsError(f"{where}: must be a boolean (true/false, 1/0, yes/no), got {value!r}")
+        _fail(where, "a boolean (true/false, 1/0, yes/no)", value)
     if kind is int:
         if isinstance(value, bool):
-            raise SettingsError(f"{where}: must be an integer, got {value!r}")
+            _fail(where, "an integer", value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         try:
@@ -177,18 +221,22 @@ def _convert(where: str, value: Any, kind: Any) -> Any:
         return value if isinstance(value, Path) else Path(value) if isinstance(value, str) else _fail(where, "a path", value)
     if kind is str:
         return value if isinstance(value, str) else _fail(where, "a string", value)
+    if kind is SecretStr:
+        return value if isinstance(value, SecretStr) else SecretStr(value) if isinstance(value, str) else _fail(
+            where, "a string", value
+        )
     raise TypeError(f"{where}: unsupported type {kind!r}")
 
 
 def _fail(where: str, what: str, value: Any) -> Any:
-    raise SettingsError(f"{where}: must be {what}, got {value!r}")
+    raise SettingsError(f"{where}: must be {what} (got a {type(value).__name__})")
 
 
 def _check_bounds(where: str, value: Any, info: FieldInfo) -> Any:
     if info.ge is not None and value < info.ge:
-        raise SettingsError(f"{where}: must be ≥ {info.ge}, got {value!r}")
+        raise SettingsError(f"{where}: must be ≥ {info.ge}")
     if info.gt is not None and value <= info.gt:
-        raise SettingsError(f"{where}: must be > {info.gt}, got {value!r}")
+        raise SettingsError(f"{where}: must be > {info.gt}")
     if info.le is not None and value > info.le:
-        raise SettingsError(f"{where}: must be ≤ {info.le}, got {value!r}")
+        raise SettingsError(f"{where}: must be ≤ {info.le}")
     return value

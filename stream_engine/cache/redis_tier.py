@@ -85,7 +85,7 @@ class RedisTier:
         self.counters = RedisCounters()
 
     @classmethod
-    def from_settings(cls, settings: Any, namespace: str | None = None) -> "RedisTier":
+    def from_settings(cls, settings: Any, namespace: str | None = None) -> RedisTier:
         client = redis_asyncio.Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,

@@ -115,7 +115,7 @@ class ClickHouseError(Exception):
         super().__init__(self.text)
 
     @classmethod
-    def from_engine(cls, exc: BaseException) -> "ClickHouseError":
+    def from_engine(cls, exc: BaseException) -> ClickHouseError:
         """chDB raises ``ChdbError``/``RuntimeError`` whose text holds the server's own message."""
         text = str(exc)
         match = ERROR_CODE.search(text)

@@ -21,6 +21,9 @@ Contract (the engine's client is written against it):
   turns it off); ``PUT /v1/admin/fault`` ``{"error_rate": 0..1, "status": 503}``. Both apply to
   the two proposition endpoints only, never to health/admin.
 * ``GET /v1/stats`` counters; ``DELETE /v1/stats`` resets them (between benchmark runs).
+
+Every route except ``/healthz`` and the two proposition endpoints (the workers' read path) needs
+``Authorization: Bearer <admin token>``, always: 401 ``{"error": "unauthorized", ...}`` otherwise.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from stream_engine.auth import bearer_auth
 from stream_engine.propositions.rules import RuleBook, RuleBookError
-from stream_engine.propositions.updates import InvalidationPublisher, Invalidation, InvalidInvalidation
+from stream_engine.propositions.updates import Invalidation, InvalidationPublisher, InvalidInvalidation
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 JSON = "application/json"
 VERSION_HEADER = "X-Rules-Version"
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000)
+# The only routes open without the admin token: health, and what the workers call per batch.
+OPEN_PATHS = frozenset({"/healthz", "/v1/propositions/batch", "/v1/propositions"})
 
 
 class LatencyModel:
@@ -68,7 +74,7 @@ class LatencyModel:
             self._sigma = (math.log(p99_ms) - self._mu) / Z_99
 
     @classmethod
-    def fixed(cls, ms: float) -> "LatencyModel":
+    def fixed(cls, ms: float) -> LatencyModel:
         return cls(ms, ms)
 
     def sample_ms(self) -> float:
@@ -377,13 +383,20 @@ SERVICE_KEY = web.AppKey("proposition_service", PropositionService)
 def make_app(
     rulebook: RuleBook,
     *,
+    admin_token: str,
     latency: LatencyModel | None = None,
     updates_publisher: InvalidationPublisher | None = None,
     fault: FaultInjector | None = None,
 ) -> web.Application:
-    """The service as an aiohttp app; ``app[SERVICE_KEY]`` is its state (tests, CLI)."""
+    """The service as an aiohttp app; ``app[SERVICE_KEY]`` is its state (tests, CLI).
+
+    ``admin_token`` guards every route outside ``OPEN_PATHS``; there is no unguarded mode.
+    """
+    if not admin_token:
+        raise ValueError("the proposition service needs an admin token for its rule and admin routes")
     service = PropositionService(rulebook, latency=latency, updates_publisher=updates_publisher, fault=fault)
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    admin_only = bearer_auth(admin_token, protects=lambda request: request.path not in OPEN_PATHS)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[admin_only])
     app[SERVICE_KEY] = service
     app.router.add_post("/v1/propositions/batch", service.batch)
     app.router.add_post("/v1/propositions", service.single)

@@ -38,6 +38,13 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     for line in report.lines():
         print(line)
+    if "propositions" in report.by_name():
+        from stream_engine.propositions.admin import find_admin_token
+
+        token = find_admin_token(settings)
+        # No token with a reused service: it was started before tokens existed; restart it.
+        where = token.source if token else "none (restart the service: `stack down --only propositions`, `stack up`)"
+        print(f"proposition service admin token (rules, admin, stats routes): {where}")
     print(f"stack up: {time.monotonic() - started:.1f}s (state in {settings.stack_dir})")
     return 0
 

@@ -64,14 +64,14 @@ class ClickHouseComponent(Component):
 
     def elsewhere(self) -> str | None:
         """The configured ClickHouse when it is not this stack's endpoint (password masked)."""
-        from stream_engine.sinks.clickhouse.client import redact_url
+        from stream_engine.masking import mask_url_passwords
 
         target = self._target()
         if target is None or target.interface == "chdb":
             return None
         if target.interface == "http" and target.host in LOOPBACK_HOSTS and target.port == self.settings.clickhouse_port:
             return None
-        return redact_url(self.settings.clickhouse_url)
+        return mask_url_passwords(self.settings.clickhouse_url)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "stream_engine", "clickhouse", "serve", "--path", str((self.home / "data").resolve())]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.drills import Publisher, Tail, clickhouse_query
+from harness.procs import Proc, start_worker, wait_until
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
 from tests.e2e.test_engines import last_assignment
-from tests.support.drills import Publisher, Tail, clickhouse_query
-from tests.support.procs import Proc, start_worker, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

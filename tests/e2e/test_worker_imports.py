@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.drills import Publisher, Tail, clickhouse_rows
+from harness.procs import Proc, start_worker, wait_until
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, clickhouse_rows
-from tests.support.procs import Proc, start_worker, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -17,7 +17,6 @@ import pytest
 
 from stream_engine.sinks.clickhouse import schema
 from stream_engine.sinks.clickhouse.cluster import DEDUP_WINDOW_BLOCKS, UnknownStatement, render, render_text
-from tests.clickhouse_fixtures import ch_url  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +29,7 @@ def _parsed(client: Any, statement: str) -> str:
 
 
 @pytest.fixture
-def parser(ch_url: str) -> Any:  # noqa: F811
+def parser(ch_url: str) -> Any:
     from stream_engine.sinks.clickhouse.client import connect
 
     return connect(ch_url, None)

@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from harness.clickhouse import RunningServer, start_server
 from stream_engine.sinks.clickhouse import queries
 from stream_engine.sinks.clickhouse.client import connect
-from stream_engine.sinks.clickhouse.schema import migrate
+from stream_engine.sinks.clickhouse.schema import MIGRATIONS, migrate
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.clickhouse_fixtures import clickhouse_server, make_metrics, make_rows, unique_database  # noqa: F401
-from tests.support.clickhouse import RunningServer, start_server
+from tests.integration.clickhouse_data import make_metrics, make_rows, unique_database
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ WINDOW = (T0, T0 + timedelta(hours=1))
 
 
 @pytest.fixture
-def http_url(clickhouse_server: RunningServer) -> str:  # noqa: F811
+def http_url(clickhouse_server: RunningServer) -> str:
     return clickhouse_server.url
 
 
@@ -100,7 +100,7 @@ def test_server_errors_reach_the_client_with_their_code(http_url: str) -> None:
         connect(http_url, "x; DROP DATABASE default")
 
 
-def test_raw_http_contract(clickhouse_server: RunningServer) -> None:  # noqa: F811
+def test_raw_http_contract(clickhouse_server: RunningServer) -> None:
     """The headers and encodings clickhouse-connect relies on, checked on the wire."""
     base = clickhouse_server.base
     with urllib.request.urlopen(f"{base}/ping") as response:
@@ -155,12 +155,13 @@ def test_migrate_applies_then_nothing(http_url: str) -> None:
     name = unique_database("mig")
     admin = connect(http_url, None)
     try:
-        assert migrate(admin, name, ttl_days=30) == [1, 2, 3]
+        assert migrate(admin, name, ttl_days=30) == [m.version for m in MIGRATIONS]
         assert migrate(admin, name, ttl_days=30) == []
         tables = {r[0] for r in admin.query(f"SELECT name FROM system.tables WHERE database = '{name}'").result_rows}
-        assert tables == {"schema_migrations", "proposition_log", "latency_metrics", "proposition_minute", "proposition_minute_mv"}
+        assert tables == {"schema_migrations", "proposition_log", "latency_metrics", "proposition_minute", "proposition_minute_mv",
+                          "decision_audit", "decision_audit_mv"}  # fmt: skip
         versions = admin.query(f"SELECT version, name FROM {name}.schema_migrations ORDER BY version").result_rows
-        assert versions == [(1, "proposition_log"), (2, "latency_metrics"), (3, "proposition_minute rollup")]
+        assert versions == [(m.version, m.name) for m in MIGRATIONS]
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {name}")
 
@@ -255,7 +256,7 @@ import asyncio, sys
 from pathlib import Path
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.clickhouse_fixtures import make_rows, make_metrics
+from tests.integration.clickhouse_data import make_metrics, make_rows
 
 async def main():
     sink = ClickHouseSink(lambda: connect({http_url!r}, {database!r}), Path({str(tmp_path / "j")!r}), flush_rows=1)
@@ -339,12 +340,12 @@ def _code(headers: dict[str, str]) -> int:
     return int(headers["X-ClickHouse-Exception-Code"])
 
 
-def test_the_configured_database_exists_at_start(clickhouse_server: RunningServer) -> None:  # noqa: F811
+def test_the_configured_database_exists_at_start(clickhouse_server: RunningServer) -> None:
     # like the server image's CLICKHOUSE_DB: analysts can query before any worker migrated
     assert _get(clickhouse_server.base, query="EXISTS DATABASE stream_engine")[2] == b"1\n"
 
 
-def test_get_is_read_only_and_readonly_1_refuses_writes(clickhouse_server: RunningServer, database: str) -> None:  # noqa: F811
+def test_get_is_read_only_and_readonly_1_refuses_writes(clickhouse_server: RunningServer, database: str) -> None:
     base = clickhouse_server.base
     status, headers, _ = _get(base, query=f"CREATE TABLE {database}.g (a UInt8) ENGINE = Memory")
     assert (status, _code(headers)) == (500, 164)  # READONLY: only POST writes
@@ -356,7 +357,7 @@ def test_get_is_read_only_and_readonly_1_refuses_writes(clickhouse_server: Runni
     assert _post(base, f"CREATE TABLE {database}.g (a UInt8) ENGINE = Memory")[0] == 200
 
 
-def test_settings_apply_to_their_request_only(clickhouse_server: RunningServer, database: str) -> None:  # noqa: F811
+def test_settings_apply_to_their_request_only(clickhouse_server: RunningServer, database: str) -> None:
     """Every request runs on its own engine handle: a setting (here a dedup token) cannot leak."""
     base = clickhouse_server.base
     _post(base, f"CREATE TABLE {database}.d (a UInt32) ENGINE = MergeTree ORDER BY a "
@@ -370,7 +371,7 @@ def test_settings_apply_to_their_request_only(clickhouse_server: RunningServer, 
     assert _post(base, "SELECT getSetting('max_threads') = 3")[2] == b"0\n"
 
 
-def test_sessions_keep_their_settings_and_take_one_request_at_a_time(clickhouse_server: RunningServer) -> None:  # noqa: F811
+def test_sessions_keep_their_settings_and_take_one_request_at_a_time(clickhouse_server: RunningServer) -> None:
     base = clickhouse_server.base
     assert _post(base, "SET max_threads = 3", session_id="s1")[0] == 200
     assert _post(base, "SELECT getSetting('max_threads')", session_id="s1")[2] == b"3\n"
@@ -390,7 +391,7 @@ def test_sessions_keep_their_settings_and_take_one_request_at_a_time(clickhouse_
     assert _post(base, "SELECT 1", session_id="s2")[0] == 200  # free again
 
 
-def test_statement_errors_carry_clickhouse_codes_and_statuses(clickhouse_server: RunningServer) -> None:  # noqa: F811
+def test_statement_errors_carry_clickhouse_codes_and_statuses(clickhouse_server: RunningServer) -> None:
     base = clickhouse_server.base
     cases = {
         "multi-statement": (_post(base, "SELECT 1; SELECT 2"), 400, 62),
@@ -411,7 +412,7 @@ def test_statement_errors_carry_clickhouse_codes_and_statuses(clickhouse_server:
     assert raised.value.code == 404
 
 
-def test_an_error_after_the_first_block(clickhouse_server: RunningServer) -> None:  # noqa: F811
+def test_an_error_after_the_first_block(clickhouse_server: RunningServer) -> None:
     base = clickhouse_server.base
     sql = "SELECT throwIf(number = 150000, 'boom') FROM numbers(200000) SETTINGS max_block_size = 10000"
     status, _, body = _post(base, sql)
@@ -421,7 +422,7 @@ def test_an_error_after_the_first_block(clickhouse_server: RunningServer) -> Non
     assert (status, _code(headers)) == (500, 395)  # buffered: the error gets its status
 
 
-def test_results_stream_in_row_formats_and_come_whole_in_the_others(clickhouse_server: RunningServer) -> None:  # noqa: F811
+def test_results_stream_in_row_formats_and_come_whole_in_the_others(clickhouse_server: RunningServer) -> None:
     import orjson
 
     base = clickhouse_server.base
@@ -439,7 +440,7 @@ def test_results_stream_in_row_formats_and_come_whole_in_the_others(clickhouse_s
     assert client.query(many).result_rows[-1] == (299999,) and len(client.query(many).result_rows) == 300000
 
 
-def test_http_compression_both_ways(clickhouse_server: RunningServer, database: str) -> None:  # noqa: F811
+def test_http_compression_both_ways(clickhouse_server: RunningServer, database: str) -> None:
     from backports import zstd
 
     base = clickhouse_server.base
@@ -457,7 +458,7 @@ def test_http_compression_both_ways(clickhouse_server: RunningServer, database: 
     assert "Content-Encoding" not in headers and body == expected  # turned off: plain
 
 
-def test_insert_data_in_any_input_format(clickhouse_server: RunningServer, database: str) -> None:  # noqa: F811
+def test_insert_data_in_any_input_format(clickhouse_server: RunningServer, database: str) -> None:
     base = clickhouse_server.base
     _post(base, f"CREATE TABLE {database}.f (a UInt32, s String) ENGINE = MergeTree ORDER BY a")
     assert _post(base, f'INSERT INTO {database}.f FORMAT JSONEachRow\n{{"a": 1, "s": "x"}}\n{{"a": 2, "s": "y"}}')[0] == 200
@@ -487,7 +488,7 @@ def test_authentication(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_concurrent_readers_and_writers(clickhouse_server: RunningServer, database: str) -> None:  # noqa: F811
+def test_concurrent_readers_and_writers(clickhouse_server: RunningServer, database: str) -> None:
     """Writers, readers and a slow query at once: nothing waits for the slow query, nothing is lost."""
     base = clickhouse_server.base
     _post(base, f"CREATE TABLE {database}.w (writer UInt8, n UInt32) ENGINE = MergeTree ORDER BY (writer, n)")
@@ -567,6 +568,6 @@ def _arrow(rows: list[Any]) -> Any:
     ms = pa.timestamp("ms", tz="UTC")
     types = (pa.string(), pa.string(), pa.string(), pa.string(), pa.string(), ms, ms, pa.string(), pa.string(),
              pa.float32(), pa.string(), pa.float32(), pa.uint32(), pa.uint16(), pa.uint64(), pa.string(),
-             pa.string(), pa.string(), pa.string())  # fmt: skip
+             pa.string(), pa.string(), pa.string(), pa.string(), pa.string(), pa.string())  # fmt: skip
     cols = list(zip(*rows, strict=True))
     return pa.table([pa.array(c, t) for c, t in zip(cols, types, strict=True)], names=list(LOG_COLUMNS))

@@ -12,15 +12,15 @@ from pathlib import Path
 import orjson
 import pytest
 
+from harness.clickhouse import RunningServer
 from stream_engine.sinks.clickhouse.sql import SqlError, execute
-from tests.clickhouse_fixtures import clickhouse_server, unique_database  # noqa: F401
-from tests.support.clickhouse import RunningServer
+from tests.integration.clickhouse_data import unique_database
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def database(clickhouse_server: RunningServer) -> Iterator[str]:  # noqa: F811
+def database(clickhouse_server: RunningServer) -> Iterator[str]:
     name = unique_database("sql")
     out = io.BytesIO()
     execute(clickhouse_server.url, f"CREATE DATABASE {name}", database="default", write=True, out=out)
@@ -38,7 +38,7 @@ def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None)
     )  # fmt: skip
 
 
-def test_prints_tab_separated_rows_like_clickhouse_client(clickhouse_server: RunningServer, database: str) -> None:  # noqa: F811
+def test_prints_tab_separated_rows_like_clickhouse_client(clickhouse_server: RunningServer, database: str) -> None:
     flags = ["--clickhouse-url", clickhouse_server.url, "--clickhouse-database", database]
     done = cli(*flags, "sql", "SELECT k, n FROM t ORDER BY k")
     assert done.returncode == 0, done.stderr
@@ -50,7 +50,7 @@ def test_prints_tab_separated_rows_like_clickhouse_client(clickhouse_server: Run
     assert cli(*flags, "sql", "SELECT n FROM t WHERE k = {k:String}", "--param", "k=b").stdout == b"2\n"
 
 
-def test_any_output_format(clickhouse_server: RunningServer, database: str) -> None:  # noqa: F811
+def test_any_output_format(clickhouse_server: RunningServer, database: str) -> None:
     out = io.BytesIO()
     execute(clickhouse_server.url, "SELECT k, n FROM t ORDER BY k", database=database, fmt="JSONEachRow", out=out)
     assert [orjson.loads(line) for line in out.getvalue().splitlines()] == [{"k": "a", "n": 1}, {"k": "b", "n": 2}]
@@ -59,7 +59,7 @@ def test_any_output_format(clickhouse_server: RunningServer, database: str) -> N
     assert out.getvalue() == b'"k","n"\n"a",1\n"b",2\n'
 
 
-def test_read_only_unless_write(clickhouse_server: RunningServer, database: str) -> None:  # noqa: F811
+def test_read_only_unless_write(clickhouse_server: RunningServer, database: str) -> None:
     out = io.BytesIO()
     with pytest.raises(SqlError, match=r"Code: 164\..*\n.*pass --write"):
         execute(clickhouse_server.url, "INSERT INTO t VALUES ('c', 3)", database=database, out=out)
@@ -72,7 +72,7 @@ def test_read_only_unless_write(clickhouse_server: RunningServer, database: str)
     assert done.returncode == 1 and b"READONLY" in done.stderr and b"--write" in done.stderr
 
 
-def test_errors_name_the_problem(clickhouse_server: RunningServer, database: str, tmp_path: Path) -> None:  # noqa: F811
+def test_errors_name_the_problem(clickhouse_server: RunningServer, database: str, tmp_path: Path) -> None:
     with pytest.raises(SqlError, match=r"Code: 60\..*UNKNOWN_TABLE"):
         execute(clickhouse_server.url, "SELECT * FROM nope", database=database, out=io.BytesIO())
     with pytest.raises(SqlError, match="does not answer.*stack up"):

@@ -54,15 +54,6 @@ def parse_url(url: str) -> Target:
     raise ValueError(f"unsupported ClickHouse URL scheme {parts.scheme!r} (want chdb, http or https)")
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password masked, for messages and status lines."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
-
-
 def connect(
     url: str, database: str | None = None, *, connect_timeout_s: float = 3.0, send_receive_timeout_s: float = 30.0
 ) -> Client:

@@ -80,7 +80,8 @@ def _execute_http(
 ) -> None:
     import httpx
 
-    from stream_engine.sinks.clickhouse.client import parse_url, redact_url
+    from stream_engine.masking import mask_url_passwords
+    from stream_engine.sinks.clickhouse.client import parse_url
 
     target = parse_url(url)
     args = {"database": database, "default_format": fmt, **{f"param_{k}": v for k, v in params.items()}}
@@ -99,7 +100,7 @@ def _execute_http(
             out.flush()
     except httpx.HTTPError as exc:
         raise SqlError(
-            f"ClickHouse at {redact_url(url)} does not answer ({type(exc).__name__}: {exc}); "
+            f"ClickHouse at {mask_url_passwords(url)} does not answer ({type(exc).__name__}: {exc}); "
             "`stream-engine stack up` starts the local one"
         ) from None
 

@@ -109,6 +109,7 @@ class Publisher:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
         self.positions: dict[str, Position] = {}
+        self.sent_at: dict[str, float] = {}  # time.time() just before the alert went to the producer
         self.sent = 0
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
 
@@ -126,6 +127,8 @@ class Publisher:
         started = time.monotonic()
         for start in range(0, len(alerts), chunk):
             part = alerts[start : start + chunk]
+            at = time.time()
+            self.sent_at.update((a["id"], at) for a in part)
             futures = [await self._producer.send(self.topic, orjson.dumps(a), key=message_key(a)) for a in part]
             for alert, meta in zip(part, await asyncio.gather(*futures)):
                 self.positions[alert["id"]] = (meta.partition, meta.offset)

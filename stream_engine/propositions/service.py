@@ -222,10 +222,12 @@ class PropositionService:
             return _error(str(exc))
         self.stats.items += len(items)
         self.stats.record_batch(len(items))
+        # The rules live when the request arrived answer it, even if PUT /v1/rules lands during
+        # the simulated latency: the answer of a slow backend reflects when it was computed.
+        rulebook = self.rulebook
         failure = await self._simulate()
         if failure is not None:
             return failure
-        rulebook = self.rulebook  # one version for the whole batch, even if PUT /v1/rules lands
         propose = rulebook.propose
         results: dict[str, Any] = {}
         for item in items:
@@ -248,10 +250,10 @@ class PropositionService:
             return _error(str(exc))
         self.stats.single_requests += 1
         self.stats.items += 1
+        rulebook = self.rulebook  # as in batch: the rules live on arrival
         failure = await self._simulate()
         if failure is not None:
             return failure
-        rulebook = self.rulebook
         propositions = rulebook.propose(body["alert"])
         self.stats.unique_keys += 1
         self.stats.empty_results += not propositions

@@ -96,7 +96,6 @@ async def updates(worker_settings: Settings) -> AsyncIterator[UpdatesPublisher]:
     await publisher.stop()
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12: an in-flight answer is written back after the invalidation')
 @pytest.mark.parametrize("scope", ["key", "type", "all"])
 async def test_an_invalidation_while_a_fetch_is_in_flight_wins_on_every_worker(
     worker_settings: Settings, updates: UpdatesPublisher, tmp_path: Path, scope: str
@@ -134,7 +133,6 @@ async def test_an_invalidation_while_a_fetch_is_in_flight_wins_on_every_worker(
         service.stop()
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12: the second --scope all is swallowed by the "seen" marker')
 async def test_two_invalidate_all_in_a_row_both_take_effect(worker_settings: Settings, tmp_path: Path) -> None:
     """The CLI as a user runs it (same default ``--rules-version manual`` both times)."""
     s = worker_settings
@@ -157,7 +155,6 @@ async def test_two_invalidate_all_in_a_row_both_take_effect(worker_settings: Set
         service.stop()
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12: going back to rules A is swallowed by the "seen" marker')
 async def test_rules_a_b_a_are_three_invalidations_and_the_last_one_wins(worker_settings: Settings, tmp_path: Path) -> None:
     """The service publishes its own invalidations; going back to rules A (same content, same
     version) is still a change and must not be swallowed."""
@@ -195,7 +192,6 @@ def cached_rounds(s: Settings) -> set[int]:
     return {int(m) for v in values if v for m in re.findall(rb'"round (\d+)"', v)}
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12: SET NX then INCR: a lost reply leaves the marker and no bump')
 async def test_a_lost_reply_to_the_redis_bump_still_invalidates(
     worker_settings: Settings, updates: UpdatesPublisher, tmp_path: Path
 ) -> None:

@@ -70,7 +70,6 @@ async def invalidate_every_second(
         await updates.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: answers from before an invalidation are served after it")
 async def test_no_decision_after_an_invalidation_uses_an_answer_from_before_it(drill_settings: Settings, tmp_path: Path) -> None:
     s = drill_settings.with_overrides(engine="aiokafka", lru_ttl_s=2.0)
     rules = tmp_path / "rules-round-0.json"

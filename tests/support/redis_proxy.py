@@ -108,4 +108,7 @@ class RedisProxy:
             finally:
                 client_writer.close()
 
-        await asyncio.gather(to_redis(), to_client())
+        try:
+            await asyncio.gather(to_redis(), to_client())
+        except asyncio.CancelledError:  # the proxy stopped under it: nothing to report
+            pass

@@ -136,7 +136,32 @@ def test_clear_and_stats() -> None:
     clock.now += 11
     assert lru.for_partition(0).get("b") is None  # expired
     lru.for_partition(1).put("c", P)
-    assert lru.stats() == {"partitions": 2, "entries": 1, "hits": 0, "misses": 1, "expired": 1, "evicted": 1}
+    assert lru.stats() == {"partitions": 2, "entries": 1, "hits": 0, "misses": 1, "expired": 1, "evicted": 1, "refused": 0}
     lru.clear()
     assert lru.stats()["entries"] == 0
     assert lru.partitions == [0, 1]
+
+
+def test_put_with_a_ttl_keeps_the_shorter_lifetime() -> None:
+    clock = FakeClock()
+    cache: TTLCache[str, int] = TTLCache(5, 10, clock)
+    cache.put("from-redis", 1, ttl_s=3)  # what it has left in the slower tier
+    cache.put("longer", 2, ttl_s=60)  # never beyond the cache's own TTL
+    clock.now += 3
+    assert cache.get("from-redis") is None
+    clock.now += 7
+    assert cache.get("longer") is None
+
+
+def test_put_admits_only_values_fetched_after_the_invalidations_covering_them() -> None:
+    from stream_engine.cache.invalidation import Coherence
+    from stream_engine.propositions.updates import Invalidation
+
+    coherence = Coherence()
+    lru = PartitionedLRU(10, 10, coherence=coherence)
+    before = coherence.begin()  # a fetch starts ...
+    coherence.raise_floor(Invalidation("type", "v", alert_type="scam"), 1)  # ... an invalidation lands
+    assert lru.put(0, "scam|fp=1", P, before) is False  # its answer is refused
+    assert lru.put(0, "infra|fp=1", P, before) is True  # not covered: still current
+    assert lru.put(0, "scam|fp=1", P, coherence.begin()) is True  # fetched after: fine
+    assert lru.stats()["refused"] == 1

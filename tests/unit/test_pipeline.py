@@ -56,10 +56,11 @@ def service(calls: list[list[str]], status: int = 200) -> httpx.MockTransport:
 def build(tmp_path: Path, calls: list[list[str]], status: int = 200) -> tuple[Pipeline, RecordingEmitter, MemorySink]:
     settings = Settings(data_dir=tmp_path, service_retries=0, redis_retry_after_s=60)
     dead_redis = redis_asyncio.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    lru = PartitionedLRU(100, 60)
     triage = Triage(
         KeyBuilder.from_settings(settings),
-        PartitionedLRU(100, 60),
-        RedisTier(dead_redis, ttl_s=60, namespace="t", retry_after_s=60),
+        lru,
+        RedisTier(dead_redis, ttl_s=60, namespace="t", retry_after_s=60, coherence=lru.coherence),
         PropositionClient.from_settings(settings, transport=service(calls, status)),
         DecisionPolicy.from_settings(settings),
     )
@@ -154,9 +155,9 @@ async def test_lru_hits_are_sent_before_the_batch_waits_on_the_service(tmp_path:
     sent_before_service: list[int] = []
     real_fetch = pipeline.triage.service.fetch_many
 
-    async def fetch_many(requests):  # type: ignore[no-untyped-def]
+    async def fetch_many(requests, epoch=0):  # type: ignore[no-untyped-def]
         sent_before_service.append(len(emitter.decisions))
-        return await real_fetch(requests)
+        return await real_fetch(requests, epoch)
 
     pipeline.triage.service.fetch_many = fetch_many  # type: ignore[method-assign]
     hits = [{**a, "id": "hit-" + a["id"]} for a in warm[:10]]

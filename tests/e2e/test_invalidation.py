@@ -226,7 +226,6 @@ async def test_a_lost_reply_to_the_redis_bump_still_invalidates(
         await proxy.stop()
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12: rules live in memory only')
 def test_rules_survive_a_service_restart(worker_settings: Settings, tmp_path: Path) -> None:
     s = worker_settings
     service = start_propositions(s, tmp_path, "--rules", str(write_rules(tmp_path, 0)), "--no-updates")

@@ -215,7 +215,6 @@ async def test_invalid_rules_are_rejected_and_nothing_changes(make_client: MakeC
     assert publisher.published == []
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12: PUT /v1/rules answers 200 when the invalidation was not published')
 async def test_put_rules_fails_and_changes_nothing_when_the_invalidation_cannot_be_published(make_client: MakeClient) -> None:
     document = BOOK.to_dict()
     document["types"]["infra"].pop()
@@ -226,7 +225,6 @@ async def test_put_rules_fails_and_changes_nothing_when_the_invalidation_cannot_
     assert await (await client.get("/v1/rules")).json() == BOOK.to_dict()
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12: no warning when updates are off')
 async def test_put_rules_without_updates_says_nothing_was_published(make_client: MakeClient) -> None:
     """``serve --no-updates``: an explicit choice, answered explicitly (the caller invalidates)."""
     document = BOOK.to_dict()
@@ -252,7 +250,6 @@ class GatedPublisher(RecordingPublisher):
         await super().publish(invalidation)
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12: rules are swapped before the invalidation is published')
 @pytest.mark.parametrize("fails", [False, True])
 async def test_requests_during_a_rules_change_wait_for_its_outcome(make_client: MakeClient, fails: bool) -> None:
     """A worker may apply the invalidation before the service's publish call returns: a fetch it
@@ -276,7 +273,6 @@ async def test_requests_during_a_rules_change_wait_for_its_outcome(make_client: 
     assert answer["results"]["k"][0]["confidence"] == (0.92 if fails else 0.5)
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12: rules live in memory only')
 async def test_put_rules_are_stored_and_loaded_by_the_next_service(make_client: MakeClient, tmp_path: Path) -> None:
     from stream_engine.propositions.rules import RuleStore
 

@@ -262,7 +262,9 @@ class RedisTier:
             else:
                 pipe = self.client.pipeline(transaction=False)
                 for _, _, names in reads:
-                    pipe.mget(names)
+                    # execute_command: redis-py's cluster pipeline refuses .mget() by name, for
+                    # keys it cannot tell share a slot; ours do (one bucket), so it routes fine.
+                    pipe.execute_command("MGET", *names)
                 replies = await pipe.execute()
         except OUTAGE_ERRORS as exc:
             self._failed("MGET", exc)
@@ -380,7 +382,7 @@ class RedisTier:
             return [await script(keys, args)]
         pipe = self.client.pipeline(transaction=False)
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # as MGET above
         results = list(await pipe.execute(raise_on_error=False))
         for i, result in enumerate(results):
             if isinstance(result, NoScriptError):

@@ -89,6 +89,14 @@ def wait_applied(workers: list[Proc], count: int) -> None:
         wait_until(lambda w=w: len(applied_lines(w.log())) >= count, 30, f"{w.name} applied {count} invalidations", w)
 
 
+@pytest.fixture(params=["single", "cluster"])
+def backend(request: pytest.FixtureRequest, worker_settings: Settings) -> Settings:
+    """worker_settings on the stack's single Redis, or on the local Redis Cluster."""
+    if request.param == "single":
+        return worker_settings
+    return worker_settings.with_overrides(redis_url=request.getfixturevalue("redis_cluster"))
+
+
 @pytest.fixture
 async def updates(worker_settings: Settings) -> AsyncIterator[UpdatesPublisher]:
     publisher = UpdatesPublisher(worker_settings.kafka_bootstrap, worker_settings.topic_updates)
@@ -98,13 +106,13 @@ async def updates(worker_settings: Settings) -> AsyncIterator[UpdatesPublisher]:
 
 @pytest.mark.parametrize("scope", ["key", "type", "all"])
 async def test_an_invalidation_while_a_fetch_is_in_flight_wins_on_every_worker(
-    worker_settings: Settings, updates: UpdatesPublisher, tmp_path: Path, scope: str
+    backend: Settings, updates: UpdatesPublisher, tmp_path: Path, scope: str
 ) -> None:
     """The invalidation lands while the key's answer is being fetched (the service takes 1.5 s):
     the in-flight answer may serve its own alert, but the next decision for that key uses the
     new rules — on the worker that fetched it (its partition's LRU, via Kafka) and on both
     workers' Redis path (their API)."""
-    s = worker_settings.with_overrides(service_timeout_s=5.0)
+    s = backend.with_overrides(service_timeout_s=5.0)
     service = start_propositions(s, tmp_path, "--rules", str(write_rules(tmp_path, 0)), "--no-updates", "--latency-median-ms", "1500")
     workers = []
     try:
@@ -133,9 +141,9 @@ async def test_an_invalidation_while_a_fetch_is_in_flight_wins_on_every_worker(
         service.stop()
 
 
-async def test_two_invalidate_all_in_a_row_both_take_effect(worker_settings: Settings, tmp_path: Path) -> None:
+async def test_two_invalidate_all_in_a_row_both_take_effect(backend: Settings, tmp_path: Path) -> None:
     """The CLI as a user runs it (same default ``--rules-version manual`` both times)."""
-    s = worker_settings
+    s = backend
     service = start_propositions(s, tmp_path, "--rules", str(write_rules(tmp_path, 0)), "--no-updates")
     worker = None
     try:
@@ -155,10 +163,10 @@ async def test_two_invalidate_all_in_a_row_both_take_effect(worker_settings: Set
         service.stop()
 
 
-async def test_rules_a_b_a_are_three_invalidations_and_the_last_one_wins(worker_settings: Settings, tmp_path: Path) -> None:
+async def test_rules_a_b_a_are_three_invalidations_and_the_last_one_wins(backend: Settings, tmp_path: Path) -> None:
     """The service publishes its own invalidations; going back to rules A (same content, same
     version) is still a change and must not be swallowed."""
-    s = worker_settings
+    s = backend
     service = start_propositions(s, tmp_path, "--rules", str(write_rules(tmp_path, 0)))
     worker = None
     try:

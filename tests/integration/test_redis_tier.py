@@ -85,7 +85,7 @@ def namespace() -> str:
     return f"test:{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(params=["single"])
+@pytest.fixture(params=["single", "cluster"])
 def redis_url(request: pytest.FixtureRequest) -> str:
     if request.param == "single":
         return request.getfixturevalue("stack").redis_url
@@ -319,6 +319,43 @@ async def test_a_lost_reply_to_the_bump_still_invalidates(proxy: RedisProxy, sin
     finally:
         await worker.close()
         await other.close()
+
+
+async def test_a_lost_reply_from_one_cluster_node_still_invalidates(redis_cluster: str, namespace: str) -> None:
+    """The same on the cluster: every node is reached through its own proxy (the client remaps
+    the node addresses the cluster announces); one node executes its part of the bump but its
+    reply is lost."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    ports = [int(node.rsplit(":", 1)[1]) for node in redis_cluster.split("://", 1)[1].split(",")]
+    proxies = {port: RedisProxy("127.0.0.1", port) for port in ports}
+    for proxy in proxies.values():
+        await proxy.start()
+    client = RedisCluster(
+        startup_nodes=[ClusterNode("127.0.0.1", proxies[ports[0]].port)],
+        address_remap=lambda addr: ("127.0.0.1", proxies[addr[1]].port) if addr[1] in proxies else addr,
+        socket_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+        require_full_coverage=False,
+    )
+    worker = RedisTier(client, ttl_s=60, namespace=namespace)
+    other = RedisTier(client_from_url(redis_cluster, 0.5), ttl_s=60, namespace=namespace)
+    keys = [f"k|{i}" for i in range(200)]
+    try:
+        await worker.put_many({key: P1 for key in keys}, 0)
+        assert len(await found(other, keys)) == 200
+        proxies[ports[1]].drop_next_reply("EVALSHA")
+        with pytest.raises(Exception):
+            await worker.apply_invalidation(ALL, 1)
+        assert proxies[ports[1]].dropped == ["EVALSHA"]
+        assert await found(other, keys) == {}  # every node took it all the same
+        await worker.apply_invalidation(ALL, 1)  # the retry: harmless
+        assert await other.applied_through() == 1
+    finally:
+        await worker.close()
+        await other.close()
+        for proxy in proxies.values():
+            await proxy.stop()
 
 
 async def test_a_lost_request_is_retried_until_redis_takes_it(proxy: RedisProxy, single_url: str, namespace: str) -> None:

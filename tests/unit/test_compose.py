@@ -71,7 +71,7 @@ def test_worker_replicas_share_the_journal_volume() -> None:
 def test_worker_environment_points_at_the_services() -> None:
     env = env_of("worker")
     assert env["STREAM_ENGINE_KAFKA_BOOTSTRAP"] == "kafka:9092"
-    assert env["STREAM_ENGINE_REDIS_URL"].startswith("redis://redis:6379")
+    assert env["STREAM_ENGINE_REDIS_URL"] == "${STREAM_ENGINE_REDIS_URL:-redis://redis:6379/0}"  # or a cluster URL
     assert env["STREAM_ENGINE_CLICKHOUSE_URL"].startswith("http://") and env["STREAM_ENGINE_CLICKHOUSE_URL"].endswith(
         "@clickhouse:8123"
     )
@@ -119,3 +119,29 @@ def test_dockerfile_installs_the_package_and_points_paths_at_the_image() -> None
     assert "pip install ." in text and "COPY topics" in text
     assert "STREAM_ENGINE_TOPICS_DIR=/app/topics" in text
     assert 'ENTRYPOINT ["stream-engine"]' in text
+
+
+def test_every_redis_evicts_only_entries_with_a_ttl() -> None:
+    """The invalidation floors have no TTL: an allkeys-* policy could evict them."""
+    redis_services = [name for name, svc in SERVICES.items() if svc.get("image", "").startswith("redis:") and "command" in svc
+                      and svc["command"][0] == "redis-server"]  # fmt: skip
+    assert {"redis", "redis-cluster-1", "redis-cluster-2", "redis-cluster-3"} <= set(redis_services)
+    for name in redis_services:
+        command = SERVICES[name]["command"]
+        assert command[command.index("--maxmemory-policy") + 1] == "volatile-ttl", name
+
+
+def test_the_cluster_profile_is_three_masters_joined_by_a_one_shot() -> None:
+    nodes = [f"redis-cluster-{i}" for i in (1, 2, 3)]
+    for node in nodes:
+        assert SERVICES[node]["profiles"] == ["cluster"]
+        command = SERVICES[node]["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--cluster-require-full-coverage") + 1] == "no"
+    init = SERVICES["redis-cluster-init"]
+    script = " ".join(init["command"])
+    assert "--cluster create" in script and "--cluster-replicas 0" in script
+    assert all(f"getent hosts {node}" in script for node in nodes)
+    assert set(init["depends_on"]) == set(nodes)
+    header = (PROJECT_ROOT / "docker-compose.yml").read_text().split("services:")[0]
+    assert "redis+cluster://redis-cluster-1:6379" in header and "--profile cluster" in header

@@ -165,8 +165,8 @@ class Triage:
         # tier keeps it if one covering it lands before it is stored (cache.invalidation).
         tag = self.coherence.begin()
         try:
-            for key, hit in (await self.redis.get_many(list(misses))).items():
-                self._fill(out, envelopes, misses.pop(key), hit.propositions, "redis", hit.tag, hit.ttl_s)
+            for key, (props, fetched_under, ttl_s) in (await self.redis.get_many(list(misses))).items():
+                self._fill(out, envelopes, key, misses.pop(key), props, "redis", fetched_under, ttl_s)
             t2 = time.perf_counter_ns()
             times.redis += t2 - t1
             if not misses:
@@ -176,7 +176,7 @@ class Triage:
             t3 = time.perf_counter_ns()
             times.service += t3 - t2
             for key, props in result.found.items():
-                self._fill(out, envelopes, misses.pop(key), props, "service", tag)
+                self._fill(out, envelopes, key, misses.pop(key), props, "service", tag)
             if result.found:
                 await self.redis.put_many(result.found, tag, version=result.version)
                 times.redis += time.perf_counter_ns() - t3
@@ -192,16 +192,21 @@ class Triage:
         self,
         out: list[Resolved],
         envelopes: Sequence[Envelope],
+        key: str,
         idx: list[int],
         props: list[Proposition],
         tier: CacheTier,
         tag: int,
         ttl_s: float | None = None,
     ) -> None:
+        stored = -1
         for i in idx:
             out[i] = (props, tier, None)
             # Every partition the key appears in gets it: keyed publishing makes that one partition.
-            self.lru.put(envelopes[i].partition, envelopes[i].key, props, tag, ttl_s)
+            partition = envelopes[i].partition
+            if partition != stored:
+                self.lru.put(partition, key, props, tag, ttl_s)
+                stored = partition
 
 
 class Pipeline:

@@ -62,7 +62,8 @@ import redis.asyncio as redis_asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from stream_engine.cache.invalidation import Coherence, type_part
 from stream_engine.keys import type_prefix
@@ -75,7 +76,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTAGE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# RedisClusterException: e.g. a slot no live node serves (not a RedisError subclass).
+OUTAGE_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 CLUSTER_BUCKETS = 64
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
@@ -127,13 +129,9 @@ return 1
 """.replace("SEQ_OF", _SEQ_OF)
 
 
-@dataclass(slots=True, frozen=True)
-class Cached:
-    """A current value read from Redis."""
-
-    propositions: list[Proposition]
-    tag: int
-    ttl_s: float  # what is left of its lifetime
+# A current value read from Redis: (propositions, tag, seconds left of its lifetime). A plain
+# tuple: one is built per hit on the hot path.
+Cached = tuple[list[Proposition], int, float]
 
 
 @dataclass(slots=True)
@@ -195,6 +193,9 @@ class RedisTier:
         self.buckets = buckets or (CLUSTER_BUCKETS if self.cluster else 1)
         self._tags = [f"{{{namespace}}}"] if self.buckets == 1 else [f"{{{namespace}:{b}}}" for b in range(self.buckets)]
         self._applied_key = f"{{{namespace}}}:applied"
+        # Cluster: the slot of every hash tag, so commands go straight to the node serving it
+        # (redis-py would otherwise hash every key of every command to find it).
+        self._slots = {tag: key_slot(tag[1:-1].encode()) for tag in [*self._tags, f"{{{namespace}}}"]}
         self._clock = clock
         self._wall = wall
         self._skip_until = float("-inf")
@@ -257,15 +258,10 @@ class RedisTier:
             types = list(dict.fromkeys(type_part(k) for k in group))
             reads.append((group, types, [f"{tag}:all", *(f"{tag}:t:{t}" for t in types), *(f"{tag}:{k}" for k in group)]))
         try:
-            if len(reads) == 1:
+            if not self.cluster:
                 replies = [await self.client.mget(reads[0][2])]
             else:
-                pipe = self.client.pipeline(transaction=False)
-                for _, _, names in reads:
-                    # execute_command: redis-py's cluster pipeline refuses .mget() by name, for
-                    # keys it cannot tell share a slot; ours do (one bucket), so it routes fine.
-                    pipe.execute_command("MGET", *names)
-                replies = await pipe.execute()
+                replies = await self._pipeline([("MGET", *names) for _, _, names in reads])
         except OUTAGE_ERRORS as exc:
             self._failed("MGET", exc)
             return {}
@@ -292,7 +288,7 @@ class RedisTier:
                     counters.stale += 1
                     counters.misses += 1
                 else:
-                    found[key] = Cached(propositions, tag, (expires_ms - now_ms) / 1000.0)
+                    found[key] = (propositions, tag, (expires_ms - now_ms) / 1000.0)
                     counters.hits += 1
         return found
 
@@ -374,16 +370,36 @@ class RedisTier:
             )  # fmt: skip
         return ",".join(sorted(policies)) or None
 
+    async def _pipeline(self, commands: list[tuple[Any, ...]], raise_on_error: bool = True) -> list[Any]:
+        """Cluster: commands whose keys share one hash tag (the first key's), each sent to the
+        node serving that tag's slot; one pipeline per node, the nodes in parallel."""
+        client = self.client
+        assert isinstance(client, RedisCluster)
+        await client.initialize()  # a no-op once the slot table is known
+        node_of = client.nodes_manager.get_node_from_slot
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            key = command[3] if command[0] == "EVALSHA" else command[1]
+            slot = self._slots[key[: key.index("}") + 1]]
+            # execute_command: the cluster pipeline refuses .mget()/.evalsha() by name, for keys
+            # it cannot tell share a slot; ours do, and the node is given.
+            pipe.execute_command(*command, target_nodes=[node_of(slot)])
+        return list(await pipe.execute(raise_on_error=raise_on_error))
+
     async def _run(self, calls: list[tuple[AsyncScript, list[str], list[Any]]]) -> list[Any]:
         """Run scripts: one directly, several as one pipeline (per node on a cluster). A node
         that forgot a script (restarted) gets it loaded again."""
-        if len(calls) == 1:
+        if len(calls) == 1 and not self.cluster:
             script, keys, args = calls[0]
             return [await script(keys, args)]
-        pipe = self.client.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # as MGET above
-        results = list(await pipe.execute(raise_on_error=False))
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+        if self.cluster:
+            results = await self._pipeline(commands, raise_on_error=False)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            results = list(await pipe.execute(raise_on_error=False))
         for i, result in enumerate(results):
             if isinstance(result, NoScriptError):
                 script, keys, args = calls[i]

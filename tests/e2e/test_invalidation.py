@@ -248,3 +248,26 @@ def test_rules_survive_a_service_restart(worker_settings: Settings, tmp_path: Pa
         assert httpx.get(f"{s.propositions_url}/v1/rules", timeout=5).json() == rules_round(3)
     finally:
         service.stop()
+
+
+async def test_an_invalidation_published_while_every_worker_was_down_is_applied_by_the_next_one(
+    backend: Settings, updates: UpdatesPublisher, tmp_path: Path
+) -> None:
+    """Redis remembers how far invalidations were applied; a worker that starts replays the rest."""
+    s = backend
+    service = start_propositions(s, tmp_path, "--rules", str(write_rules(tmp_path, 0)), "--no-updates")
+    worker = None
+    try:
+        worker = await asyncio.to_thread(start_worker, s.with_overrides(data_dir=tmp_path / "w1"), tmp_path, "w1")
+        assert answer_round(await decide(s, alert("web", "warm"))) == 0  # cached in Redis too
+        await asyncio.to_thread(worker.stop)
+        await put_rules(s, 1)
+        await updates.publish(Invalidation("all", "manual"))  # nobody is listening
+        worker = await asyncio.to_thread(start_worker, s.with_overrides(data_dir=tmp_path / "w2"), tmp_path, "w2")
+        assert "replaying invalidations" in worker.log()
+        probe = await decide_via_api(worker, alert("web", "probe"))
+        assert answer_round(probe) == 1, f"served from before the invalidation: {probe}"
+    finally:
+        if worker is not None:
+            await asyncio.to_thread(worker.stop)
+        service.stop()

@@ -137,7 +137,7 @@ async def apply(tier: RedisTier, inv: Invalidation, seq: int) -> None:
 
 
 async def found(tier: RedisTier, keys: list[str]) -> dict[str, list[Proposition]]:
-    return {key: hit.propositions for key, hit in (await tier.get_many(keys)).items()}
+    return {key: props for key, (props, _, _) in (await tier.get_many(keys)).items()}
 
 
 async def raw_value(tier: RedisTier, key: str) -> Any:
@@ -152,8 +152,8 @@ async def test_roundtrip_with_ttl_tag_and_compact_value(workers: Workers) -> Non
     tier = workers()
     assert await tier.put_many({"ci_failure|repo=a": P1, "scam|fp=1": P2, "infra|fp=none": []}, 0, version="r7") is True
     hits = await tier.get_many(["ci_failure|repo=a", "scam|fp=1", "infra|fp=none", "absent|x"])
-    assert {k: h.propositions for k, h in hits.items()} == {"ci_failure|repo=a": P1, "scam|fp=1": P2, "infra|fp=none": []}
-    assert {h.tag for h in hits.values()} == {0} and all(59 < h.ttl_s <= 60 for h in hits.values())
+    assert {k: props for k, (props, _, _) in hits.items()} == {"ci_failure|repo=a": P1, "scam|fp=1": P2, "infra|fp=none": []}
+    assert {tag for _, tag, _ in hits.values()} == {0} and all(59 < ttl_s <= 60 for _, _, ttl_s in hits.values())
     stored = await raw_value(tier, "ci_failure|repo=a")
     assert stored == {"s": 0, "e": stored["e"], "v": "r7", "p": [["rerun", 0.91, "flaky test"], ["page", 0.2, ""]]}
     assert 0 < await tier.client.ttl(tier.data_key("scam|fp=1")) <= 60
@@ -205,6 +205,35 @@ async def test_a_newer_answer_is_not_replaced_by_an_older_one(workers: Workers) 
     await tier.put_many({"k|1": P1}, 3)  # still current (no invalidation covers it), but older
     assert await found(tier, ["k|1"]) == {"k|1": P2}
     assert tier.stats()["refused"] == 1
+
+
+async def test_a_redis_hit_lives_in_the_lru_no_longer_than_it_has_left_in_redis(redis_url: str, namespace: str) -> None:
+    """Through Triage: tier hops do not extend a TTL."""
+    from stream_engine.keys import KeyBuilder
+    from stream_engine.models import Alert
+    from stream_engine.pipeline import StageTimes, Triage
+    from stream_engine.policy import DecisionPolicy
+    from stream_engine.propositions.client import PropositionClient
+
+    wall, lru_clock = FakeClock(), FakeClock()
+    lru = PartitionedLRU(10, 300, lru_clock)
+    tier = RedisTier(client_from_url(redis_url, 0.5), ttl_s=60, namespace=namespace, coherence=lru.coherence, wall=wall)
+    settings = Settings()
+    triage = Triage(KeyBuilder.from_settings(settings), lru, tier, PropositionClient.from_settings(settings), DecisionPolicy.from_settings(settings))
+    alert = Alert("a1", "ci_failure", 1.0, "high", "ci", {"repo": "web", "job": "build", "error_class": "Timeout"})
+    envelope = triage.envelope(alert, 0, 0, 0)
+    try:
+        await tier.put_many({envelope.key: P1}, 0)  # written at wall 100 s, 60 s to live
+        wall.now += 50  # read with 10 s left
+        [decision] = await triage.decide([envelope], StageTimes())
+        assert decision.cache_tier == "redis"
+        lru_clock.now += 9
+        assert lru.for_partition(0).get(envelope.key) == P1
+        lru_clock.now += 2  # 11 s later: past its Redis lifetime, well within lru_ttl_s (300 s)
+        assert lru.for_partition(0).get(envelope.key) is None
+    finally:
+        await tier.close()
+        await triage.service.close()
 
 
 # --- invalidation ----------------------------------------------------------------------------

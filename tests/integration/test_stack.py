@@ -219,7 +219,7 @@ def test_redis_cluster_starts_when_named_and_serves_the_redis_tier(private: Sett
         try:
             assert await tier.check_eviction_policy() == "volatile-ttl"
             await tier.put_many({f"k|{i}": [Proposition("a", 0.5)] for i in range(100)}, 0)
-            return {k: h.propositions for k, h in (await tier.get_many([f"k|{i}" for i in range(100)])).items()}
+            return {k: props for k, (props, _, _) in (await tier.get_many([f"k|{i}" for i in range(100)])).items()}
         finally:
             await tier.close()
 

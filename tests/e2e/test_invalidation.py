@@ -264,9 +264,9 @@ async def test_an_invalidation_published_while_every_worker_was_down_is_applied_
         await put_rules(s, 1)
         await updates.publish(Invalidation("all", "manual"))  # nobody is listening
         worker = await asyncio.to_thread(start_worker, s.with_overrides(data_dir=tmp_path / "w2"), tmp_path, "w2")
-        assert "replaying invalidations" in worker.log()
         probe = await decide_via_api(worker, alert("web", "probe"))
         assert answer_round(probe) == 1, f"served from before the invalidation: {probe}"
+        assert "replaying invalidations" in worker.log()
     finally:
         if worker is not None:
             await asyncio.to_thread(worker.stop)

@@ -104,41 +104,46 @@ async def updates(worker_settings: Settings) -> AsyncIterator[UpdatesPublisher]:
     await publisher.stop()
 
 
-@pytest.mark.parametrize("scope", ["key", "type", "all"])
 async def test_an_invalidation_while_a_fetch_is_in_flight_wins_on_every_worker(
-    backend: Settings, updates: UpdatesPublisher, tmp_path: Path, scope: str
+    backend: Settings, updates: UpdatesPublisher, tmp_path: Path
 ) -> None:
-    """The invalidation lands while the key's answer is being fetched (the service takes 1.5 s):
-    the in-flight answer may serve its own alert, but the next decision for that key uses the
-    new rules — on the worker that fetched it (its partition's LRU, via Kafka) and on both
-    workers' Redis path (their API)."""
+    """Scope key, then type, then all (each on a key of its own, with rules of its own), landing
+    while that key's answer is being fetched (the service takes 1.5 s): the in-flight answer may
+    serve its own alert, but the next decision for that key uses the new rules — on the worker
+    that fetched it (its partition's LRU, via Kafka) and on both workers' Redis path (their API).
+    One pair of workers for the three phases; every phase is checked and reported."""
     s = backend.with_overrides(service_timeout_s=5.0)
     service = start_propositions(s, tmp_path, "--rules", str(write_rules(tmp_path, 0)), "--no-updates", "--latency-median-ms", "1500")
-    workers = []
+    workers: list[Proc] = []
+    wrong: list[str] = []
     try:
         workers = [start_worker(s.with_overrides(data_dir=tmp_path / n), tmp_path, n) for n in ("w1", "w2")]
-        first = alert("web", "in-flight")
-        before = service_requests(s)
-        deciding = asyncio.create_task(decide(s, first))
-        await asyncio.to_thread(wait_until, lambda: service_requests(s) > before, 30, "the fetch to reach the service")
+        for n, (scope, repo) in enumerate((("key", "web"), ("type", "search"), ("all", "billing")), start=1):
+            first = alert(repo, f"{scope}-in-flight")
+            before = service_requests(s)
+            deciding = asyncio.create_task(decide(s, first))
+            await asyncio.to_thread(wait_until, lambda: service_requests(s) > before, 30, "the fetch to reach the service")
 
-        await put_rules(s, 1)
-        target = {"key": {"key": key_of(first)}, "type": {"alert_type": "ci_failure"}, "all": {}}[scope]
-        await updates.publish(Invalidation(scope, "manual", **target))  # type: ignore[arg-type]
-        await asyncio.to_thread(wait_applied, workers, 1)
-        in_flight = await deciding
-        # The condition under test happened: that answer was fetched under the old rules.
-        assert (in_flight["cache_tier"], answer_round(in_flight)) == ("service", 0), in_flight
+            await put_rules(s, n)
+            target = {"key": {"key": key_of(first)}, "type": {"alert_type": "ci_failure"}, "all": {}}[scope]
+            await updates.publish(Invalidation(scope, "manual", **target))  # type: ignore[arg-type]
+            await asyncio.to_thread(wait_applied, workers, n)
+            in_flight = await deciding
+            # The condition under test happened: that answer was fetched under the old rules.
+            assert (in_flight["cache_tier"], answer_round(in_flight)) == ("service", n - 1), (scope, in_flight)
 
-        after = await decide(s, alert("web", "after"))
-        assert answer_round(after) == 1, f"next decision via Kafka used {after}"
-        for w in workers:
-            via_api = await decide_via_api(w, alert("web", f"api-{w.name}"))
-            assert answer_round(via_api) == 1, f"{w.name} API decision used {via_api}"
+            after = await decide(s, alert(repo, f"{scope}-after"))
+            if answer_round(after) != n:
+                wrong.append(f"scope {scope}: the next decision via Kafka used {after}")
+            for w in workers:
+                via_api = await decide_via_api(w, alert(repo, f"{scope}-api-{w.name}"))
+                if answer_round(via_api) != n:
+                    wrong.append(f"scope {scope}: {w.name}'s API decision used {via_api}")
     finally:
         for w in workers:
             w.stop()
         service.stop()
+    assert not wrong, "\n".join(wrong)
 
 
 async def test_two_invalidate_all_in_a_row_both_take_effect(backend: Settings, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ after an invalidation never joins a fetch made before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -144,9 +145,9 @@ class Invalidations:
         if applied is None or applied >= end:
             if applied is not None and applied > end:
                 log.error(
-                    "Redis namespace %s has applied invalidation %d but %s ends at %d: the topic was recreated? "
-                    "Use a fresh STREAM_ENGINE_REDIS_NAMESPACE, or delete the namespace's keys",
-                    self.redis.namespace, applied, "proposition-updates", end,
+                    "Redis namespace %s has applied invalidation %d but the updates topic ends at %d: was the topic "
+                    "recreated? Use a fresh STREAM_ENGINE_REDIS_NAMESPACE with it, or delete the namespace's keys",
+                    self.redis.namespace, applied, end,
                 )  # fmt: skip
             return end
         if applied < first:
@@ -201,10 +202,8 @@ class Invalidations:
         task, self._retrying = self._retrying, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         if self._pending:
             await self.flush()  # one last try: a worker going away should not leave Redis behind
 

@@ -258,7 +258,7 @@ class RedisTier:
             types = list(dict.fromkeys(type_part(k) for k in group))
             reads.append((group, types, [f"{tag}:all", *(f"{tag}:t:{t}" for t in types), *(f"{tag}:{k}" for k in group)]))
         try:
-            if not self.cluster:
+            if len(reads) == 1 and not self.cluster:
                 replies = [await self.client.mget(reads[0][2])]
             else:
                 replies = await self._pipeline([("MGET", *names) for _, _, names in reads])
@@ -371,10 +371,14 @@ class RedisTier:
         return ",".join(sorted(policies)) or None
 
     async def _pipeline(self, commands: list[tuple[Any, ...]], raise_on_error: bool = True) -> list[Any]:
-        """Cluster: commands whose keys share one hash tag (the first key's), each sent to the
-        node serving that tag's slot; one pipeline per node, the nodes in parallel."""
+        """Commands whose keys share one hash tag (the first key's) as one pipeline; on a cluster
+        each goes to the node serving that tag's slot: one pipeline per node, in parallel."""
         client = self.client
-        assert isinstance(client, RedisCluster)
+        if not isinstance(client, RedisCluster):
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=raise_on_error))
         await client.initialize()  # a no-op once the slot table is known
         node_of = client.nodes_manager.get_node_from_slot
         pipe = client.pipeline(transaction=False)
@@ -393,13 +397,7 @@ class RedisTier:
             script, keys, args = calls[0]
             return [await script(keys, args)]
         commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
-        if self.cluster:
-            results = await self._pipeline(commands, raise_on_error=False)
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            results = list(await pipe.execute(raise_on_error=False))
+        results = await self._pipeline(commands, raise_on_error=False)
         for i, result in enumerate(results):
             if isinstance(result, NoScriptError):
                 script, keys, args = calls[i]

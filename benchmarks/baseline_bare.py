@@ -79,7 +79,7 @@ async def consume_produce(settings: Settings, group: str, expected: int, progres
     await consumer.start()
     slots = asyncio.Semaphore(settings.batch_concurrency)
     timeout_ms = max(1, int(settings.batch_within_s * 1000))
-    fetched = committed = batches = 0
+    fetched = committed = batches = max_in_flight = 0
     previous: asyncio.Task[None] | None = None  # commits go out in fetch order, as the engine's do
     tasks: set[asyncio.Task[None]] = set()
 
@@ -112,6 +112,7 @@ async def consume_produce(settings: Settings, group: str, expected: int, progres
             previous = asyncio.create_task(finish(acks, offsets, previous))
             tasks.add(previous)
             previous.add_done_callback(tasks.discard)
+            max_in_flight = max(max_in_flight, len(tasks))
             fetched += len(acks)
             batches += 1
             idle_since = time.monotonic()
@@ -122,6 +123,7 @@ async def consume_produce(settings: Settings, group: str, expected: int, progres
         await consumer.stop()
         await producer.stop()
     return {"messages": committed, "batches": batches, "mean_batch": round(fetched / batches, 1) if batches else 0,
+            "max_in_flight": max_in_flight,
             "partitioner": producer._partitioner}  # noqa: SLF001 - the one way to show which partitioner ran
 
 

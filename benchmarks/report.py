@@ -31,6 +31,8 @@ from benchmarks.services import SERVICE, service_label, service_of
 from stream_engine.settings import PROJECT_ROOT, Settings
 
 README = PROJECT_ROOT / "README.md"
+BENCH_README = PROJECT_ROOT / "benchmarks" / "README.md"
+READMES = (README, BENCH_README)  # files with bench blocks; the stray-figure check reads README only
 AIM_ALERTS_PER_S = 25_000
 AIM_OF_CEILING = 0.5
 AIM_OF_NAIVE = 10.0
@@ -430,7 +432,8 @@ def block_performance(r: Results) -> str:
         if bare is not None:
             problems = ceiling_mismatch(bare, hit)
             text += (f"; **{_num(_ratio(rate(r, hit.name), rate(r, bare.name)), 2)}×** the bare loop's "
-                     f"{_num(rate(r, bare.name))} msg/s under the same Kafka settings" if not problems else
+                     f"{_num(rate(r, bare.name))} msg/s under the same Kafka settings (aim ≥ {AIM_OF_CEILING}×)"
+                     if not problems else
                      "; no ratio to the bare loop, measured under other conditions")
         lines.append(text + f" ({_source(hit)}).")
     else:
@@ -448,7 +451,7 @@ def block_performance(r: Results) -> str:
     at_1k = next((x for x in lat.runs if x["rate"] == 1000), None) if lat is not None else None
     if at_1k is not None:
         lines.append(f"- Publish → decision at 1,000 alerts/s, default engine: p50 {_num(at_1k['record'].get('p50_ms'), 1)} ms, "
-                     f"**p99 {_num(at_1k['record'].get('p99_ms'), 1)} ms** (LRU hits "
+                     f"**p99 {_num(at_1k['record'].get('p99_ms'), 1)} ms** (aim ≤ {AIM_P99_MS_AT_1K:.0f} ms; LRU hits "
                      f"{_num(at_1k['by_tier'].get('lru', {}).get('p99_ms'), 1)} ms) ({_source(lat)}).")
     else:
         lines.append(f"- Latency: {PENDING}.")
@@ -456,7 +459,9 @@ def block_performance(r: Results) -> str:
     if api is not None and str(api.params.get("tool", "")).startswith("wrk"):
         single = {x["keys"]: x["latency"]["p99_ms"] for x in api.runs if x["shape"] == "single"}
         lines.append(f"- HTTP API, one alert per request: p99 {_num(single.get('repeat'), 1)} ms with a known key, "
-                     f"{_num(single.get('fresh'), 1)} ms with a new one ({_source(api)}).")
+                     f"{_num(single.get('fresh'), 1)} ms with a new one (aim ≤ {AIM_API_SINGLE_P99_MS:.0f} ms); "
+                     f"{_num(api.metrics.get('rejected'))} rejected and {_num(api.metrics.get('errors'))} failed requests "
+                     f"up to {_num(max(api.params.get('concurrency') or [1]))} connections ({_source(api)}).")
     else:
         lines.append(f"- HTTP API: {PENDING}.")
     return "\n".join(lines) + "\n"
@@ -481,7 +486,7 @@ def block_sink_fsync(r: Results) -> str:
         return f"The journal is not fsynced by default (what `STREAM_ENGINE_SINK_FSYNC=true` costs a write: {PENDING}); {advice}\n"
     span = lambda v: f"{v[0]:.1f}" if f"{v[0]:.1f}" == f"{v[-1]:.1f}" else f"{v[0]:.1f}–{v[-1]:.1f}"  # noqa: E731
     return (f"The journal is not fsynced by default: with `STREAM_ENGINE_SINK_FSYNC=true` a 500-row write took p50 "
-            f"{span(on)} ms instead of {span(off)} ms ({len(on)} runs each; {_source(sk)}); {advice}\n")
+            f"{span(on)} ms instead of {span(off)} ms ({len(on)} run{'s' if len(on) > 1 else ''} each; {_source(sk)}); {advice}\n")
 
 
 def block_memory(r: Results) -> str:
@@ -495,8 +500,24 @@ def block_memory(r: Results) -> str:
             f"of its RSS (worker {_num(e)} MB idle embedded vs {_num(h)} MB writing to a server; {_source(embedded)}).\n")
 
 
+def block_service_shape(r: Results) -> str:
+    shape = r.get("service_shape")
+    fit = shape.metrics.get("fastest", {}) if shape is not None else {}
+    implied = fit.get("implied_per_item_ms_at_model_median")
+    if not isinstance(implied, (int, float)) or implied <= 0:
+        return f"The reference endpoint's measured shape: {PENDING}.\n"
+    ratio = SERVICE.per_item_ms / implied
+    verdict = ("within a factor of 2 of it" if 0.5 <= ratio <= 2 else
+               "**more than a factor of 2 away from it: revisit `benchmarks.services.SERVICE`**")
+    return (f"Measured ({_source(shape)}): {_num(fit.get('fixed_ms'), 2)} ms per request + "
+            f"{_num(fit.get('per_item_ms'), 4)} ms per item through the fastest requests, i.e. "
+            f"{_pct(fit.get('per_item_share_of_fixed'))} of a request per item, {_num(implied, 3)} ms per item at "
+            f"{SERVICE.median_ms:g} ms per request; the model's {SERVICE.per_item_ms:g} ms is {verdict}.\n")
+
+
 README_BLOCKS: dict[str, Callable[[Results], str]] = {
     "performance": block_performance,
+    "service-shape": block_service_shape,
     "engines": block_engines,
     "sink-fsync": block_sink_fsync,
     "memory": block_memory,
@@ -543,12 +564,12 @@ def unbacked_figures(text: str) -> list[str]:
 
 
 # --- entry point ------------------------------------------------------------------------------------------
-def render(directory: Path = RESULTS_DIR, readme: Path | None = README, plots: bool = True) -> Path:
-    """Rewrite RESULTS.md (and the README's blocks, and the plots) from the JSON in ``directory``."""
+def render(directory: Path = RESULTS_DIR, readmes: Iterable[Path] = READMES, plots: bool = True) -> Path:
+    """Rewrite RESULTS.md (and the READMEs' blocks, and the plots) from the JSON in ``directory``."""
     results = load_all(directory)
     path = directory / "RESULTS.md"
     path.write_text(render_markdown(results))
-    if readme is not None:
+    for readme in readmes:
         readme.write_text(render_readme(readme.read_text(), results))
     if plots:
         from benchmarks.plots import render_plots
@@ -557,16 +578,19 @@ def render(directory: Path = RESULTS_DIR, readme: Path | None = README, plots: b
     return path
 
 
-def check(directory: Path = RESULTS_DIR, readme: Path = README) -> list[str]:
-    """What is stale or unbacked (empty: everything is rendered from the JSON)."""
+def check(directory: Path = RESULTS_DIR, readmes: Iterable[Path] = READMES) -> list[str]:
+    """What is stale or unbacked (empty: everything is rendered from the JSON). The first README
+    is also searched for figures outside its blocks."""
     results = load_all(directory)
     problems = []
     if (directory / "RESULTS.md").read_text() != render_markdown(results):
         problems.append("RESULTS.md differs from what the JSON renders: python -m benchmarks.report")
-    text = readme.read_text()
-    if render_readme(text, results) != text:
-        problems.append("README bench blocks differ from what the JSON renders: python -m benchmarks.report")
-    problems += [f"README figure without a result file: {x}" for x in unbacked_figures(text)]
+    for i, readme in enumerate(readmes):
+        text = readme.read_text()
+        if render_readme(text, results) != text:
+            problems.append(f"{readme.name} bench blocks differ from what the JSON renders: python -m benchmarks.report")
+        if i == 0:
+            problems += [f"README figure without a result file: {x}" for x in unbacked_figures(text)]
     return problems
 
 
@@ -574,14 +598,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is stale or unbacked")
-    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone (e.g. a scratch results dir)")
+    parser.add_argument("--no-readme", action="store_true", help="leave the READMEs alone (e.g. a scratch results dir)")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     if args.check:
         problems = check(args.results_dir)
         print("\n".join(problems) or "RESULTS.md and the README's figures are what the JSON renders")
         return 1 if problems else 0
-    print(render(args.results_dir, None if args.no_readme else README, plots=not args.no_plots))
+    print(render(args.results_dir, () if args.no_readme else READMES, plots=not args.no_plots))
     return 0
 
 

@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         path = result.write(results_dir)
         print(f"    {result.metrics if len(str(result.metrics)) < 300 else '(see ' + path.name + ')'} "
               f"[{time.monotonic() - t0:.0f}s] -> {path}", flush=True)
-    readme = report.README if results_dir.resolve() == RESULTS_DIR.resolve() else None
-    print(f"report: {report.render(results_dir, readme)}" + ("" if readme else " (README left alone: not the published results)"))
+    published = results_dir.resolve() == RESULTS_DIR.resolve()
+    print(f"report: {report.render(results_dir, report.READMES if published else ())}"
+          + ("" if published else " (READMEs left alone: not the published results)"))
     if failed:
         print(f"failed: {failed}")
     return 1 if failed else 0

@@ -98,6 +98,14 @@ def test_percentiles_are_nearest_rank() -> None:
     assert latency_summary([]) == {"count": 0}
 
 
+def test_run_setup_installs_the_load_tool_the_api_benchmark_needs() -> None:
+    from stream_engine.settings import PROJECT_ROOT
+
+    run = (PROJECT_ROOT / "run").read_text()
+    ensure = run[run.index("ensure_system()") : run.index("ensure_venv()")]
+    assert "command -v wrk" in ensure and "missing+=(wrk)" in ensure
+
+
 # --- every benchmark at a tiny size on the real stack --------------------------------------------
 def _well_formed(result: BenchResult, name: str, tmp_path: Path) -> BenchResult:
     assert result.name == name
@@ -155,7 +163,7 @@ async def test_every_benchmark_runs_at_a_tiny_size_and_the_report_renders(stack:
     assert [(x["backend"], x["fsync"]) for x in sk.runs] == [("embedded", False), ("embedded", True), ("http", False), ("http", True)]
     assert all(x["inserted_rows_per_s"] > 0 and x["flushes"] >= 1 and x["write"]["count"] == 4 for x in sk.runs)
 
-    text = report.render(out, readme=None).read_text()
+    text = report.render(out, readmes=()).read_text()
     assert "nproc=" in text and "## Throughput" in text and "## Hit ratio" in text and "## The simulated proposition service" in text
     assert "ClickHouse over HTTP (docker-compose)" in text and "## ClickHouse sink" in text
     # Every section names its runs: file, command, commit.
@@ -212,5 +220,5 @@ async def test_api_load_runs_at_a_tiny_size_fresh_keys_miss_and_repeat_keys_hit(
     assert result.params["api_token"] == "set" and "Bearer" not in result.to_json().decode()  # the token stays out
     assert set(result.metrics["caching_p50_reduction"]) == {"single", "batch10", "c5"}
 
-    text = report.render(tmp_path, readme=None).read_text()
+    text = report.render(tmp_path, readmes=()).read_text()
     assert "## API load" in text and "| c5 | repeat |" in text and (tmp_path / "api.png").exists()

@@ -104,6 +104,16 @@ def answer_repeat_keys(url: str, token: str, run: str, keys: int) -> None:
                 raise RuntimeError(f"answering the repeat keys failed: {response.status_code} {response.text[:300]}")
 
 
+def raise_open_files_limit(connections: int) -> int:
+    """wrk and the worker (our child, which inherits it) each hold a socket per connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections * 2 + 1024
+    if soft < wanted and (hard == resource.RLIM_INFINITY or soft < hard):
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
 def wrk_command(url: str, connections: int, seconds: float, keys: str, batch: int, run: str) -> list[str]:
     threads = max(1, min(2, connections))
     return [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={TIMEOUT_S}s",
@@ -176,6 +186,7 @@ async def run(settings: Settings | None = None, seconds: float = 10.0, concurren
               service: ServiceModel = SERVICE, work_dir: Path | None = None) -> BenchResult:
     watch = Stopwatch()
     wrk_binary()
+    open_files = raise_open_files_limit(max(concurrency, default=1))
     token = secrets.token_urlsafe(24)
     rows: list[dict[str, Any]] = []
     with workspace(work_dir) as work:
@@ -202,7 +213,7 @@ async def run(settings: Settings | None = None, seconds: float = 10.0, concurren
         command="",
         params={"tool": wrk_version(), "script": str(SCRIPT.relative_to(PROJECT_ROOT)), "seconds": seconds,
                 "concurrency": list(concurrency), "repeat_keys": REPEAT_KEYS, "timeout_s": TIMEOUT_S,
-                "service": service.describe(), "engine": s.engine, "api_token": "set"},
+                "service": service.describe(), "engine": s.engine, "api_token": "set", "open_files_limit": open_files},
         metrics=headline(rows),
         runs=rows,
         notes=["Latency over every response, client side (wrk: request written -> response read); closed loop.",

@@ -35,7 +35,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # their values say nothing about performance, so a result lists their names, not their values.
 ISOLATION_SETTINGS = frozenset({
     "data_dir", "stack_dir", "topics_dir", "topic_alerts", "topic_decisions", "topic_dlq", "topic_updates", "app_id",
-    "redis_namespace", "propositions_url", "propositions_port", "admin_token", "api_token", "api_port", "worker_name",
+    "redis_namespace", "clickhouse_database", "propositions_url", "propositions_port", "admin_token", "api_token",
+    "api_port", "worker_name",
 })  # fmt: skip
 SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET")
 
@@ -144,11 +145,14 @@ def settings_record(settings: Settings) -> dict[str, Any]:
     defaults = Settings.model_construct().model_dump(mode="json")
     actual = settings.model_dump(mode="json")
     changed = {name for name, value in actual.items() if defaults.get(name) != value}
-    return {
-        "non_default": {name: mask(name, actual[name]) if isinstance(actual[name], str) else actual[name]
-                        for name in sorted(changed - ISOLATION_SETTINGS)},
-        "isolation": sorted(changed & ISOLATION_SETTINGS),
-    }
+    data_dir = str(settings.data_dir.resolve())
+
+    def shown(name: str) -> Any:
+        value = actual[name]  # a run's own data directory is a scratch path: named, not spelled out
+        return mask(name, value.replace(data_dir, "$DATA_DIR")) if isinstance(value, str) else value
+
+    return {"non_default": {name: shown(name) for name in sorted(changed - ISOLATION_SETTINGS)},
+            "isolation": sorted(changed & ISOLATION_SETTINGS)}
 
 
 # --- machine ----------------------------------------------------------------------------------
@@ -238,12 +242,14 @@ def median_of(runs: Sequence[dict[str, Any]], key: str) -> float:
 
 # --- Kafka -------------------------------------------------------------------------------------
 def bench_settings(base: Settings | None = None, tag: str = "bench") -> Settings:
-    """Unique topics (prefix), consumer group and Redis namespace for one benchmark run."""
+    """Unique topics (prefix), consumer group, Redis namespace and ClickHouse database for one
+    benchmark run (a shared ClickHouse server must not mix runs)."""
     from stream_engine.kafka import prefixed_settings
 
     base = base or Settings()
     run = f"{tag}-{uuid.uuid4().hex[:8]}"
-    return prefixed_settings(base, run + ".").with_overrides(app_id=run, redis_namespace=f"se:{run}")
+    return prefixed_settings(base, run + ".").with_overrides(
+        app_id=run, redis_namespace=f"se:{run}", clickhouse_database="bench_" + re.sub(r"\W", "_", run))
 
 
 async def create_topics(settings: Settings) -> None:

@@ -66,9 +66,10 @@ async def _settled_rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def clickhouse_server(s: Settings, work: Path, clickhouse: str) -> Iterator[tuple[Settings, int | None]]:
-    """``s`` pointed at the ClickHouse to use, and the pid of a separate ClickHouse process (if any)."""
+    """``s`` pointed at the ClickHouse to use, and the pid of a separate ClickHouse process (if any).
+    Both explicit, whatever the default ClickHouse URL is."""
     if clickhouse == "embedded":
-        yield s, None
+        yield s.with_overrides(clickhouse_url=f"chdb://{(s.data_dir / 'clickhouse').resolve()}"), None
         return
     from harness.chdb_http_double import start_double
 

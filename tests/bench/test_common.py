@@ -28,6 +28,11 @@ def test_settings_record_lists_every_non_default_and_only_the_names_of_isolation
     assert "s3cret" not in str(record) and "pw@" not in str(record)
 
 
+def test_settings_record_names_the_runs_data_directory_instead_of_spelling_it_out(tmp_path: object) -> None:
+    s = Settings().with_overrides(data_dir=tmp_path, clickhouse_url=f"chdb://{tmp_path}/clickhouse")
+    assert settings_record(s) == {"non_default": {"clickhouse_url": "chdb://$DATA_DIR/clickhouse"}, "isolation": ["data_dir"]}
+
+
 def test_settings_record_compares_with_the_code_defaults_not_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAM_ENGINE_BATCH_MAX", "250")
     assert settings_record(Settings())["non_default"] == {"batch_max": 250}

@@ -71,7 +71,7 @@ def wrk_binary() -> str:
 
 def wrk_version() -> str:
     out = subprocess.run([wrk_binary(), "--version"], capture_output=True, text=True, check=False)
-    return (out.stdout + out.stderr).splitlines()[0].strip()
+    return (out.stdout + out.stderr).splitlines()[0].split(" Copyright")[0].strip()
 
 
 def shapes(concurrency: tuple[int, ...]) -> list[tuple[str, int, int]]:
@@ -148,7 +148,7 @@ def summarise(name: str, connections: int, batch: int, keys: str, raw: dict[str,
     answered_ok = statuses.get("200", 0)
     return {
         "shape": name, "keys": keys, "connections": connections, "batch": batch,
-        "command": shlex.join(["wrk", *command[1:]]),
+        "command": shlex.join(["wrk", *command[1:]]).replace(f"{PROJECT_ROOT}/", ""),  # as run from the checkout
         "seconds": round(seconds, 3),
         "requests": raw["requests"],
         "requests_per_s": round(raw["requests"] / seconds, 1) if seconds else None,

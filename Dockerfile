@@ -15,11 +15,12 @@ COPY topics ./topics
 RUN pip install . && useradd --system --uid 10001 --home-dir /app stream && mkdir -p /data/journal && chown -R stream /data
 
 # A non-editable install puts the package in site-packages, so paths derived from the package
-# location would be wrong: point them at the image's copies. Bind 0.0.0.0 inside a container.
+# location would be wrong: point them at the image's copies. The worker API keeps its loopback
+# default: to publish it, set STREAM_ENGINE_API_HOST=0.0.0.0 AND STREAM_ENGINE_API_TOKEN (the
+# worker refuses the first without the second), as docker-compose.yml does.
 ENV STREAM_ENGINE_TOPICS_DIR=/app/topics \
     STREAM_ENGINE_DATA_DIR=/data \
-    STREAM_ENGINE_STACK_DIR=/data/stack \
-    STREAM_ENGINE_API_HOST=0.0.0.0
+    STREAM_ENGINE_STACK_DIR=/data/stack
 
 USER stream
 VOLUME ["/data"]

@@ -6,7 +6,7 @@ and its growth while ``steps`` × ``step_alerts`` alerts flow through.
 ``--clickhouse embedded`` (default) is the worker as `./run demo` runs it: the chDB engine lives
 in the worker process (imported when the sink starts, ~270 MB). ``--clickhouse http`` is the
 worker as docker-compose runs it, writing to ClickHouse over HTTP: here the server is the chDB
-HTTP test double (``tests/chdb_http_double.py``) in its own process, whose RSS is reported
+HTTP test double (``harness/chdb_http_double.py``) in its own process, whose RSS is reported
 separately, so the worker's figure is the worker alone.
 The first step includes one-off allocations (buffers grow to their working size);
 ``growth_per_100k_steady`` is the median growth of the later steps, the number to hold against
@@ -26,10 +26,9 @@ from typing import Any
 
 import orjson
 
-from benchmarks.common import BenchResult, Progress, Stopwatch, bench_settings, create_topics, drop_topics, require_kafka
-from benchmarks.services import proposition_service, rss_kb, with_private_service_and_data, worker, workspace
+from benchmarks.common import BenchResult, Progress, Stopwatch, bench_settings, create_topics, drop_topics, fill_topic, require_kafka
+from benchmarks.services import NO_LATENCY, proposition_service, rss_kb, with_private_service_and_data, worker, workspace
 from benchmarks.streamio import DecisionCollector
-from benchmarks.common import fill_topic
 from stream_engine.keys import message_key
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
@@ -67,11 +66,12 @@ async def _settled_rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def clickhouse_server(s: Settings, work: Path, clickhouse: str) -> Iterator[tuple[Settings, int | None]]:
-    """``s`` pointed at the ClickHouse to use, and the pid of a separate ClickHouse process (if any)."""
+    """``s`` pointed at the ClickHouse to use, and the pid of a separate ClickHouse process (if any).
+    Both explicit, whatever the default ClickHouse URL is."""
     if clickhouse == "embedded":
-        yield s, None
+        yield s.with_overrides(clickhouse_url=f"chdb://{(s.data_dir / 'clickhouse').resolve()}"), None
         return
-    from tests.chdb_http_double import start_double
+    from harness.chdb_http_double import start_double
 
     double = start_double(work / "clickhouse-double")
     try:
@@ -89,7 +89,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
         s = with_private_service_and_data(bench_settings(settings, "mem"), work / "data")
         await create_topics(s)
         try:
-            with clickhouse_server(s, work, clickhouse) as (s, server_pid), proposition_service(s, work, 0), \
+            with clickhouse_server(s, work, clickhouse) as (s, server_pid), proposition_service(s, work, NO_LATENCY), \
                     worker(s, work, "worker-mem") as proc:
                 pid = proc.popen.pid
                 t0 = time.monotonic()
@@ -118,7 +118,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
         name="memory" if embedded else f"memory_{clickhouse}",
         command="",
         params={"step_alerts": step_alerts, "steps": steps, "cached": cached, "profile_steps": "ci_failures",
-                "clickhouse": clickhouse},
+                "clickhouse": clickhouse, "engine": s.engine, "service": NO_LATENCY.describe()},
         metrics={
             "rss_idle_mb": idle,
             f"rss_with_{cached}_cached_mb": with_cache,
@@ -134,7 +134,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
             "The worker writes over HTTP to the chDB HTTP test double in another process (its RSS: "
             "clickhouse_process_rss_mb); a real ClickHouse server stands there in production.")],
     )
-    return watch.finish(result)
+    return watch.finish(result, settings=s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,7 +129,7 @@ class DecisionCollector:
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._task.cancel()
         await self.consumer.stop()
         return self.collected

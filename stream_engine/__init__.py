@@ -1,11 +1,12 @@
 """stream_engine: a streaming alert-triage engine."""
 
+from stream_engine.keys import message_key
 from stream_engine.models import (
     ENGINE_VERSION,
     Alert,
     CacheTier,
-    Decision,
     DeadLetter,
+    Decision,
     Envelope,
     Mode,
     Proposition,
@@ -25,4 +26,5 @@ __all__ = [
     "Proposition",
     "Settings",
     "__version__",
+    "message_key",
 ]

@@ -19,7 +19,7 @@ COMMAND_MODULES = (
     "stream_engine.stack.cli",
     "stream_engine.kafka.cli",
     "stream_engine.propositions.cli",
-    "stream_engine.worker_cli",
+    "stream_engine.engines.cli",
     "stream_engine.sinks.clickhouse.cli",
     "stream_engine.demo",
 )
@@ -34,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     sub = parser.add_subparsers(dest="command", required=True)
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if module_name.startswith(exc.name or "\0"):  # that concern is not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

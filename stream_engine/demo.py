@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from stream_engine.engines import ENGINES
 from stream_engine.settings import Settings
 
 
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="Run a worker on a realistic workload and summarise what it decided.")
     p.add_argument("--alerts", type=int, default=45_000, help="How many alerts to publish (default 45000).")
     p.add_argument("--rate", type=float, default=1500, help="Alerts per second (default 1500; 0 = as fast as possible).")
-    p.add_argument("--engine", choices=("faust", "aiokafka"), default=None, help="Worker engine (default: STREAM_ENGINE_ENGINE, faust).")
+    p.add_argument("--engine", choices=ENGINES, default=None, help="Worker engine (default: STREAM_ENGINE_ENGINE, aiokafka).")
     p.add_argument("--profile", default="typical", help="Workload: typical, ci_failures, scam, infra.")
     p.add_argument("--seed", type=int, default=None, help="Workload seed (default: time based).")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default DATA_DIR/demo.png).")
@@ -186,7 +187,10 @@ async def read_summary(settings: Settings, run: Run, console: Any) -> dict[str, 
     end = datetime.now(UTC) + timedelta(minutes=1)
     params = {"from": start.isoformat(), "to": end.isoformat(), "interval": "1h"}
     summary: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=30) as http:
+    from stream_engine.auth import bearer_header
+
+    headers = bearer_header(settings.api_token.get_secret_value())
+    async with httpx.AsyncClient(timeout=30, headers=headers) as http:
         with console.status("waiting for ClickHouse to have every row …"):
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

@@ -95,7 +95,7 @@ class KeyBuilder:
         self._memo: dict[tuple[str, ...], str] = {}
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "KeyBuilder":
+    def from_settings(cls, settings: Any) -> KeyBuilder:
         return cls(settings.key_fields)
 
     def key_for(self, alert: Alert) -> str:

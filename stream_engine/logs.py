@@ -4,8 +4,11 @@ Every line has ``ts`` (UTC, ISO 8601, ms), ``level``, ``logger``, ``msg`` and ``
 whatever context the call passed with ``extra=`` (``batch_size``, ``partition``, ``alert_id`` …)
 and ``exc`` for exceptions. Context values pass through :func:`stream_engine.validation.redact`:
 any key named in ``settings.redact_fields`` (case-insensitive, at any depth) is replaced — so log
-alert attributes or payloads as ``extra={"attributes": ...}`` (see :func:`alert_context`), never
-formatted into the message text, where nothing can find them.
+alert attributes or payloads as ``extra={"attributes": ...}`` (see :func:`alert_context`). The
+message text, exception tracebacks and string context values are masked too, by pattern
+(:meth:`stream_engine.masking.Masker.text`: ``"field": value`` in JSON or a Python repr,
+``field=value``, passwords in URLs), for what reaches a log line without being asked to: an
+exception that quotes an alert, a client error that quotes its URL.
 
 A small formatter on orjson rather than a library: it is ~40 lines and the hot path already
 depends on orjson.
@@ -21,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from stream_engine.masking import Masker
 from stream_engine.validation import redact
 
 if TYPE_CHECKING:
@@ -36,23 +40,25 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self.worker = worker
         self.redact_fields = tuple(redact_fields)
+        self.masker = Masker(self.redact_fields)
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": self.masker.text(record.getMessage()),
             "worker": self.worker,
         }
         context = {k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS}
         if context:
             for key, value in redact(context, self.redact_fields).items():
-                doc.setdefault(key, value)  # context never overwrites ts/level/logger/msg/worker
+                # context never overwrites ts/level/logger/msg/worker
+                doc.setdefault(key, self.masker.text(value) if isinstance(value, str) else value)
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = self.masker.text(self.formatException(record.exc_info))
         elif record.stack_info:
-            doc["stack"] = record.stack_info
+            doc["stack"] = self.masker.text(record.stack_info)
         # default=str: a context value orjson cannot serialise must not lose the log line.
         return orjson.dumps(doc, default=str).decode()
 

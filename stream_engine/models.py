@@ -6,8 +6,8 @@ Plain slotted dataclasses: cheap to build on the hot path, and orjson serialises
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -39,6 +39,7 @@ class Envelope:
     partition: int
     offset: int
     received_ns: int  # time.time_ns() when the batch was taken off the stream
+    topic: str = ""  # the topic it was consumed from; "" = not from a topic (the HTTP API)
 
 
 @dataclass(slots=True, frozen=True)
@@ -46,6 +47,43 @@ class Proposition:
     action: str
     confidence: float
     rationale: str = ""
+
+
+class Resolved(NamedTuple):
+    """What the cache tiers found for one alert's key: its propositions and the tier that
+    answered, or ``None`` with the reason there are none (``timeout``, ``breaker_open`` …)."""
+
+    propositions: list[Proposition] | None
+    tier: CacheTier
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class StageTimes:
+    """Nanoseconds spent per stage of one batch, in data-path order (the stage names are these
+    fields: :data:`STAGES`)."""
+
+    decode: int = 0
+    lru: int = 0
+    redis: int = 0
+    service: int = 0
+    decide: int = 0
+    produce: int = 0
+    sink: int = 0
+
+    def add(self, other: StageTimes) -> None:
+        for name in STAGES:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_ms(self) -> dict[str, float]:
+        return {name: getattr(self, name) / 1e6 for name in STAGES}
+
+
+# The one list of stage names: a stream batch goes through all of them; an HTTP API call parses
+# its own body and publishes nothing (no decode, no produce). Latency per alert is END_TO_END.
+STAGES: tuple[str, ...] = tuple(f.name for f in fields(StageTimes))
+API_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("decode", "produce"))
+END_TO_END = "end_to_end"
 
 
 @dataclass(slots=True)
@@ -93,7 +131,7 @@ class DeadLetter:
         )
 
     @classmethod
-    def from_json(cls, data: bytes) -> "DeadLetter":
+    def from_json(cls, data: bytes) -> DeadLetter:
         d = orjson.loads(data)
         return cls(
             reason=d["reason"],

@@ -16,17 +16,22 @@ import os
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hdrh.histogram import HdrHistogram
 
-if TYPE_CHECKING:
-    from stream_engine.models import DeadLetter, Decision
-    from stream_engine.pipeline import BatchReport, RawMessage, StageTimes
+from stream_engine.models import API_STAGES, END_TO_END, STAGES
 
-STAGES = ("decode", "lru", "redis", "service", "decide", "produce", "sink", "end_to_end")
+if TYPE_CHECKING:
+    from stream_engine.models import DeadLetter, Decision, StageTimes
+    from stream_engine.pipeline import BatchReport, RawMessage
+
+HISTOGRAMS = (*STAGES, END_TO_END)
+# (topic, partition, high-watermark, fetch position) per assigned partition: what lag is made of.
+Positions = list[tuple[str, int, "int | None", "int | None"]]
+PositionsProbe = Callable[[], Awaitable[Positions]]
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour; longer samples are clamped (and counted)
 SIGNIFICANT_DIGITS = 3
@@ -105,7 +110,7 @@ class Monitor:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.started_at = clock()
-        self.stages: dict[str, StageHistogram] = {stage: StageHistogram() for stage in STAGES}
+        self.stages: dict[str, StageHistogram] = {stage: StageHistogram() for stage in HISTOGRAMS}
         self.batches: Counter[str] = Counter()  # by source
         self.alerts: Counter[str] = Counter()  # by source
         self.batch_failures: Counter[str] = Counter()  # by exception type (a failed batch is retried)
@@ -138,7 +143,7 @@ class Monitor:
         """An API call: no decode/produce stages (the HTTP handler parses, nothing is produced)."""
         self.batches["api"] += 1
         self.alerts["api"] += len(decisions)
-        self._observe_times(times, include=("lru", "redis", "service", "decide", "sink"))
+        self._observe_times(times, include=API_STAGES)
         self._observe_decisions("api", decisions)
 
     def batch_failed(self, exc: BaseException) -> None:
@@ -158,8 +163,7 @@ class Monitor:
 
     def _observe_times(self, times: StageTimes, include: Iterable[str]) -> None:
         for stage in include:
-            if stage != "end_to_end":
-                self.stages[stage].record_us(getattr(times, stage) // 1000)
+            self.stages[stage].record_us(getattr(times, stage) // 1000)
 
     def _observe_decisions(self, source: str, decisions: Sequence[Decision]) -> None:
         if not decisions:
@@ -172,7 +176,7 @@ class Monitor:
             if d.cache_tier == "none":
                 self.escalations[d.reason or "unknown"] += 1
         # A batch's decisions share their received/decided times, so this is a handful of records.
-        end_to_end = self.stages["end_to_end"]
+        end_to_end = self.stages[END_TO_END]
         for value_us, count in latencies.items():
             end_to_end.record_us(value_us, count)
 

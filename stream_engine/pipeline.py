@@ -6,10 +6,11 @@
     dead letters                          propositions ──policy──▶ decisions
         └──────────────── emit (await broker acks) ◀────────────────┘
                                    │
-                            sink.write (durable) ──▶ caller may commit offsets
+                        DecisionLog.write (durable) ──▶ caller may commit offsets
 
-``Triage`` is the core shared by the stream and the HTTP API; ``Pipeline`` wraps it with
-decoding, emitting and logging for one micro-batch of Kafka messages.
+``Triage`` (envelopes → decisions) and ``DecisionLog`` (decisions → ClickHouse rows) are shared by
+the stream and the HTTP API; ``Pipeline`` wraps them with decoding and emitting for one
+micro-batch of Kafka messages. The ``Emitter`` that publishes is the engines' (one Kafka producer).
 """
 
 from __future__ import annotations
@@ -17,20 +18,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Sequence
-
-import orjson
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier
 from stream_engine.keys import KeyBuilder
-from stream_engine.models import Alert, CacheTier, DeadLetter, Decision, Envelope, Proposition
+from stream_engine.masking import Masker
+from stream_engine.models import (
+    END_TO_END,
+    STAGES,
+    Alert,
+    CacheTier,
+    DeadLetter,
+    Decision,
+    Envelope,
+    Proposition,
+    Resolved,
+    StageTimes,
+)
 from stream_engine.policy import DecisionPolicy
 from stream_engine.propositions.client import PropositionClient
 from stream_engine.sinks import Sink
 from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow, log_row, metric_row
-from stream_engine.validation import AlertDecoder, InvalidAlert, redact
+from stream_engine.validation import AlertDecoder, InvalidAlert
 
 
 @dataclass(slots=True)
@@ -53,34 +64,11 @@ async def emit(emitter: Emitter, decisions: Sequence[Decision], dead: Sequence[D
 
 
 @dataclass(slots=True)
-class StageTimes:
-    """Nanoseconds spent per stage of one batch (the ClickHouse latency_metrics source)."""
-
-    decode: int = 0
-    lru: int = 0
-    redis: int = 0
-    service: int = 0
-    decide: int = 0
-    produce: int = 0
-    sink: int = 0
-
-    def add(self, other: StageTimes) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def as_ms(self) -> dict[str, float]:
-        return {name: getattr(self, name) / 1e6 for name in self.__slots__}
-
-
-@dataclass(slots=True)
 class BatchReport:
     decisions: list[Decision]
     dead: list[DeadLetter]
     times: StageTimes
     tiers: dict[str, int] = field(default_factory=dict)
-
-
-Resolved = tuple[list[Proposition] | None, CacheTier, str | None]
 
 
 class Triage:
@@ -103,8 +91,8 @@ class Triage:
             raise ValueError("the LRU and the Redis tier must share one Coherence (one set of invalidation floors)")
         self.coherence = lru.coherence
 
-    def envelope(self, alert: Alert, partition: int, offset: int, received_ns: int) -> Envelope:
-        return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns)
+    def envelope(self, alert: Alert, partition: int, offset: int, received_ns: int, topic: str = "") -> Envelope:
+        return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns, topic)
 
     async def decide(self, envelopes: Sequence[Envelope], times: StageTimes | None = None) -> list[Decision]:
         """Every envelope's decision, in order (the HTTP API's path)."""
@@ -137,7 +125,7 @@ class Triage:
         t0 = time.perf_counter_ns()
         now_ns = time.time_ns()
         decide = self.policy.decide
-        decisions = [decide(env.alert, env.key, props, None, "lru", env.received_ns, now_ns) for env, props in hits]
+        decisions = [decide(env, props, "lru", None, now_ns) for env, props in hits]
         times.decide += time.perf_counter_ns() - t0
         return decisions
 
@@ -146,16 +134,13 @@ class Triage:
         t0 = time.perf_counter_ns()
         now_ns = time.time_ns()
         decide = self.policy.decide
-        decisions = [
-            decide(env.alert, env.key, props, reason, tier, env.received_ns, now_ns)
-            for env, (props, tier, reason) in zip(misses, resolved)
-        ]
+        decisions = [decide(env, props, tier, reason, now_ns) for env, (props, tier, reason) in zip(misses, resolved)]
         times.decide += time.perf_counter_ns() - t0
         return decisions
 
     async def resolve(self, envelopes: Sequence[Envelope], times: StageTimes) -> list[Resolved]:
         """LRU misses through Redis (one MGET) and the service (one batch call per distinct key)."""
-        out: list[Resolved] = [(None, "none", "unresolved")] * len(envelopes)
+        out: list[Resolved] = [Resolved(None, "none", "unresolved")] * len(envelopes)
         misses: dict[str, list[int]] = {}
         for i, env in enumerate(envelopes):
             misses.setdefault(env.key, []).append(i)
@@ -185,7 +170,7 @@ class Triage:
         for key, idx in misses.items():
             reason = result.failed.get(key, "no_response")
             for i in idx:
-                out[i] = (None, "none", reason)
+                out[i] = Resolved(None, "none", reason)
         return out
 
     def _fill(
@@ -201,12 +186,55 @@ class Triage:
     ) -> None:
         stored = -1
         for i in idx:
-            out[i] = (props, tier, None)
+            out[i] = Resolved(props, tier)
             # Every partition the key appears in gets it: keyed publishing makes that one partition.
             partition = envelopes[i].partition
             if partition != stored:
                 self.lru.put(partition, key, props, tag, ttl_s)
                 stored = partition
+
+
+class DecisionLog:
+    """Decisions → ``proposition_log`` rows, and the batch's stage times → ``latency_metrics``
+    rows; :meth:`write` returns once the sink holds them durably. The stream and the HTTP API
+    both log through it, each with its own stage set (``STAGES`` / ``API_STAGES``)."""
+
+    def __init__(self, sink: Sink, worker_name: str) -> None:
+        self.sink = sink
+        self.worker_name = worker_name
+
+    async def write(
+        self,
+        envelopes: Sequence[Envelope],
+        decisions: Sequence[Decision],
+        times: StageTimes,
+        received_ns: int,
+        stages: Sequence[str],
+    ) -> None:
+        """``envelopes`` aligned with ``decisions``; sets ``times.sink``."""
+        t0 = time.perf_counter_ns()
+        await self.sink.write(self.rows(envelopes, decisions), self.metrics(times, decisions, received_ns, stages))
+        times.sink = time.perf_counter_ns() - t0
+
+    def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision]) -> list[LogRow]:
+        n = len(decisions)
+        worker = self.worker_name
+        return [log_row(d, env, env.alert.severity, env.alert.source, n, worker) for d, env in zip(decisions, envelopes)]
+
+    def metrics(
+        self, times: StageTimes, decisions: Sequence[Decision], received_ns: int, stages: Sequence[str]
+    ) -> list[MetricRow]:
+        """Per-batch stage times (the sink's own time is only known after it wrote them), plus
+        end-to-end latency per alert type."""
+        ts = received_ns / 1e9
+        ms = times.as_ms()
+        worker = self.worker_name
+        rows = [metric_row(ts, stage, "*", worker, [ms[stage]]) for stage in stages if stage != "sink"]
+        by_type: dict[str, list[float]] = {}
+        for d in decisions:
+            by_type.setdefault(d.alert_type, []).append(d.latency_ms)
+        rows.extend(metric_row(ts, END_TO_END, t, worker, lat) for t, lat in by_type.items())
+        return rows
 
 
 class Pipeline:
@@ -218,16 +246,15 @@ class Pipeline:
         decoder: AlertDecoder,
         triage: Triage,
         emitter: Emitter,
-        sink: Sink,
-        worker: str,
+        decision_log: DecisionLog,
         redact_fields: Sequence[str] = (),
     ) -> None:
         self.decoder = decoder
         self.redact_fields = list(redact_fields)
+        self.masker = Masker(self.redact_fields)
         self.triage = triage
         self.emitter = emitter
-        self.sink = sink
-        self.worker = worker
+        self.decision_log = decision_log
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchReport:
         times = StageTimes()
@@ -255,11 +282,9 @@ class Pipeline:
             await asyncio.gather(*acks, return_exceptions=True)  # the batch is retried; settle what was sent
             raise
         await asyncio.gather(*acks)  # every record acknowledged before the rows are made durable
-        t2 = time.perf_counter_ns()
-        times.produce += t2 - t1
+        times.produce += time.perf_counter_ns() - t1
 
-        await self.sink.write(self.rows(envelopes, decisions), self.metrics(times, decisions, received_ns))
-        times.sink = time.perf_counter_ns() - t2
+        await self.decision_log.write(envelopes, decisions, times, received_ns, STAGES)
 
         tiers: dict[str, int] = {}
         for d in decisions:
@@ -274,47 +299,19 @@ class Pipeline:
             try:
                 alert = decode(m.value if m.value is not None else b"")
             except InvalidAlert as exc:
-                original, redacted = self.scrub(m.value or b"", exc.reason)
-                dead.append(
-                    DeadLetter(exc.reason, exc.detail, m.topic, m.partition, m.offset, original, received_ns / 1e9, redacted)
-                )
+                dead.append(self.dead_letter(m, exc.reason, exc.detail, received_ns / 1e9))
                 continue
-            envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns))
+            envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns, m.topic))
         return envelopes, dead
 
+    def dead_letter(self, message: RawMessage, reason: str, detail: str, received_at: float) -> DeadLetter:
+        """The one way a dead letter is made: the original bytes and the detail, secrets masked
+        (an exception's text may quote the alert: a bug formatting it)."""
+        original, redacted = self.scrub(message.value or b"", reason)
+        detail = self.masker.detail(detail, message.value)
+        return DeadLetter(reason, detail, message.topic, message.partition, message.offset, original, received_at, redacted)
+
     def scrub(self, raw: bytes, reason: str) -> tuple[bytes, bool]:
-        """Secrets must not sit in clear text in the DLQ: a payload that parses as a JSON object
-        and holds configured secret fields is re-encoded with them masked; anything else keeps
-        its exact bytes (cold path: only dead letters pay for the second parse)."""
-        if not self.redact_fields or reason in ("not_utf8", "not_json", "too_deep"):
-            return raw, False
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return raw, False
-        if not isinstance(data, dict):
-            return raw, False
-        try:
-            clean = redact(data, self.redact_fields)
-        except RecursionError:  # nesting orjson accepts (<1024) can exceed Python's stack
-            return raw, False
-        return (orjson.dumps(clean), True) if clean != data else (raw, False)
-
-    def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision]) -> list[LogRow]:
-        n = len(decisions)
-        return [
-            log_row(d, env, env.alert.severity, env.alert.source, n, self.worker) for d, env in zip(decisions, envelopes)
-        ]
-
-    def metrics(self, times: StageTimes, decisions: Sequence[Decision], received_ns: int) -> list[MetricRow]:
-        """Per-batch stage times (the sink's own time is only known after it wrote them), plus
-        end-to-end latency per alert type."""
-        ts = received_ns / 1e9
-        rows = [
-            metric_row(ts, stage, "*", self.worker, [ms]) for stage, ms in times.as_ms().items() if stage != "sink"
-        ]
-        by_type: dict[str, list[float]] = {}
-        for d in decisions:
-            by_type.setdefault(d.alert_type, []).append(d.latency_ms)
-        rows.extend(metric_row(ts, "end_to_end", t, self.worker, lat) for t, lat in by_type.items())
-        return rows
+        """Secrets must not sit in clear text in the DLQ, whatever the reason: see
+        :meth:`stream_engine.masking.Masker.payload` (cold path: only dead letters pay for it)."""
+        return self.masker.payload(raw)

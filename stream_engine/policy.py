@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from stream_engine.models import Alert, CacheTier, Decision, Proposition
+from stream_engine.models import CacheTier, Decision, Envelope, Proposition
 
 
 class DecisionPolicy:
@@ -21,23 +21,19 @@ class DecisionPolicy:
         self.thresholds = dict(thresholds)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "DecisionPolicy":
+    def from_settings(cls, settings: Any) -> DecisionPolicy:
         return cls(settings.auto_threshold, settings.auto_thresholds)
 
     def threshold_for(self, alert_type: str) -> float:
         return self.thresholds.get(alert_type, self.default_threshold)
 
     def decide(
-        self,
-        alert: Alert,
-        key: str,
-        propositions: list[Proposition] | None,
-        failure_reason: str | None,
-        tier: CacheTier,
-        received_ns: int,
-        now_ns: int,
+        self, envelope: Envelope, propositions: list[Proposition] | None, tier: CacheTier, reason: str | None, now_ns: int
     ) -> Decision:
-        latency_ms = (now_ns - received_ns) / 1e6
+        """The decision for ``envelope``'s alert from what ``tier`` answered (``reason``: why
+        there are no propositions, when there are none); latency runs from its receipt to ``now_ns``."""
+        alert, key = envelope.alert, envelope.key
+        latency_ms = (now_ns - envelope.received_ns) / 1e6
         decided_at = now_ns / 1e9
         if not propositions:
             return Decision(
@@ -51,7 +47,7 @@ class DecisionPolicy:
                 cache_tier=tier,
                 latency_ms=latency_ms,
                 decided_at=decided_at,
-                reason=failure_reason or "no_propositions",
+                reason=reason or "no_propositions",
             )
         # Stable sort: among equal confidences the service's own order is kept.
         ranked = sorted(propositions, key=lambda p: p.confidence, reverse=True)

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,10 @@ DEFAULT_KEY_FIELDS: dict[str, list[str]] = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAM_ENGINE_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a rejected value may be (or sit next to) a password or a token.
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_ENGINE_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     # --- where things live -------------------------------------------------------------
     data_dir: Path = Field(PROJECT_ROOT / ".data", description="Worker state: chDB directory, sink journal.")
@@ -60,22 +63,25 @@ class Settings(BaseSettings):
     topic_updates: str = Field("proposition-updates", description="Cache invalidation topic.")
 
     # --- worker ------------------------------------------------------------------------
-    app_id: str = Field("stream-engine", description="Faust app id = Kafka consumer group.")
-    engine: Literal["faust", "aiokafka"] = Field(
-        "faust",
-        description="Stream engine: faust agent, or a plain aiokafka fetch/process/commit loop (faster).",
+    app_id: str = Field("stream-engine", description="Kafka consumer group of the workers (and their client id prefix).")
+    engine: Literal["aiokafka", "faust"] = Field(
+        "aiokafka",
+        description="Stream engine: aiokafka (consumer group, pipelined batches, exact per-partition commits) "
+        "or faust (a faust-streaming agent). Workers of the two cannot share a consumer group.",
     )
     worker_name: str = Field("", description="Worker name in logs and ClickHouse rows (default host:pid).")
-    batch_max: int = Field(500, ge=1, description="stream.take() batch size.")
+    batch_max: int = Field(500, ge=1, description="Most alerts in one micro-batch.")
     # 10 ms: faust hit p99 at 1k alerts/s 55-57 ms (20 ms: 76-81, 5 ms: 64-68); max throughput unchanged.
-    batch_within_s: float = Field(0.01, gt=0, description="stream.take() max wait for a batch.")
-    batch_concurrency: int = Field(2, ge=1, description="Batches processed concurrently per worker.")
+    batch_within_s: float = Field(0.01, gt=0, description="Longest wait for a micro-batch to fill up.")
+    batch_concurrency: int = Field(2, ge=1, description="Micro-batches processed concurrently per worker.")
     max_alert_bytes: int = Field(65536, ge=256, description="Larger alerts go to the DLQ.")
     fetch_max_wait_ms: int = Field(
         50, ge=0, description="Consumer fetch wait, both engines: how long a fetch on idle partitions can hold back the others."
     )
     producer_linger_ms: int = Field(1, ge=0, description="Producer linger: small batches, low latency.")
-    commit_interval_s: float = Field(0.5, gt=0, description="Offset commit interval (faust default 2.8).")
+    commit_interval_s: float = Field(
+        0.5, gt=0, description="faust engine: offset commit interval (faust's default 2.8). aiokafka commits after every batch."
+    )
     session_timeout_s: float = Field(6.0, gt=0, description="Consumer group session timeout.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer group heartbeat interval.")
 
@@ -111,10 +117,13 @@ class Settings(BaseSettings):
     sink_flush_rows: int = Field(10_000, ge=1, description="Flush when this many rows are buffered.")
     sink_flush_interval_s: float = Field(1.0, gt=0, description="Flush at least this often.")
     sink_max_buffer_rows: int = Field(100_000, ge=1, description="Backpressure above this many rows.")
+    # Off by default: on, a 500-row write() costs more than the 10% of a batch's publish->decision time
+    # we allow the sink (measured by benchmarks/sink.py; the figures are in the README and RESULTS.md).
     sink_fsync: bool = Field(
         False,
-        description="fsync the journal per batch (survives power loss, ~4+ ms/batch). Off: rows reach the OS "
-        "before offsets commit, which survives a worker crash, like Kafka's own unsynced log.",
+        description="fsync the journal on every write: survives power loss too, at a cost per batch measured by "
+        "benchmarks/sink.py (README, 'The journal never drops a row'). Off: rows reach the OS before offsets commit, "
+        "which survives a worker crash or kill -9, like Kafka's own unsynced log, not a power loss.",
     )
     clickhouse_ttl_days: int = Field(90, ge=1, description="proposition_log TTL.")
 
@@ -122,11 +131,31 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Worker HTTP API bind address.")
     api_port: int = Field(8787, description="Worker HTTP API port.")
     api_max_body_bytes: int = Field(1_048_576, ge=1024, description="Max request body.")
+    api_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token every /api/v1/* request must carry; required when api_host is not loopback.",
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token of the proposition service's rule, admin and stats routes "
+        "(unset: STACK_DIR/admin-token, which `stack up` generates).",
+    )
     log_level: str = Field("INFO", description="Log level.")
     redact_fields: list[str] = Field(
         default_factory=lambda: ["password", "token", "secret", "api_key", "authorization"],
-        description="Attribute names redacted in logs and the DLQ.",
+        description="Attribute names (any depth, any case) masked wherever an alert leaves the worker: service "
+        "requests, DLQ, logs, error details.",
     )
+
+    @model_validator(mode="after")
+    def _secrets_are_not_key_fields(self) -> Settings:
+        # A key is published, cached and logged in clear (decisions, Redis, ClickHouse): a secret
+        # attribute in it would leak everywhere the masks cannot reach.
+        secret = {f.lower() for f in self.redact_fields}
+        clash = sorted({f"{t}.{f}" for t, fields in self.key_fields.items() for f in fields if f.lower() in secret})
+        if clash:
+            raise ValueError(f"key_fields {clash} are also redact_fields: a secret attribute cannot be part of a key")
+        return self
 
     @cached_property
     def effective_clickhouse_url(self) -> str:
@@ -141,11 +170,13 @@ class Settings(BaseSettings):
 
         env = {}
         for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             text = orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value)
             env[f"STREAM_ENGINE_{name.upper()}"] = text
         return env
 
-    def with_overrides(self, **overrides: object) -> "Settings":
+    def with_overrides(self, **overrides: object) -> Settings:
         """A copy with some fields replaced (validated), e.g. unique topic names in tests."""
         return type(self)(**{**self.model_dump(), **overrides})
 
@@ -155,6 +186,8 @@ def settings_table() -> list[tuple[str, str, str]]:
     rows = []
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory else field.default
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
         if isinstance(default, Path):
             default = str(default.relative_to(PROJECT_ROOT)) if default.is_relative_to(PROJECT_ROOT) else str(default)
         rows.append((f"STREAM_ENGINE_{name.upper()}", repr(default), field.description or ""))

@@ -67,7 +67,7 @@ class AlertDecoder:
         self._validate = fastjsonschema.compile(orjson.loads(schema_path.read_bytes()))
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "AlertDecoder":
+    def from_settings(cls, settings: Any) -> AlertDecoder:
         return cls(settings.max_alert_bytes, settings.topics_dir / "schemas" / "alert.schema.json")
 
     def decode(self, raw: bytes | bytearray | memoryview | None) -> Alert:
@@ -162,6 +162,11 @@ def redact(attributes: Mapping[str, Any], fields: Iterable[str]) -> dict[str, An
     """
     secret = frozenset(f.lower() for f in fields)
     return _redact_dict(attributes, secret)
+
+
+def redact_json(value: Any, fields: Iterable[str]) -> Any:
+    """:func:`redact` for any JSON value (a top-level array can hold secrets too)."""
+    return _redact_value(value, frozenset(f.lower() for f in fields))
 
 
 def _redact_dict(mapping: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
@@ -84,7 +84,7 @@ class Workload:
         return {
             "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "type": alert_type,
-            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "timestamp": datetime.now(UTC).isoformat(),
             "severity": rng.choices(SEVERITIES, weights=(1, 3, 5, 3, 1))[0],
             "source": {"ci_failure": "ci", "scam": "fraud-detector", "infra": "prometheus"}[alert_type],
             "attributes": attributes,

@@ -11,9 +11,10 @@
   started, and then stopped at the end of the session).
 * ``unique`` (session): ``unique("alerts")`` -> ``"alerts-3f9c2a1b"``, a fresh name on every call.
 * ``worker_settings`` (function): ``topics`` plus a unique consumer group, data dir, Redis
-  namespace, proposition-service port and an ephemeral API port: what a test needs to run real
-  worker processes without meeting another test's state. ``propositions`` starts a reference
-  proposition service at that port for the test.
+  namespace, proposition-service port and admin token, and an ephemeral API port: what a test
+  needs to run real worker processes without meeting another test's state. ``propositions``
+  starts a reference proposition service at that port, with that token, for the test
+  (``harness.procs.admin_headers(settings)`` for its admin routes).
 * ``topics`` (function): a fresh set of uniquely named topics (alerts, decisions, DLQ, updates)
   created from topics/*.yaml; returns ``settings`` with ``topic_*`` and ``app_id`` (the consumer
   group) overridden to those unique names. The topics are deleted after the test.
@@ -35,7 +36,7 @@ import pytest
 from stream_engine.settings import Settings
 
 if TYPE_CHECKING:
-    from tests.support.procs import Proc
+    from harness.procs import Proc
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -118,13 +119,14 @@ def topics(stack: Settings, unique: Callable[[str], str]) -> Iterator[Settings]:
 
 @pytest.fixture
 def worker_settings(topics: Settings, tmp_path: Path, unique: Callable[[str], str]) -> Settings:
-    from tests.support.procs import free_port
+    from harness.procs import free_port
 
     return topics.with_overrides(
         app_id=unique("group"),
         data_dir=tmp_path / "data",
         redis_namespace=unique("se"),
         propositions_url=f"http://127.0.0.1:{free_port()}",
+        admin_token=unique("admin-token"),
         batch_within_s=0.01,
         api_port=0,  # every worker gets its own API port (logged as "api listening on …")
     )
@@ -132,7 +134,7 @@ def worker_settings(topics: Settings, tmp_path: Path, unique: Callable[[str], st
 
 @pytest.fixture
 def propositions(worker_settings: Settings, tmp_path: Path) -> Iterator[Proc]:
-    from tests.support.procs import start_propositions
+    from harness.procs import start_propositions
 
     proc = start_propositions(worker_settings, tmp_path)
     yield proc

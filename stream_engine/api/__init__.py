@@ -1,4 +1,4 @@
-"""The worker's HTTP API (aiohttp), served inside the worker process by the Runtime.
+"""The worker's HTTP API (aiohttp), served inside the worker process (started by the engines' core).
 
     POST /api/v1/alerts/process     one alert or a list → {"decisions": [...]} (same core and tiers)
     GET  /api/v1/stats              live latency percentiles, hit ratios, errors, pool, RSS, lag

@@ -9,11 +9,12 @@ the next, larger, batch — the stream's self-tuning batching. A lone request is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from stream_engine.models import Decision, Envelope
-from stream_engine.pipeline import StageTimes, Triage
+from stream_engine.models import Decision, Envelope, StageTimes
+
+Decide = Callable[[Sequence[Envelope], StageTimes], Awaitable[list[Decision]]]
 
 
 @dataclass(slots=True)
@@ -24,8 +25,8 @@ class _Request:
 
 
 class Coalescer:
-    def __init__(self, triage: Triage, slots: int = 2, max_batch: int = 1000) -> None:
-        self.triage = triage
+    def __init__(self, decide: Decide, slots: int = 2, max_batch: int = 1000) -> None:
+        self._decide = decide
         self.slots = slots
         self.max_batch = max_batch
         self.drains = 0
@@ -71,7 +72,7 @@ class Coalescer:
         self.drains += 1
         times = StageTimes()
         try:
-            decisions = await self.triage.decide([env for r in batch for env in r.envelopes], times)
+            decisions = await self._decide([env for r in batch for env in r.envelopes], times)
         except BaseException as exc:  # cancelled too: the waiting requests must not hang
             for r in batch:
                 if not r.future.done():

@@ -1,14 +1,14 @@
 """Route handlers of the worker HTTP API.
 
-``POST /api/v1/alerts/process`` decisions go through ``runtime.triage`` — the stream's own core,
-caches and proposition client — with two documented differences from the stream:
+``POST /api/v1/alerts/process`` decisions go through the runtime's ``decide`` — the stream's own
+core, caches and proposition client — with two documented differences from the stream:
 
 * LRU: API alerts use a dedicated pseudo-partition, ``API_PARTITION`` (65535, the largest value
   of ClickHouse's ``partition UInt16``). Kafka partitions are owned by the consumer group and
   their LRUs are dropped on revocation; an API call must neither fill nor depend on them. Redis
   is shared, so API calls still hit what the stream cached (and vice versa).
-* Logging: each API decision is written to ClickHouse through the sink like a stream decision,
-  with ``partition = 65535`` and ``offset = 0`` marking it as an API decision, before the
+* Logging: each API decision is written to ClickHouse through the stream's decision log, with
+  ``partition = 65535`` and ``offset = 0`` marking it as an API decision, before the
   response is sent (so an answered decision is durable). Decisions are NOT published to the
   ``decisions`` topic: the caller receives them in the response.
 
@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from stream_engine.api.analytics import BadParams, build_query
 from stream_engine.api.coalesce import Coalescer
 from stream_engine.api.metrics import RuntimeCollector, exposition
-from stream_engine.models import Alert
+from stream_engine.models import Alert, StageTimes
 from stream_engine.monitor import rss_bytes
-from stream_engine.pipeline import StageTimes
+from stream_engine.sinks.clickhouse.analytics import BadParams, build_query
 from stream_engine.validation import InvalidAlert
 
 if TYPE_CHECKING:
@@ -60,7 +59,8 @@ def error(status: int, kind: str, detail: str, **more: Any) -> web.Response:
 class Handlers:
     def __init__(self, runtime: Runtime, registry: CollectorRegistry, collector: RuntimeCollector) -> None:
         self.runtime = runtime
-        self.coalescer = Coalescer(runtime.triage, slots=runtime.settings.batch_concurrency, max_batch=runtime.settings.batch_max)
+        settings = runtime.settings
+        self.coalescer = Coalescer(runtime.decide, slots=settings.batch_concurrency, max_batch=settings.batch_max)
         self.registry = registry
         self.collector = collector
 
@@ -69,7 +69,7 @@ class Handlers:
     async def process(self, request: web.Request) -> web.Response:
         runtime = self.runtime
         body = await request.read()  # aiohttp raises 413 past client_max_size
-        if not runtime.started or runtime.pipeline is None:
+        if not runtime.started:
             return error(503, "not_ready", "the worker is not started")
         try:
             data = orjson.loads(body)
@@ -77,7 +77,7 @@ class Handlers:
             return error(400, "not_json", str(exc))
         items = data if isinstance(data, list) else [data]
         alerts: list[Alert] = []
-        decode = runtime.decoder.decode
+        decode = runtime.decode
         for i, item in enumerate(items):
             try:
                 # Re-encoding one item costs microseconds and gives exactly the stream's rules
@@ -89,15 +89,10 @@ class Handlers:
             return json_response({"decisions": []})
 
         received_ns = time.time_ns()
-        triage = runtime.triage
-        envelopes = [triage.envelope(a, API_PARTITION, API_OFFSET, received_ns) for a in alerts]
+        envelopes = [runtime.envelope(a, API_PARTITION, API_OFFSET, received_ns) for a in alerts]
         times = StageTimes()
         decisions = await self.coalescer.decide(envelopes, times)
-        t0 = time.perf_counter_ns()
-        pipeline = runtime.pipeline
-        metrics = [m for m in pipeline.metrics(times, decisions, received_ns) if m.stage not in ("decode", "produce")]
-        await runtime.sink.write(pipeline.rows(envelopes, decisions), metrics)
-        times.sink = time.perf_counter_ns() - t0
+        await runtime.log_api_decisions(envelopes, decisions, times)
         runtime.monitor.observe_api(times, decisions)
         log.debug("api decided %d alert(s)", len(decisions), extra={"batch_size": len(decisions)})
         return json_response({"decisions": decisions})
@@ -108,9 +103,8 @@ class Handlers:
         runtime = self.runtime
         monitor = runtime.monitor
         snapshot = monitor.snapshot()
-        client = runtime.client.stats()
-        redis = runtime.redis.stats()
-        sink = runtime.sink.stats() if runtime.started else {}
+        parts = runtime.parts_stats()
+        client, redis, sink = parts["service"], parts["redis"], parts["sink"]
         pool_max = runtime.settings.service_pool_size
         open_connections = client.get("pool_connections")
         snapshot["errors"].update(
@@ -121,7 +115,7 @@ class Handlers:
             sink_last_error=sink.get("last_error", ""),
         )
         snapshot.update(
-            worker=runtime.worker,
+            worker=runtime.worker_name,
             started=runtime.started,
             http_pool={
                 "open_connections": open_connections,
@@ -129,7 +123,7 @@ class Handlers:
                 "utilisation": (open_connections / pool_max) if open_connections is not None else None,
             },
             consumer_lag=await self.refresh_lag(),
-            lru=runtime.lru.stats(),
+            lru=parts["lru"],
             redis=redis,
             service=client,
             sink=sink,
@@ -137,13 +131,12 @@ class Handlers:
         return json_response(snapshot)
 
     async def refresh_lag(self) -> dict[str, dict[str, Any]]:
-        probe = self.runtime.consumer_offsets
-        if probe is None:
-            return {}
         try:
-            offsets = await probe()
+            offsets = await self.runtime.consumer_positions()
         except Exception as exc:  # lag is informative; a consumer mid-rebalance must not fail /stats
             log.debug("consumer offsets unavailable: %s", exc)
+            return {}
+        if offsets is None:
             return {}
         self.collector.lag = self.runtime.monitor.consumer_lag(offsets)
         return self.collector.lag
@@ -151,17 +144,15 @@ class Handlers:
     # --- GET /api/v1/analytics/{name} -------------------------------------------------------
 
     async def analytics(self, request: web.Request) -> web.Response:
-        sink = self.runtime.sink
-        run_query = getattr(sink, "run_query", None)
-        if run_query is None:
-            return error(501, "no_clickhouse", "this worker's sink does not answer queries")
         try:
             query = build_query(request.match_info["name"], request.query)
         except BadParams as exc:
             return error(400, "params", str(exc))
         started = time.perf_counter()
         try:
-            result = await run_query(query)
+            result = await self.runtime.run_query(query)
+        except NotImplementedError as exc:
+            return error(501, "no_clickhouse", str(exc))
         except ValueError as exc:  # the query API's own parameter checks
             return error(400, "params", str(exc))
         except RuntimeError as exc:
@@ -176,14 +167,10 @@ class Handlers:
     async def healthz(self, request: web.Request) -> web.Response:
         runtime = self.runtime
         monitor = runtime.monitor
-        why = None
-        if not runtime.started:
-            why = "runtime not started"
-        elif runtime.consumer_offsets is not None and not monitor.assignment_seen:
-            why = "waiting for a partition assignment"
+        why = runtime.health()
         body = {
             "status": "ok" if why is None else "unavailable",
-            "worker": runtime.worker,
+            "worker": runtime.worker_name,
             "partitions": sorted(p for _, p in monitor.assigned),
             "uptime_s": monitor.uptime_s,
             "rss_bytes": rss_bytes(),

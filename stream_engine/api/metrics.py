@@ -92,12 +92,13 @@ class RuntimeCollector(Collector):
 
     def _parts(self) -> Iterator[Metric]:
         runtime = self.runtime
-        redis = runtime.redis.stats()
+        parts = runtime.parts_stats()
+        redis = parts["redis"]
         for name in ("hits", "misses", "errors", "skipped", "corrupt", "stale", "refused"):
             metric = _counter(f"redis_{name}", f"Redis tier {name.replace('_', ' ')}.")
             metric.add_metric([], redis[name])
             yield metric
-        invalidations = runtime.invalidations.stats()
+        invalidations = parts["invalidations"]
         for name, doc in (
             ("applied", "Invalidations applied (floors raised, LRU entries dropped)."),
             ("redis_applied", "Invalidations Redis has taken."),
@@ -113,7 +114,7 @@ class RuntimeCollector(Collector):
         degraded.add_metric([], 1 if redis["degraded"] else 0)
         yield degraded
 
-        lru = runtime.lru.stats()
+        lru = parts["lru"]
         for name in ("hits", "misses", "evicted", "expired"):
             metric = _counter(f"lru_{name}", f"Partition-local LRU {name}.")
             metric.add_metric([], lru[name])
@@ -122,7 +123,7 @@ class RuntimeCollector(Collector):
         entries.add_metric([], lru["entries"])
         yield entries
 
-        client = runtime.client.stats()
+        client = parts["service"]
         for name in ("requests", "retries", "failures", "breaker_rejections"):
             metric = _counter(f"service_{name}", f"Proposition service client {name.replace('_', ' ')}.")
             metric.add_metric([], client[name])
@@ -137,7 +138,7 @@ class RuntimeCollector(Collector):
         pool_max.add_metric([], runtime.settings.service_pool_size)
         yield pool_max
 
-        sink = runtime.sink.stats() if runtime.started else {}
+        sink = parts["sink"]
         for name, doc in (
             ("rows_written", "Rows made durable (journal)."),
             ("rows_inserted", "Rows inserted into ClickHouse."),

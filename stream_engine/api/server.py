@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from stream_engine.api.auth import api_auth
 from stream_engine.api.handlers import Handlers
 from stream_engine.api.metrics import build_registry
 
@@ -48,7 +49,7 @@ def create_api_app(runtime: Runtime) -> web.Application:
                     extra={"status": status, "seconds": time.perf_counter() - started},
                 )
 
-    app = web.Application(client_max_size=runtime.settings.api_max_body_bytes, middlewares=[count_requests])
+    app = web.Application(client_max_size=runtime.settings.api_max_body_bytes, middlewares=[count_requests, *api_auth(runtime.settings)])
     app.router.add_post("/api/v1/alerts/process", handlers.process)
     app.router.add_get("/api/v1/stats", handlers.stats)
     app.router.add_get("/api/v1/analytics/{name}", handlers.analytics)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from stream_engine.cache.invalidation import Coherence
-from stream_engine.cache.lru import CacheCounters, TTLCache
+from stream_engine.cache.ttl_cache import CacheCounters, TTLCache
 from stream_engine.keys import type_prefix
 from stream_engine.models import Proposition
 

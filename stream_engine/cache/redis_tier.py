@@ -205,7 +205,7 @@ class RedisTier:
         self.counters = RedisCounters()
 
     @classmethod
-    def from_settings(cls, settings: Any, namespace: str | None = None, coherence: Coherence | None = None) -> "RedisTier":
+    def from_settings(cls, settings: Any, namespace: str | None = None, coherence: Coherence | None = None) -> RedisTier:
         return cls(
             client_from_url(settings.redis_url, settings.redis_timeout_s),
             settings.redis_ttl_s,

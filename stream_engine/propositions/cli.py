@@ -1,4 +1,4 @@
-"""`stream-engine propositions serve|invalidate`."""
+"""`stream-engine propositions serve|invalidate|rules`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     serve.add_argument("--latency-median-ms", type=float, default=None, metavar="X", help="Simulated latency median.")
     serve.add_argument("--latency-p99-ms", type=float, default=None, metavar="Y", help="Simulated latency p99 (default = median: fixed).")
+    serve.add_argument("--latency-per-item-ms", type=float, default=0.0, metavar="Z",
+                       help="Simulated latency added per item of a request (a batch of n costs n × Z more).")
     serve.add_argument("--seed", type=int, default=None, help="Seed of the simulated latency.")
     serve.add_argument(
         "--no-updates",
@@ -49,13 +51,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     invalidate.add_argument("--rules-version", default="manual", help="Version to stamp on the message.")
     invalidate.set_defaults(func=invalidate_handler)
 
+    rules = sub.add_parser(
+        "rules", help="Read or replace the service's rule book (admin token: STREAM_ENGINE_ADMIN_TOKEN or STACK_DIR/admin-token)."
+    )
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    get = rules_sub.add_parser("get", help="Print the rule book (GET /v1/rules).")
+    get.set_defaults(func=rules_get_handler)
+    put = rules_sub.add_parser("put", help="Replace the rule book from a JSON file (PUT /v1/rules).")
+    put.add_argument("path", metavar="PATH", help="Rule book JSON.")
+    put.set_defaults(func=rules_put_handler)
 
-def _configure_logging(settings: "Settings") -> None:
+
+def _configure_logging(settings: Settings) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def serve_handler(args: argparse.Namespace, settings: "Settings") -> int:
+def serve_handler(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     _configure_logging(settings)
@@ -65,15 +77,23 @@ def serve_handler(args: argparse.Namespace, settings: "Settings") -> int:
         return 0
 
 
-async def _serve(args: argparse.Namespace, settings: "Settings") -> int:
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import signal
 
     from aiohttp import web
 
+    from stream_engine.propositions.admin import AdminTokenMissing, ensure_admin_token
     from stream_engine.propositions.rules import DEFAULT_RULES_PATH, RuleBook, RuleBookError, RuleStore
     from stream_engine.propositions.service import LatencyModel, make_app
     from stream_engine.propositions.updates import UpdatesPublisher
+
+    try:
+        token, generated = ensure_admin_token(settings)
+    except (AdminTokenMissing, OSError) as exc:
+        print(f"cannot get an admin token: {exc}", file=sys.stderr)
+        return 2
+    log.info("admin routes need the token %s %s", "generated in" if generated else "from", token.source)
 
     store = RuleStore(args.rules_store or settings.data_dir / "propositions" / "rules.json")
     try:
@@ -84,9 +104,11 @@ async def _serve(args: argparse.Namespace, settings: "Settings") -> int:
     if store.path.exists():
         log.info("rules %s from %s (stored by PUT /v1/rules; delete it to start from --rules)", rulebook.version, store.path)
     latency = None
-    if args.latency_median_ms:  # 0 means off, as in PUT /v1/admin/latency
+    if args.latency_median_ms or args.latency_per_item_ms:  # 0 means off, as in PUT /v1/admin/latency
         try:
-            latency = LatencyModel(args.latency_median_ms, args.latency_p99_ms, seed=args.seed)
+            latency = LatencyModel(
+                args.latency_median_ms or 0.0, args.latency_p99_ms, per_item_ms=args.latency_per_item_ms, seed=args.seed
+            )
         except ValueError as exc:
             print(f"bad latency: {exc}", file=sys.stderr)
             return 2
@@ -100,7 +122,7 @@ async def _serve(args: argparse.Namespace, settings: "Settings") -> int:
             # The publisher retries its start on the first publish, so nothing else to do here.
             log.warning("Kafka at %s unreachable (%r): serving anyway; invalidations will retry", settings.kafka_bootstrap, exc)
 
-    app = make_app(rulebook, latency=latency, updates_publisher=publisher, rule_store=store)
+    app = make_app(rulebook, admin_token=token.value, latency=latency, updates_publisher=publisher, rule_store=store)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     port = args.port if args.port is not None else settings.propositions_port
@@ -134,7 +156,7 @@ async def _serve(args: argparse.Namespace, settings: "Settings") -> int:
     return 0
 
 
-def invalidate_handler(args: argparse.Namespace, settings: "Settings") -> int:
+def invalidate_handler(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from stream_engine.propositions.updates import Invalidation, InvalidInvalidation, UpdatesPublisher
@@ -160,3 +182,39 @@ def invalidate_handler(args: argparse.Namespace, settings: "Settings") -> int:
         return 1
     print(invalidation.to_json().decode())
     return 0
+
+
+def rules_get_handler(args: argparse.Namespace, settings: Settings) -> int:
+    return _admin_call(settings, "GET", "/v1/rules")
+
+
+def rules_put_handler(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    try:
+        document = Path(args.path).read_bytes()
+    except OSError as exc:
+        print(f"cannot read {args.path}: {exc}", file=sys.stderr)
+        return 2
+    return _admin_call(settings, "PUT", "/v1/rules", content=document, headers={"content-type": "application/json"})
+
+
+def _admin_call(settings: Settings, method: str, path: str, **kwargs: object) -> int:
+    """Print the answer's body; exit 1 on an HTTP error, 2 without a token or a service."""
+    import httpx
+
+    from stream_engine.propositions.admin import AdminTokenMissing, admin_request
+
+    try:
+        response = admin_request(settings, method, path, **kwargs)
+    except AdminTokenMissing as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:
+        print(f"{method} {settings.propositions_url}{path} failed: {exc!r}", file=sys.stderr)
+        return 2
+    if response.status_code == 401:
+        print(f"401 from {settings.propositions_url}: {response.text} (is the token the one the service runs with?)", file=sys.stderr)
+        return 1
+    print(response.text)
+    return 0 if response.is_success else 1

@@ -22,14 +22,15 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from stream_engine.masking import Masker
 from stream_engine.models import Alert, Proposition
 from stream_engine.propositions.breaker import CircuitBreaker
 
@@ -38,8 +39,12 @@ log = logging.getLogger(__name__)
 BATCH_PATH = "/v1/propositions/batch"
 MALFORMED = "service_error:malformed"
 
-# What a waiter gets: the propositions, or why there are none; plus the rules version.
-Outcome = tuple[list[Proposition] | None, str | None, str | None]
+class Outcome(NamedTuple):
+    """What a waiter gets for one key: the propositions, or why there are none; plus the rules version."""
+
+    propositions: list[Proposition] | None
+    reason: str | None
+    version: str | None
 
 
 @dataclass(slots=True)
@@ -88,8 +93,10 @@ class PropositionClient:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        redact_fields: Iterable[str] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.masker = Masker(redact_fields)  # secret attributes never reach the service
         self.retries = retries
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -105,7 +112,7 @@ class PropositionClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None) -> "PropositionClient":
+    def from_settings(cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None) -> PropositionClient:
         return cls(
             settings.propositions_url,
             timeout_s=settings.service_timeout_s,
@@ -115,6 +122,7 @@ class PropositionClient:
             breaker_fail_max=settings.breaker_fail_max,
             breaker_reset_s=settings.breaker_reset_s,
             transport=transport,
+            redact_fields=settings.redact_fields,
         )
 
     # --- public -----------------------------------------------------------------------------
@@ -149,7 +157,7 @@ class PropositionClient:
                 if inflight.get(key, (0, None))[1] is future:
                     del inflight[key]
                 if not future.done():  # we were cancelled: waiters must not hang
-                    future.set_result((None, "unavailable", None))
+                    future.set_result(Outcome(None, "unavailable", None))
         for key, future in mine.items():
             _add(result, key, future.result())
         for key, future in shared.items():
@@ -181,9 +189,9 @@ class PropositionClient:
         self.counters.batches += 1
         if not self.breaker.allow():
             self.counters.breaker_rejections += 1
-            return {key: (None, "breaker_open", None) for key in own}
+            return {key: Outcome(None, "breaker_open", None) for key in own}
         self.counters.keys_requested += len(own)
-        body, unencodable = encode_request(own)
+        body, unencodable = encode_request(own, self.masker)
         if unencodable:
             log.warning("%d of %d alerts cannot be encoded for the service", len(unencodable), len(own))
             if len(unencodable) == len(own):
@@ -200,7 +208,7 @@ class PropositionClient:
                 self.breaker.record_success()
             self.counters.failures += 1
             log.warning("proposition service batch of %d keys failed: %s", len(own), exc.reason)
-            return {key: unencodable.get(key, (None, exc.reason, None)) for key in own}
+            return {key: unencodable.get(key, Outcome(None, exc.reason, None)) for key in own}
         except BaseException:
             self.breaker.abandon()
             raise
@@ -250,15 +258,15 @@ class PropositionClient:
         return len(connections) if isinstance(connections, list) else None
 
 
-def alert_payload(alert: Alert) -> dict[str, Any]:
-    """The alert as the schema describes it (no ``fingerprint: null``)."""
+def alert_payload(alert: Alert, masker: Masker | None = None) -> dict[str, Any]:
+    """The alert as the schema describes it (no ``fingerprint: null``), secret attributes masked."""
     payload: dict[str, Any] = {
         "id": alert.id,
         "type": alert.type,
         "timestamp": alert.timestamp,
         "severity": alert.severity,
         "source": alert.source,
-        "attributes": alert.attributes,
+        "attributes": masker.attributes(alert.attributes) if masker else alert.attributes,
     }
     if alert.fingerprint is not None:
         payload["fingerprint"] = alert.fingerprint
@@ -275,10 +283,10 @@ def _parse_batch(data: Any, own: dict[str, Alert]) -> dict[str, Outcome]:
     for key in own:
         items = results.get(key)
         if items is None:
-            outcomes[key] = (None, "service_error:missing", version)
+            outcomes[key] = Outcome(None, "service_error:missing", version)
             continue
         propositions = _parse_propositions(items)
-        outcomes[key] = (propositions, None, version) if propositions is not None else (None, MALFORMED, version)
+        outcomes[key] = Outcome(propositions, None, version) if propositions is not None else Outcome(None, MALFORMED, version)
     return outcomes
 
 
@@ -305,19 +313,18 @@ def _parse_propositions(items: Any) -> list[Proposition] | None:
 
 
 def _add(result: FetchResult, key: str, outcome: Outcome) -> None:
-    propositions, reason, version = outcome
-    if propositions is not None:
-        result.found[key] = propositions
+    if outcome.propositions is not None:
+        result.found[key] = outcome.propositions
         if result.version is None:
-            result.version = version
+            result.version = outcome.version
     else:
-        result.failed[key] = reason or "unavailable"
+        result.failed[key] = outcome.reason or "unavailable"
 
 
-def encode_request(own: dict[str, Alert]) -> tuple[bytes, dict[str, Outcome]]:
+def encode_request(own: dict[str, Alert], masker: Masker | None = None) -> tuple[bytes, dict[str, Outcome]]:
     """The batch body, and the keys whose alert JSON cannot carry (they fail alone, not the batch)."""
     try:
-        items = [{"key": key, "alert": alert_payload(alert)} for key, alert in own.items()]
+        items = [{"key": key, "alert": alert_payload(alert, masker)} for key, alert in own.items()]
         return orjson.dumps({"items": items}), {}
     except (TypeError, orjson.JSONEncodeError):
         pass
@@ -325,7 +332,7 @@ def encode_request(own: dict[str, Alert]) -> tuple[bytes, dict[str, Outcome]]:
     failed: dict[str, Outcome] = {}
     for key, alert in own.items():
         try:
-            encoded.append(orjson.dumps({"key": key, "alert": alert_payload(alert)}))
+            encoded.append(orjson.dumps({"key": key, "alert": alert_payload(alert, masker)}))
         except (TypeError, orjson.JSONEncodeError):
-            failed[key] = (None, "unencodable", None)
+            failed[key] = Outcome(None, "unencodable", None)
     return b'{"items":[' + b",".join(encoded) + b"]}", failed

@@ -105,7 +105,7 @@ class RuleBook:
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path = DEFAULT_RULES_PATH) -> "RuleBook":
+    def load(cls, path: str | Path = DEFAULT_RULES_PATH) -> RuleBook:
         try:
             document = orjson.loads(Path(path).read_bytes())
         except orjson.JSONDecodeError as exc:
@@ -113,7 +113,7 @@ class RuleBook:
         return cls.from_dict(document)
 
     @classmethod
-    def from_dict(cls, document: Any) -> "RuleBook":
+    def from_dict(cls, document: Any) -> RuleBook:
         validate_document(document)
         return cls(document)
 
@@ -152,7 +152,7 @@ class RuleBook:
         scaled.sort(key=lambda p: -p.confidence)
         return scaled
 
-    def changed_types(self, other: "RuleBook") -> set[str] | None:
+    def changed_types(self, other: RuleBook) -> set[str] | None:
         """Alert types whose rules differ between the two books; None if a change affects all
         types (severity factors changed)."""
         if (self._document.get("severity_factors") or {}) != (other._document.get("severity_factors") or {}):

@@ -20,10 +20,13 @@ Contract (the engine's client is written against it):
   ``"published": false`` and a ``warning``: invalidating is then the caller's job.
 * ``POST /v1/admin/invalidate`` ``{"scope": "key"|"type"|"all", "key"?, "alert_type"?}`` ->
   publishes without changing rules (503 without a publisher, 502 if the broker fails).
-* ``PUT /v1/admin/latency`` ``{"median_ms", "p99_ms", "seed"?}`` (``{"median_ms": 0}`` or ``null``
-  turns it off); ``PUT /v1/admin/fault`` ``{"error_rate": 0..1, "status": 503}``. Both apply to
+* ``PUT /v1/admin/latency`` ``{"median_ms", "p99_ms", "per_item_ms"?, "seed"?}`` (``{"median_ms": 0}``
+  without ``per_item_ms``, or ``null``, turns it off); ``PUT /v1/admin/fault`` ``{"error_rate": 0..1, "status": 503}``. Both apply to
   the two proposition endpoints only, never to health/admin.
 * ``GET /v1/stats`` counters; ``DELETE /v1/stats`` resets them (between benchmark runs).
+
+Every route except ``/healthz`` and the two proposition endpoints (the workers' read path) needs
+``Authorization: Bearer <admin token>``, always: 401 ``{"error": "unauthorized", ...}`` otherwise.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from stream_engine.auth import bearer_auth
 from stream_engine.propositions.rules import RuleBook, RuleBookError, RuleStore
-from stream_engine.propositions.updates import InvalidationPublisher, Invalidation, InvalidInvalidation
+from stream_engine.propositions.updates import Invalidation, InvalidationPublisher, InvalidInvalidation
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +52,27 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 JSON = "application/json"
 VERSION_HEADER = "X-Rules-Version"
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000)
+# The only routes open without the admin token: health, and what the workers call per batch.
+OPEN_PATHS = frozenset({"/healthz", "/v1/propositions/batch", "/v1/propositions"})
 
 
 class LatencyModel:
-    """Simulated service time per request: lognormal through (median, p99), or fixed when equal.
+    """Simulated service time per request: lognormal through (median, p99), or fixed when equal,
+    plus ``per_item_ms`` for every item of the request (a real batch endpoint's work grows with
+    the batch; without it batching would look free).
 
     Seeded, so a benchmark or drill sees the same sequence of delays every run.
     """
 
-    def __init__(self, median_ms: float, p99_ms: float | None = None, *, seed: int | None = None) -> None:
+    def __init__(
+        self, median_ms: float, p99_ms: float | None = None, *, per_item_ms: float = 0.0, seed: int | None = None
+    ) -> None:
         p99_ms = median_ms if p99_ms is None else p99_ms
-        if median_ms < 0 or p99_ms < median_ms:
-            raise ValueError("need 0 <= median_ms <= p99_ms")
+        if median_ms < 0 or p99_ms < median_ms or per_item_ms < 0:
+            raise ValueError("need 0 <= median_ms <= p99_ms and per_item_ms >= 0")
         self.median_ms = float(median_ms)
         self.p99_ms = float(p99_ms)
+        self.per_item_ms = float(per_item_ms)
         self.seed = seed
         self._random = random.Random(seed)
         if median_ms == 0 or p99_ms == median_ms:
@@ -71,16 +82,18 @@ class LatencyModel:
             self._sigma = (math.log(p99_ms) - self._mu) / Z_99
 
     @classmethod
-    def fixed(cls, ms: float) -> "LatencyModel":
+    def fixed(cls, ms: float) -> LatencyModel:
         return cls(ms, ms)
 
-    def sample_ms(self) -> float:
-        if self._sigma == 0.0:
-            return self.median_ms
-        return self._random.lognormvariate(self._mu, self._sigma)
+    def sample_ms(self, items: int = 1) -> float:
+        per_request = self.median_ms if self._sigma == 0.0 else self._random.lognormvariate(self._mu, self._sigma)
+        return per_request + self.per_item_ms * items
 
     def describe(self) -> dict[str, Any]:
-        return {"median_ms": self.median_ms, "p99_ms": self.p99_ms, "seed": self.seed}
+        described: dict[str, Any] = {"median_ms": self.median_ms, "p99_ms": self.p99_ms, "seed": self.seed}
+        if self.per_item_ms:
+            described["per_item_ms"] = self.per_item_ms
+        return described
 
 
 @dataclass(slots=True)
@@ -201,10 +214,10 @@ class PropositionService:
         self._answering.set()
 
     # --- proposition endpoints --------------------------------------------------------------
-    async def _simulate(self) -> web.Response | None:
+    async def _simulate(self, items: int = 1) -> web.Response | None:
         """Injected delay and failure, in that order (a failing backend is slow too)."""
         if self.latency is not None:
-            delay_ms = self.latency.sample_ms()
+            delay_ms = self.latency.sample_ms(items)
             self.stats.simulated_latency_ms += delay_ms
             if delay_ms > 0:
                 await asyncio.sleep(delay_ms / 1000.0)
@@ -234,7 +247,7 @@ class PropositionService:
         # The rules live when the request arrived answer it, even if PUT /v1/rules lands during
         # the simulated latency: the answer of a slow backend reflects when it was computed.
         rulebook = self.rulebook
-        failure = await self._simulate()
+        failure = await self._simulate(len(items))
         if failure is not None:
             return failure
         propose = rulebook.propose
@@ -363,16 +376,17 @@ class PropositionService:
     async def put_latency(self, request: web.Request) -> web.Response:
         try:
             body = await _read_json(request)
-            if body is None or (isinstance(body, dict) and not body.get("median_ms")):
+            if body is None or (isinstance(body, dict) and not body.get("median_ms") and not body.get("per_item_ms")):
                 self.latency = None
             elif isinstance(body, dict):
                 self.latency = LatencyModel(
-                    _number(body, "median_ms"),
+                    _number(body, "median_ms") if body.get("median_ms") is not None else 0.0,
                     _number(body, "p99_ms") if body.get("p99_ms") is not None else None,
+                    per_item_ms=_number(body, "per_item_ms") if body.get("per_item_ms") is not None else 0.0,
                     seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
                 )
             else:
-                raise _BadRequest("body must be {'median_ms': ms, 'p99_ms': ms, 'seed'?: int} or null")
+                raise _BadRequest("body must be {'median_ms': ms, 'p99_ms': ms, 'per_item_ms'?: ms, 'seed'?: int} or null")
         except (_BadRequest, ValueError) as exc:
             return _error(str(exc))
         return _json({"latency": self.latency.describe() if self.latency else None})
@@ -420,14 +434,23 @@ SERVICE_KEY = web.AppKey("proposition_service", PropositionService)
 def make_app(
     rulebook: RuleBook,
     *,
+    admin_token: str,
     latency: LatencyModel | None = None,
     updates_publisher: InvalidationPublisher | None = None,
     fault: FaultInjector | None = None,
     rule_store: RuleStore | None = None,
 ) -> web.Application:
-    """The service as an aiohttp app; ``app[SERVICE_KEY]`` is its state (tests, CLI)."""
-    service = PropositionService(rulebook, latency=latency, updates_publisher=updates_publisher, fault=fault, rule_store=rule_store)
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    """The service as an aiohttp app; ``app[SERVICE_KEY]`` is its state (tests, CLI).
+
+    ``admin_token`` guards every route outside ``OPEN_PATHS``; there is no unguarded mode.
+    """
+    if not admin_token:
+        raise ValueError("the proposition service needs an admin token for its rule and admin routes")
+    service = PropositionService(
+        rulebook, latency=latency, updates_publisher=updates_publisher, fault=fault, rule_store=rule_store
+    )
+    admin_only = bearer_auth(admin_token, protects=lambda request: request.path not in OPEN_PATHS)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[admin_only])
     app[SERVICE_KEY] = service
     app.router.add_post("/v1/propositions/batch", service.batch)
     app.router.add_post("/v1/propositions", service.single)

@@ -47,7 +47,7 @@ class Invalidation:
         return orjson.dumps(self)
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "Invalidation":
+    def from_json(cls, data: bytes | str) -> Invalidation:
         try:
             d = orjson.loads(data)
         except orjson.JSONDecodeError as exc:

@@ -16,7 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ("status", _status, "Health of each part; exit 1 if one is down."),
     ):
         parser = actions.add_parser(name, help=text)
-        parser.add_argument("--only", action="append", metavar="PART", help="kafka, redis, propositions, redis-cluster (repeatable; redis-cluster only when named)")
+        parser.add_argument(
+            "--only",
+            action="append",
+            metavar="PART",
+            help="kafka, redis, propositions, redis-cluster (repeatable; redis-cluster only when named)",
+        )
         parser.set_defaults(func=handler)
 
 
@@ -38,6 +43,13 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     for line in report.lines():
         print(line)
+    if "propositions" in report.by_name():
+        from stream_engine.propositions.admin import find_admin_token
+
+        token = find_admin_token(settings)
+        # No token with a reused service: it was started before tokens existed; restart it.
+        where = token.source if token else "none (restart the service: `stack down --only propositions`, `stack up`)"
+        print(f"proposition service admin token (rules, admin, stats routes): {where}")
     print(f"stack up: {time.monotonic() - started:.1f}s (state in {settings.stack_dir})")
     return 0
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import orjson
+from pydantic import SecretStr
 
 from stream_engine.settings import Settings
 from stream_engine.stack.component import Component
@@ -16,35 +18,21 @@ from stream_engine.stack.component import Component
 def settings_flags(settings: Settings) -> list[str]:
     """Global CLI flags that reproduce `settings` in a child `stream-engine` process.
 
-    Only non-default values are passed; the child inherits the environment anyway.
+    Only non-default values are passed; the child inherits the environment anyway. Secrets
+    never go on a command line (``ps``, pid files and the stack's logs show it): pass them in the
+    child's environment.
     """
     flags: list[str] = []
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            continue
         default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
         if value == default:
             continue
         text = orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value)
         flags += ["--" + name.replace("_", "-"), text]
     return flags
-
-
-def subcommand_available(*path: str) -> bool:
-    """Whether `stream-engine <path...>` is registered in this checkout."""
-    import argparse
-
-    from stream_engine.cli import build_parser
-
-    parser: argparse.ArgumentParser = build_parser()
-    for word in path:
-        choices = next(
-            (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)),  # noqa: SLF001
-            None,
-        )
-        if not choices or word not in choices:
-            return False
-        parser = choices[word]
-    return True
 
 
 class PropositionsComponent(Component):
@@ -56,10 +44,17 @@ class PropositionsComponent(Component):
     def ports(self) -> tuple[int, ...]:
         return (self.settings.propositions_port,)
 
-    def skip_reason(self) -> str | None:
-        if not subcommand_available("propositions", "serve"):
-            return "`stream-engine propositions serve` does not exist in this checkout yet"
-        return None
+    def prepare(self) -> str:
+        from stream_engine.propositions.admin import ensure_admin_token
+
+        token, generated = ensure_admin_token(self.settings)
+        return f"admin token {'generated in' if generated else 'from'} {token.source}"
+
+    def env(self) -> dict[str, str] | None:
+        from stream_engine.propositions.admin import ENV, ensure_admin_token
+
+        token, _ = ensure_admin_token(self.settings)
+        return {**os.environ, ENV: token.value}
 
     def command(self) -> list[str]:
         # The service talks to the stack's own Kafka/Redis, wherever the caller's bootstrap points.

@@ -12,10 +12,10 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.kafka import collect, publish
+from harness.procs import Proc, free_port, start_worker, wait_until
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.kafka import collect, publish
-from tests.support.procs import Proc, free_port, start_worker, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

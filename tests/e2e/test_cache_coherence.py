@@ -1,6 +1,6 @@
 """An invalidation always wins: real workers, the real service, the real broker and Redis.
 
-Every rule book here stamps its round into the rationales (tests/support/coherence.py), so a
+Every rule book here stamps its round into the rationales (tests/coherence.py), so a
 decision says which rules its answer came from. The service runs with ``--no-updates`` where the
 test publishes the invalidations itself (to choose their scope), and with updates where the
 service's own ``PUT /v1/rules`` path is under test.
@@ -23,13 +23,13 @@ import httpx
 import orjson
 import pytest
 
+from harness.kafka import collect, publish
+from harness.procs import Proc, admin_headers, start_propositions, start_worker, wait_until
 from stream_engine.keys import message_key
 from stream_engine.propositions.updates import Invalidation, UpdatesPublisher
 from stream_engine.settings import Settings
-from tests.support.coherence import answer_round, applied_lines, rules_round
-from tests.support.kafka import collect, publish
-from tests.support.procs import Proc, start_propositions, start_worker, wait_until
-from tests.support.redis_proxy import RedisProxy
+from tests.coherence import answer_round, applied_lines, rules_round
+from tests.redis_proxy import RedisProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -75,13 +75,13 @@ async def decide_via_api(worker: Proc, a: dict[str, Any]) -> dict[str, Any]:
 
 async def put_rules(s: Settings, n: int) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=30) as client:
-        response = await client.put(f"{s.propositions_url}/v1/rules", content=orjson.dumps(rules_round(n)))
+        response = await client.put(f"{s.propositions_url}/v1/rules", content=orjson.dumps(rules_round(n)), headers=admin_headers(s))
     assert response.status_code == 200, response.text
     return response.json()
 
 
 def service_requests(s: Settings) -> int:
-    return int(httpx.get(f"{s.propositions_url}/v1/stats", timeout=5).json()["requests"])
+    return int(httpx.get(f"{s.propositions_url}/v1/stats", headers=admin_headers(s), timeout=5).json()["requests"])
 
 
 def wait_applied(workers: list[Proc], count: int) -> None:
@@ -243,14 +243,14 @@ def test_rules_survive_a_service_restart(worker_settings: Settings, tmp_path: Pa
     s = worker_settings
     service = start_propositions(s, tmp_path, "--rules", str(write_rules(tmp_path, 0)), "--no-updates")
     try:
-        answer = httpx.put(f"{s.propositions_url}/v1/rules", content=orjson.dumps(rules_round(3)), timeout=30)
+        answer = httpx.put(f"{s.propositions_url}/v1/rules", content=orjson.dumps(rules_round(3)), headers=admin_headers(s), timeout=30)
         assert answer.status_code == 200, answer.text
     finally:
         service.stop()
     service = start_propositions(s, tmp_path, "--rules", str(write_rules(tmp_path, 0)), "--no-updates")
     try:
         assert httpx.get(f"{s.propositions_url}/healthz", timeout=5).json()["version"] == answer.json()["version"]
-        assert httpx.get(f"{s.propositions_url}/v1/rules", timeout=5).json() == rules_round(3)
+        assert httpx.get(f"{s.propositions_url}/v1/rules", headers=admin_headers(s), timeout=5).json() == rules_round(3)
     finally:
         service.stop()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.procs import Proc, free_port
 from stream_engine.settings import Settings
-from tests.support.procs import Proc, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -22,7 +22,8 @@ def test_the_demo_decides_every_alert_and_writes_a_plot(
     settings = e2e_settings.with_overrides(api_port=free_port())
     plot = tmp_path / "demo.png"
     result = subprocess.run(
-        [sys.executable, "-m", "stream_engine", "demo", "--alerts", "400", "--rate", "0", "--seed", "3", "--plot", str(plot), "--engine", engine],
+        [sys.executable, "-m", "stream_engine", "demo", "--alerts", "400", "--rate", "0", "--seed", "3", "--plot", str(plot),
+         "--engine", engine],
         env={**os.environ, **settings.to_env(), "COLUMNS": "120"},
         capture_output=True,
         text=True,

@@ -1,7 +1,7 @@
-"""The plain-aiokafka engine (`worker --engine aiokafka`) on the real stack: same contract as the
-faust engine (tests/e2e/test_pipeline_e2e.py, tests/reliability) — one decision per valid alert,
-a dead letter per malformed one, kill -9 + restart, two workers sharing a group. (The cache-tier
-test in test_pipeline_e2e.py runs on both engines.)"""
+"""The default engine (aiokafka: a plain consumer group) named explicitly, on the real stack: one
+decision per valid alert and a dead letter per malformed one, the lag probe on its consumer,
+kill -9 + restart, two workers sharing a group; and it never starts faust. (The drills in
+tests/reliability run on both engines; so does the cache-tier test in test_pipeline_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.drills import Publisher, Tail, assert_crash_redelivery_is_the_uncommitted_suffix, clickhouse_rows
+from harness.kafka import collect, publish
+from harness.procs import Proc, start_worker, wait_until
 from stream_engine.models import DeadLetter
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload, malformed_payloads
-from tests.support.drills import Publisher, Tail, assert_crash_redelivery_is_the_uncommitted_suffix, clickhouse_rows
-from tests.support.kafka import collect, publish
-from tests.support.procs import Proc, start_worker, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

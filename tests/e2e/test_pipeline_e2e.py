@@ -9,11 +9,11 @@ import httpx
 import orjson
 import pytest
 
+from harness.kafka import collect, publish
+from harness.procs import Proc, admin_headers, start_worker
 from stream_engine.models import DeadLetter
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload, malformed_payloads
-from tests.support.kafka import collect, publish
-from tests.support.procs import Proc, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -118,13 +118,14 @@ async def test_an_invalidation_changes_the_next_decision_on_both_workers(
         before = await collect(s.kafka_bootstrap, s.topic_decisions, ids_done({a["id"] for a in timeouts}), 90)
         assert {d["mode"] for d in before} == {"auto"}
 
-        rules = httpx.get(f"{s.propositions_url}/v1/rules").json()
+        rules = httpx.get(f"{s.propositions_url}/v1/rules", headers=admin_headers(s)).json()
         for rule in rules["types"]["ci_failure"]:
             if rule["match"] == {"error_class": "Timeout"}:
                 rule["propositions"][0]["confidence"] = 0.5
-        assert httpx.put(f"{s.propositions_url}/v1/rules", content=orjson.dumps(rules)).status_code == 200
+        put = httpx.put(f"{s.propositions_url}/v1/rules", content=orjson.dumps(rules), headers=admin_headers(s))
+        assert put.status_code == 200, put.text
         for w in workers:
-            from tests.support.procs import wait_until
+            from harness.procs import wait_until
 
             wait_until(lambda w=w: "invalidation applied" in w.log(), 30, f"{w.name} applied the invalidation", w)
 

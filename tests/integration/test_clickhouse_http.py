@@ -2,7 +2,7 @@
 
 ``real-server`` runs only when STREAM_ENGINE_CLICKHOUSE_URL is an http(s) URL (no modern server is
 installable on the dev machines, see shared notes); otherwise it is SKIPPED, which is not a pass.
-``chdb-http-double`` runs the same test through ``tests/chdb_http_double.py``, a TEST DOUBLE of the
+``chdb-http-double`` runs the same test through ``harness/chdb_http_double.py``, a TEST DOUBLE of the
 HTTP interface over chDB (not a ClickHouse server), so the HTTP code path runs everywhere.
 """
 
@@ -15,18 +15,18 @@ import pytest
 
 from stream_engine.sinks.clickhouse import queries
 from stream_engine.sinks.clickhouse.client import connect
-from stream_engine.sinks.clickhouse.schema import migrate
+from stream_engine.sinks.clickhouse.schema import MIGRATIONS, migrate
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.clickhouse_fixtures import chdb_http_double, http_clickhouse, make_rows, unique_database  # noqa: F401
+from tests.integration.clickhouse_data import make_rows, unique_database
 
 pytestmark = pytest.mark.integration
 
 
-async def test_http_migrate_write_query(http_clickhouse: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_http_migrate_write_query(http_clickhouse: str, tmp_path: Path) -> None:
     database = unique_database("http")
     admin = connect(http_clickhouse, None)
     try:
-        assert migrate(admin, database, ttl_days=30) == [1, 2, 3]
+        assert migrate(admin, database, ttl_days=30) == [m.version for m in MIGRATIONS]
         assert migrate(admin, database, ttl_days=30) == []
         sink = ClickHouseSink(lambda: connect(http_clickhouse, database), tmp_path / "j", flush_interval_s=0.05)
         await sink.start()

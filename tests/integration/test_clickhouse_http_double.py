@@ -1,6 +1,6 @@
 """The project's ClickHouse HTTP code path, run through the chDB-backed TEST DOUBLE.
 
-``tests/chdb_http_double.py`` is NOT a ClickHouse server: it implements just enough of the HTTP
+``harness/chdb_http_double.py`` is NOT a ClickHouse server: it implements just enough of the HTTP
 interface over chDB (in its own process) for clickhouse-connect's HTTP client. These tests prove
 the HTTP path (URL → urllib3 transport → wire formats → error mapping → reconnect) works end to
 end here; ``test_clickhouse_http.py`` runs against a real server when one is configured.
@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from harness.chdb_http_double import RunningDouble, start_double
 from stream_engine.sinks.clickhouse import queries
 from stream_engine.sinks.clickhouse.client import connect
-from stream_engine.sinks.clickhouse.schema import migrate
+from stream_engine.sinks.clickhouse.schema import MIGRATIONS, migrate
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.chdb_http_double import RunningDouble, start_double
-from tests.clickhouse_fixtures import chdb_http_double, make_metrics, make_rows, unique_database  # noqa: F401
+from tests.integration.clickhouse_data import make_metrics, make_rows, unique_database
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ WINDOW = (T0, T0 + timedelta(hours=1))
 
 
 @pytest.fixture
-def http_url(chdb_http_double: RunningDouble) -> str:  # noqa: F811
+def http_url(chdb_http_double: RunningDouble) -> str:
     return chdb_http_double.url
 
 
@@ -99,7 +99,7 @@ def test_server_errors_reach_the_client_with_their_code(http_url: str) -> None:
         connect(http_url, "x; DROP DATABASE default")
 
 
-def test_raw_http_contract(chdb_http_double: RunningDouble) -> None:  # noqa: F811
+def test_raw_http_contract(chdb_http_double: RunningDouble) -> None:
     """The headers and encodings clickhouse-connect relies on, checked on the wire."""
     base = f"http://{chdb_http_double.host}:{chdb_http_double.port}"
     with urllib.request.urlopen(f"{base}/ping") as response:
@@ -152,12 +152,13 @@ def test_migrate_applies_then_nothing(http_url: str) -> None:
     name = unique_database("mig")
     admin = connect(http_url, None)
     try:
-        assert migrate(admin, name, ttl_days=30) == [1, 2, 3]
+        assert migrate(admin, name, ttl_days=30) == [m.version for m in MIGRATIONS]
         assert migrate(admin, name, ttl_days=30) == []
         tables = {r[0] for r in admin.query(f"SELECT name FROM system.tables WHERE database = '{name}'").result_rows}
-        assert tables == {"schema_migrations", "proposition_log", "latency_metrics", "proposition_minute", "proposition_minute_mv"}
+        assert tables == {"schema_migrations", "proposition_log", "latency_metrics", "proposition_minute", "proposition_minute_mv",
+                          "decision_audit", "decision_audit_mv"}  # fmt: skip
         versions = admin.query(f"SELECT version, name FROM {name}.schema_migrations ORDER BY version").result_rows
-        assert versions == [(1, "proposition_log"), (2, "latency_metrics"), (3, "proposition_minute rollup")]
+        assert versions == [(m.version, m.name) for m in MIGRATIONS]
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {name}")
 
@@ -252,8 +253,7 @@ import asyncio, sys
 from pathlib import Path
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.clickhouse_fixtures import make_rows, make_metrics
-
+from tests.integration.clickhouse_data import make_metrics, make_rows
 async def main():
     sink = ClickHouseSink(lambda: connect({http_url!r}, {database!r}), Path({str(tmp_path / "j")!r}), flush_rows=1)
     await sink.start()
@@ -318,6 +318,6 @@ def _arrow(rows: list[Any]) -> Any:
     ms = pa.timestamp("ms", tz="UTC")
     types = (pa.string(), pa.string(), pa.string(), pa.string(), pa.string(), ms, ms, pa.string(), pa.string(),
              pa.float32(), pa.string(), pa.float32(), pa.uint32(), pa.uint16(), pa.uint64(), pa.string(),
-             pa.string(), pa.string(), pa.string())  # fmt: skip
+             pa.string(), pa.string(), pa.string(), pa.string(), pa.string(), pa.string())  # fmt: skip
     cols = list(zip(*rows, strict=True))
     return pa.table([pa.array(c, t) for c, t in zip(cols, types, strict=True)], names=list(LOG_COLUMNS))

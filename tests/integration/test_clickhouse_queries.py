@@ -15,7 +15,7 @@ import pytest
 from stream_engine.sinks.clickhouse import queries
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.clickhouse_fixtures import ch_client, ch_database, ch_url, make_rows  # noqa: F401
+from tests.integration.clickhouse_data import make_rows
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ N = 3000  # rows 40 ms apart: 0..1499 in minute 0, 1500..2999 in minute 1
 
 
 @pytest.fixture
-async def loaded(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> list[Any]:  # noqa: F811
+async def loaded(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> list[Any]:
     rows = [r._replace(received_at_ms=T0_MS + i * 40, decided_at_ms=T0_MS + i * 40 + 5) for i, r in enumerate(make_rows(N))]
     sink = ClickHouseSink(lambda: connect(ch_url, ch_database), tmp_path / "j", flush_rows=1000, flush_interval_s=0.05)
     await sink.start()
@@ -41,7 +41,7 @@ async def loaded(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) 
 WINDOW = (T0, T0 + timedelta(minutes=5))
 
 
-def test_exact_percentiles_equal_numpy(loaded: list[Any], ch_client: Any) -> None:  # noqa: F811
+def test_exact_percentiles_equal_numpy(loaded: list[Any], ch_client: Any) -> None:
     result = queries.latency_percentiles(ch_client, *WINDOW, interval="1m")
     assert len(result) == 6  # 2 minutes x 3 types
     for bucket in result:
@@ -57,7 +57,7 @@ def test_exact_percentiles_equal_numpy(loaded: list[Any], ch_client: Any) -> Non
         assert bucket["p50"] == pytest.approx(statistics.quantiles(values.tolist(), n=100, method="inclusive")[49], rel=1e-6)
 
 
-def test_rollup_percentiles_are_tdigest_close(loaded: list[Any], ch_client: Any) -> None:  # noqa: F811
+def test_rollup_percentiles_are_tdigest_close(loaded: list[Any], ch_client: Any) -> None:
     approx = queries.latency_percentiles(ch_client, *WINDOW, interval="1h", exact=False)
     exact = queries.latency_percentiles(ch_client, *WINDOW, interval="1h")
     assert [(a["bucket"], a["alert_type"]) for a in approx] == [(e["bucket"], e["alert_type"]) for e in exact]
@@ -70,7 +70,7 @@ def test_rollup_percentiles_are_tdigest_close(loaded: list[Any], ch_client: Any)
             assert abs(rank - q) <= 2, (key, a[key], rank)
 
 
-def test_cache_and_mode_shares_match_counts(loaded: list[Any], ch_client: Any) -> None:  # noqa: F811
+def test_cache_and_mode_shares_match_counts(loaded: list[Any], ch_client: Any) -> None:
     tiers = queries.cache_hit_ratio(ch_client, *WINDOW, interval="1h")
     expected = Counter((r.alert_type, r.cache_tier) for r in loaded)
     assert {(t["alert_type"], t["cache_tier"]): t["count"] for t in tiers} == dict(expected)
@@ -83,12 +83,12 @@ def test_cache_and_mode_shares_match_counts(loaded: list[Any], ch_client: Any) -
     assert sum(m["ratio"] for m in modes) == pytest.approx(1.0)
 
 
-def test_window_is_half_open(loaded: list[Any], ch_client: Any) -> None:  # noqa: F811
+def test_window_is_half_open(loaded: list[Any], ch_client: Any) -> None:
     first_minute = queries.latency_percentiles(ch_client, T0, T0 + timedelta(minutes=1), interval="1h")
     assert sum(b["count"] for b in first_minute) == 1500
 
 
-def test_get_proposition_logs_batch_returns_exactly_the_ids_asked(loaded: list[Any], ch_client: Any) -> None:  # noqa: F811
+def test_get_proposition_logs_batch_returns_exactly_the_ids_asked(loaded: list[Any], ch_client: Any) -> None:
     asked = ["a3", "a11", "a2999", "missing", "a50"]  # a50 is duplicated in the table
     got = queries.get_proposition_logs_batch(ch_client, asked)
     assert set(got) == {"a3", "a11", "a2999", "a50"}
@@ -97,7 +97,7 @@ def test_get_proposition_logs_batch_returns_exactly_the_ids_asked(loaded: list[A
     assert queries.get_proposition_logs_batch(ch_client, []) == {}
 
 
-def test_slowest_alerts(loaded: list[Any], ch_client: Any) -> None:  # noqa: F811
+def test_slowest_alerts(loaded: list[Any], ch_client: Any) -> None:
     top = queries.slowest_alerts(ch_client, *WINDOW, limit=5)
     expected = sorted(loaded, key=lambda r: (-np.float32(r.latency_ms), r.alert_id))[:5]
     assert [t["alert_id"] for t in top] == [r.alert_id for r in expected]
@@ -109,7 +109,7 @@ INJECTIONS = ["scam' OR '1'='1", "x'; DROP TABLE proposition_log; --", "a1') OR 
 
 
 @pytest.mark.parametrize("evil", INJECTIONS)
-def test_injection_strings_match_nothing_and_drop_nothing(loaded: list[Any], ch_client: Any, evil: str) -> None:  # noqa: F811
+def test_injection_strings_match_nothing_and_drop_nothing(loaded: list[Any], ch_client: Any, evil: str) -> None:
     assert queries.latency_percentiles(ch_client, *WINDOW, alert_type=evil) == []
     assert queries.cache_hit_ratio(ch_client, *WINDOW, alert_type=evil) == []
     assert queries.slowest_alerts(ch_client, *WINDOW, alert_type=evil) == []
@@ -119,7 +119,7 @@ def test_injection_strings_match_nothing_and_drop_nothing(loaded: list[Any], ch_
     assert ch_client.query("SELECT count() FROM proposition_log FINAL").result_rows[0][0] == N
 
 
-def test_cli_query_json_and_table(loaded: list[Any], ch_url: str, ch_database: str, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_cli_query_json_and_table(loaded: list[Any], ch_url: str, ch_database: str, capsys: pytest.CaptureFixture[str]) -> None:
     from stream_engine.cli import main
 
     base = ["--clickhouse-url", ch_url, "--clickhouse-database", ch_database, "query"]

@@ -15,7 +15,7 @@ import pytest
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.journal import Journal, encode_batch
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
-from tests.clickhouse_fixtures import ch_client, ch_database, ch_url, make_metrics, make_rows  # noqa: F401
+from tests.integration.clickhouse_data import make_metrics, make_rows
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def _sink(url: str, database: str, journal: Path, **kw: Any) -> ClickHouseSink:
     return ClickHouseSink(lambda: connect(url, database), journal, **params)
 
 
-async def test_every_row_written_arrives(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+async def test_every_row_written_arrives(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:
     sink = _sink(ch_url, ch_database, tmp_path / "j", flush_rows=700)
     await sink.start()
     rows, metrics = make_rows(5000), make_metrics(40)
@@ -60,7 +60,7 @@ async def test_every_row_written_arrives(ch_url: str, ch_database: str, ch_clien
     assert int(ch_client.query("SELECT countMerge(decisions) FROM proposition_minute").result_rows[0][0]) == 5000
 
 
-async def test_flush_by_size(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+async def test_flush_by_size(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:
     sink = _sink(ch_url, ch_database, tmp_path / "j", flush_rows=100, flush_interval_s=3600)
     await sink.start()
     await sink.write(make_rows(60, prefix="x"), [])
@@ -74,7 +74,7 @@ async def test_flush_by_size(ch_url: str, ch_database: str, ch_client: Any, tmp_
     assert _count(ch_client, "proposition_log") == 130
 
 
-async def test_flush_by_time(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+async def test_flush_by_time(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:
     sink = _sink(ch_url, ch_database, tmp_path / "j", flush_rows=1_000_000, flush_interval_s=0.2)
     await sink.start()
     await sink.write(make_rows(7), [])
@@ -100,7 +100,7 @@ class _GatedClient:
         pass
 
 
-async def test_backpressure_when_the_buffer_is_full(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+async def test_backpressure_when_the_buffer_is_full(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:
     gated = _GatedClient(connect(ch_url, ch_database))
     sink = ClickHouseSink(lambda: gated, tmp_path / "j", flush_rows=50, flush_interval_s=0.05, max_buffer_rows=100)  # type: ignore[arg-type,return-value]
     await sink.start()
@@ -119,7 +119,7 @@ async def test_backpressure_when_the_buffer_is_full(ch_url: str, ch_database: st
 
 
 async def test_clickhouse_down_then_a_new_sink_replays_everything(
-    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path  # noqa: F811
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path
 ) -> None:
     journal_dir = tmp_path / "j"
     dead = ClickHouseSink(_clickhouse_down, journal_dir, flush_rows=100, flush_interval_s=0.02, max_buffer_rows=300,
@@ -144,7 +144,7 @@ async def test_clickhouse_down_then_a_new_sink_replays_everything(
 
 
 async def test_replicas_sharing_a_journal_root_lose_nothing_after_a_scale_down(
-    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path  # noqa: F811
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path
 ) -> None:
     """Two workers on one journal volume while ClickHouse is down, then one worker left."""
 
@@ -185,7 +185,7 @@ async def test_closed_http_port_counts_as_down(tmp_path: Path) -> None:
     assert len(kept) == 25 and sink.stats()["failures"] >= 1
 
 
-async def test_recovery_while_running_after_spilling(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+async def test_recovery_while_running_after_spilling(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:
     healthy = threading.Event()
 
     def flaky() -> Any:
@@ -206,12 +206,13 @@ async def test_recovery_while_running_after_spilling(ch_url: str, ch_database: s
     assert sink.stats()["journal_segments"] == 0 and not sink.stats()["failing"]
 
 
-async def test_torn_journal_tail_is_skipped_on_replay(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+async def test_torn_journal_tail_is_skipped_on_replay(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:
     journal_dir = tmp_path / "j"
     journal = Journal(journal_dir)
     journal.open()
     journal.append([encode_batch(make_rows(10), [])])
-    segment = journal.seal()[0]
+    segment = journal.seal()
+    assert segment is not None
     with open(segment, "ab") as f:
         f.write(b'{"r":[["torn')  # the crash hit mid-write; that write never returned
     sink = _sink(ch_url, ch_database, journal_dir)
@@ -221,7 +222,7 @@ async def test_torn_journal_tail_is_skipped_on_replay(ch_url: str, ch_database: 
     assert _count(ch_client, "proposition_log") == 10 and sink.stats()["journal_torn_lines"] == 1
 
 
-async def test_duplicates_collapse(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+async def test_duplicates_collapse(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:
     sink = _sink(ch_url, ch_database, tmp_path / "j")
     await sink.start()
     rows = make_rows(300)
@@ -241,10 +242,9 @@ async def test_duplicates_collapse(ch_url: str, ch_database: str, ch_client: Any
     assert worker.result_rows == [("w2",)]  # the newest decision won
 
 
-async def test_from_settings_migrates_and_writes(ch_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_from_settings_migrates_and_writes(ch_url: str, tmp_path: Path) -> None:
     from stream_engine.settings import Settings
-    from tests.clickhouse_fixtures import unique_database
-
+    from tests.integration.clickhouse_data import unique_database
     database = unique_database("fs")
     settings = Settings(clickhouse_url=ch_url, clickhouse_database=database, data_dir=tmp_path, sink_flush_interval_s=0.05)
     sink = ClickHouseSink.from_settings(settings)
@@ -259,15 +259,16 @@ async def test_from_settings_migrates_and_writes(ch_url: str, tmp_path: Path) ->
         client.command(f"DROP DATABASE {database}")
 
 
-def test_the_sinks_column_types_are_the_migrated_tables(ch_client: Any) -> None:  # noqa: F811
+def test_the_sinks_column_types_are_the_migrated_tables(ch_client: Any) -> None:
     from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS, LOG_TYPES, METRIC_COLUMNS, METRIC_TYPES
 
-    for table, names, types in (("proposition_log", LOG_COLUMNS, LOG_TYPES), ("latency_metrics", METRIC_COLUMNS, METRIC_TYPES)):
+    for table, names, types in (("decision_audit", LOG_COLUMNS, LOG_TYPES), ("proposition_log", LOG_COLUMNS, LOG_TYPES),
+                                ("latency_metrics", METRIC_COLUMNS, METRIC_TYPES)):  # fmt: skip
         described = [(r[0], r[1]) for r in ch_client.query(f"DESCRIBE TABLE {table}").result_rows]
         assert described == list(zip(names, types, strict=True)), table
 
 
-async def test_inserted_values_read_back_exactly(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:  # noqa: F811
+async def test_inserted_values_read_back_exactly(ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path) -> None:
     rows, metrics = make_rows(3), make_metrics(2, start_us=int(time.time() * 1_000_000))
     sink = _sink(ch_url, ch_database, tmp_path / "j")
     await sink.start()
@@ -290,7 +291,7 @@ async def test_inserted_values_read_back_exactly(ch_url: str, ch_database: str, 
 
 
 async def test_a_running_sink_adopts_a_stopped_replicas_segments(
-    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path  # noqa: F811
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path
 ) -> None:
     root = tmp_path / "shared-journal"
     survivor = _sink(ch_url, ch_database, root, adopt_interval_s=0.05)
@@ -305,3 +306,46 @@ async def test_a_running_sink_adopts_a_stopped_replicas_segments(
     await _eventually(lambda: _count(ch_client, "proposition_log", final=True) == 100)
     await survivor.stop()
     assert not list(root.glob("slot-*/seg-*"))
+
+
+async def test_a_segment_inserted_again_after_a_crash_is_stored_once(
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kill between "inserted" and "segment deleted": the next run re-sends the same blocks, and
+    ClickHouse drops them by their deduplication tokens: one copy WITHOUT FINAL."""
+    import os
+
+    from tests.faults import failing_calls
+
+    journal_dir = tmp_path / "j"
+
+    def older_server() -> Any:
+        """Dependent views not deduplicated unless an insert asks: the default before the engine here (26.9)."""
+        client = connect(ch_url, ch_database)
+        client.set_client_setting("deduplicate_blocks_in_dependent_materialized_views", "0")
+        return client
+
+    crashed = ClickHouseSink(older_server, journal_dir, flush_rows=200, flush_interval_s=3600,
+                             retry_initial_s=0.01, retry_max_s=0.05)  # fmt: skip
+    now_us = int(time.time() * 1_000_000)
+    with monkeypatch.context() as m:  # the process dies after each insert, before its segment is deleted
+        m.setattr(os, "unlink", failing_calls(os.unlink, lambda p, *a: OSError(5, "killed") if str(journal_dir) in str(p) else None))
+        await crashed.start()
+        rows = make_rows(1000)
+        for i in range(0, 1000, 100):
+            await crashed.write(rows[i : i + 100], make_metrics(1, start_us=now_us + i))
+        await _eventually(lambda: crashed.stats()["rows_inserted"] == 1000)
+        await crashed.stop()
+    assert list(journal_dir.glob("slot-*/seg-*")), "the segments outlived their inserts"
+    assert _count(ch_client, "proposition_log") == 1000
+
+    again = ClickHouseSink(older_server, journal_dir, retry_initial_s=0.01, retry_max_s=0.05)
+    await again.start()
+    await _eventually(lambda: again.stats()["journal_segments"] == 0)
+    await again.stop()
+    assert again.stats()["replayed_rows"] == 1000  # every block really was sent a second time
+    for table in ("proposition_log", "decision_audit"):
+        duplicates = ch_client.query(f"SELECT count() - uniqExact(alert_id), count() FROM {table}").result_rows[0]
+        assert tuple(duplicates) == (0, 1000), table
+    assert _count(ch_client, "latency_metrics") == 10
+    assert int(ch_client.query("SELECT countMerge(decisions) FROM proposition_minute").result_rows[0][0]) == 1000

@@ -27,7 +27,7 @@ from stream_engine.cache.redis_tier import CLUSTER_BUCKETS, RedisTier, client_fr
 from stream_engine.models import Proposition
 from stream_engine.propositions.updates import Invalidation
 from stream_engine.settings import Settings
-from tests.support.redis_proxy import RedisProxy
+from tests.redis_proxy import RedisProxy
 
 pytestmark = pytest.mark.integration
 
@@ -219,7 +219,9 @@ async def test_a_redis_hit_lives_in_the_lru_no_longer_than_it_has_left_in_redis(
     lru = PartitionedLRU(10, 300, lru_clock)
     tier = RedisTier(client_from_url(redis_url, 0.5), ttl_s=60, namespace=namespace, coherence=lru.coherence, wall=wall)
     settings = Settings()
-    triage = Triage(KeyBuilder.from_settings(settings), lru, tier, PropositionClient.from_settings(settings), DecisionPolicy.from_settings(settings))
+    triage = Triage(
+        KeyBuilder.from_settings(settings), lru, tier, PropositionClient.from_settings(settings), DecisionPolicy.from_settings(settings)
+    )
     alert = Alert("a1", "ci_failure", 1.0, "high", "ci", {"repo": "web", "job": "build", "error_class": "Timeout"})
     envelope = triage.envelope(alert, 0, 0, 0)
     try:

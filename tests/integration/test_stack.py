@@ -21,7 +21,7 @@ from stream_engine.cli import build_parser, main, settings_from_args
 from stream_engine.settings import Settings
 from stream_engine.stack import Stack, StackError, StackUpError, ensure_kafka_libs, kafka_answers, libs_dir
 from stream_engine.stack.process import PidFile, group_members, port_is_open, process_start_time, spawn_detached, stop_group
-from stream_engine.stack.propositions import PropositionsComponent, settings_flags, subcommand_available
+from stream_engine.stack.propositions import PropositionsComponent, settings_flags
 from stream_engine.stack.sync import run_coroutine
 
 pytestmark = pytest.mark.timeout(240)
@@ -149,7 +149,7 @@ def test_up_starts_every_part(private: Settings, capsys: pytest.CaptureFixture[s
     states = {p.name: p.state for p in report.parts}
     assert states["kafka"] == "started" and states["redis"] == "started"
     assert "redis-cluster" not in states  # only when named
-    assert states["propositions"] == ("started" if subcommand_available("propositions", "serve") else "skipped")
+    assert states["propositions"] == "started"
     assert all(p.seconds > 0 for p in report.parts)
     assert kafka_answers(private.kafka_bootstrap)
     assert main([*global_flags(private), "stack", "status"]) == 0
@@ -180,14 +180,47 @@ def test_redis_answers(private: Settings) -> None:
 
 @pytest.mark.integration
 def test_proposition_service_answers_healthz(private: Settings) -> None:
-    if not subcommand_available("propositions", "serve"):
-        pytest.skip("propositions serve not in this checkout")
     import httpx
 
     assert httpx.get(f"http://127.0.0.1:{private.propositions_port}/healthz", timeout=5).status_code == 200
     # It was pointed at the stack's own Kafka and Redis, not the caller's defaults.
     command = " ".join(PropositionsComponent(private, Stack(private).layout).command())
     assert f"--kafka-bootstrap 127.0.0.1:{private.kafka_port}" in command
+
+
+@pytest.mark.integration
+def test_the_stack_service_needs_the_admin_token_it_generated(
+    private: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from stream_engine.propositions.admin import token_path
+    from stream_engine.stack.process import PidFile
+
+    path = token_path(private)
+    token = path.read_text().strip()
+    assert token and oct(path.stat().st_mode & 0o777) == "0o600"
+    url = f"http://127.0.0.1:{private.propositions_port}/v1/rules"
+    assert httpx.get(url, timeout=5).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=5).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+
+    monkeypatch.delenv("STREAM_ENGINE_ADMIN_TOKEN", raising=False)
+    capsys.readouterr()
+    assert main([*global_flags(private), "stack", "up"]) == 0  # says where the token is, never what
+    out = capsys.readouterr().out
+    assert f"admin token (rules, admin, stats routes): {path}" in out and token not in out
+    assert main([*global_flags(private), "propositions", "rules", "get"]) == 0  # the CLI reads the file
+    assert '"types"' in capsys.readouterr().out
+    monkeypatch.setenv("STREAM_ENGINE_ADMIN_TOKEN", "not-the-one")  # the environment wins, and is wrong
+    assert main([*global_flags(private), "propositions", "rules", "get"]) == 1
+    assert "401" in capsys.readouterr().err
+
+    record = PidFile(Stack(private).layout.pid_path("propositions")).read()
+    assert record is not None
+    cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().decode()
+    assert token not in cmdline and token not in " ".join(record.command)  # not on any command line
+    assert token not in Stack(private).layout.log_path("propositions").read_text()
 
 
 @pytest.mark.integration

@@ -6,6 +6,7 @@ The Invalidation (de)serialisation tests at the top need no broker.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -216,7 +217,8 @@ async def test_service_rule_change_reaches_a_listener(topic: str, publisher: Upd
     listener = UpdatesListener(BOOTSTRAP, topic, collector)
     await listener.start()
     try:
-        async with TestClient(TestServer(make_app(book, updates_publisher=publisher))) as client:
+        app = make_app(book, admin_token="t0ken", updates_publisher=publisher)
+        async with TestClient(TestServer(app), headers={"Authorization": "Bearer t0ken"}) as client:
             document = book.to_dict()
             document["types"]["scam"].pop()
             response = await client.put("/v1/rules", data=orjson.dumps(document))
@@ -262,6 +264,7 @@ def test_serve_comes_up_without_kafka_and_stops_cleanly_on_sigterm(tmp_path: Pat
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "stream_engine.cli", "--kafka-bootstrap", "127.0.0.1:1", "propositions", "serve", "--port", str(port)],
+            env={**os.environ, "STREAM_ENGINE_ADMIN_TOKEN": "t0ken"},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -275,7 +278,12 @@ def test_serve_comes_up_without_kafka_and_stops_cleanly_on_sigterm(tmp_path: Pat
                 except httpx.HTTPError:
                     time.sleep(0.1)
             assert health is not None and health["status"] == "ok", log_path.read_text()
-            answer = httpx.post(f"http://127.0.0.1:{port}/v1/admin/invalidate", json={"scope": "all"}, timeout=15)
+            answer = httpx.post(
+                f"http://127.0.0.1:{port}/v1/admin/invalidate",
+                json={"scope": "all"},
+                headers={"Authorization": "Bearer t0ken"},
+                timeout=15,
+            )
             assert answer.status_code == 502  # Kafka still down: reported, service keeps serving
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
         finally:

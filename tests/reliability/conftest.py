@@ -1,8 +1,9 @@
 """Fixtures for the reliability drills, and the session-end accounting table.
 
-Every drill gets unique topics and consumer group (``topics``), its own data dir, Redis namespace
-and proposition-service port; drills that break a service start a private one, never the
-shared stack's Kafka or Redis.
+Every drill runs once per stream engine (``drill_settings`` is parametrised over
+``stream_engine.engines.ENGINES``: the default aiokafka and faust). Every drill gets unique topics
+and consumer group (``topics``), its own data dir, Redis namespace and proposition-service port;
+drills that break a service start a private one, never the shared stack's Kafka or Redis.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.drills import RESULTS_ENV, format_table, load_rows
+from stream_engine.engines import ENGINES
 from stream_engine.settings import Settings
-from tests.support.drills import RESULTS_ENV, format_table, load_rows
 
 _results: list[Path] = []
 
@@ -37,7 +39,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"(rows in {_results[0]})")
 
 
-@pytest.fixture
-def drill_settings(worker_settings: Settings) -> Settings:
-    """See ``worker_settings`` in tests/conftest.py (``propositions`` starts its service)."""
-    return worker_settings
+@pytest.fixture(params=ENGINES)
+def drill_settings(worker_settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """``worker_settings`` (tests/conftest.py; ``propositions`` starts its service) on one engine."""
+    return worker_settings.with_overrides(engine=request.param)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.drills import Publisher, Tail, account, clickhouse_rows, record
+from harness.procs import Proc, free_port, start_propositions, start_worker
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, account, clickhouse_rows, record
-from tests.support.procs import Proc, free_port, start_propositions, start_worker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 
@@ -95,7 +95,7 @@ async def test_worker_rides_out_a_broker_restart(private_kafka, tmp_path: Path) 
         service.stop()
 
     log = clickhouse_rows(s)
-    row = record(account("3 broker restart", ids, decisions, log.rows, recover_s))
+    row = record(account("3 broker restart", ids, decisions, log.rows, recover_s, engine=s.engine))
     assert row.missing == 0
     assert log.ids == set(ids)
     assert log.rows == len(ids)

@@ -14,10 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from harness.drills import (
+    Publisher,
+    Tail,
+    account,
+    assert_no_row_beyond_the_topics_copies,
+    audit_rows,
+    clickhouse_rows,
+    journal_segments,
+    record,
+)
+from harness.procs import Proc, free_port, start_worker, wait_until
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, account, clickhouse_rows, journal_segments, record
-from tests.support.procs import Proc, free_port, start_worker, wait_until
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 
@@ -52,8 +61,9 @@ async def test_rows_written_while_clickhouse_is_down_arrive_after_recovery(
         worker.stop()
 
     log = clickhouse_rows(healthy)
-    row = record(account("6 clickhouse outage", ids, decisions, log.rows, recover_s))
+    row = record(account("6 clickhouse outage", ids, decisions, log.rows, recover_s, engine=healthy.engine))
     assert row.missing == 0
     assert log.ids == set(ids), f"{len(set(ids) - log.ids)} decisions have no ClickHouse row"
     assert log.rows == len(ids)
     assert journal_segments(healthy) == 0
+    assert_no_row_beyond_the_topics_copies(audit_rows(healthy), decisions)

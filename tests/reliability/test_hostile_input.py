@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import json
+import os
 import random
 import tracemalloc
 from collections import Counter
@@ -22,16 +22,18 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
+from harness.drills import Publisher, Tail, account, clickhouse_rows, record
+from harness.procs import Proc, start_worker
 from stream_engine.keys import KeyBuilder
 from stream_engine.models import Alert, DeadLetter
 from stream_engine.propositions.client import alert_payload
 from stream_engine.settings import Settings
 from stream_engine.validation import MAX_ATTRIBUTE_DEPTH, AlertDecoder, InvalidAlert
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, account, clickhouse_rows, record
-from tests.support.procs import Proc, start_worker
 
 pytestmark = [pytest.mark.reliability]
 
@@ -66,6 +68,9 @@ field_values = {
 }
 
 
+ATTRIBUTE_NAMES = ["repo", "job", "error_class", "service", "check", "pattern", "merchant", "x"]
+
+
 @st.composite
 def near_alerts(draw: st.DrawFn) -> bytes:
     """Mostly-valid alerts with fields dropped, retyped, or duplicated in the raw text."""
@@ -75,7 +80,7 @@ def near_alerts(draw: st.DrawFn) -> bytes:
         "timestamp": draw(st.sampled_from(["2026-01-01T00:00:00Z", 1.7e9])),
         "severity": draw(st.sampled_from(SEVERITIES)),
         "source": "fuzz",
-        "attributes": draw(st.dictionaries(st.sampled_from(["repo", "job", "error_class", "service", "check", "pattern", "merchant", "x"]), small_values, max_size=4)),
+        "attributes": draw(st.dictionaries(st.sampled_from(ATTRIBUTE_NAMES), small_values, max_size=4)),
     }
     for name in draw(st.lists(st.sampled_from(sorted(field_values)), max_size=3, unique=True)):
         if draw(st.booleans()):
@@ -272,7 +277,7 @@ async def test_worker_sends_hostile_payloads_to_the_dlq_and_keeps_deciding(
     assert all(d.error and d.source_topic == s.topic_alerts for d in dead)
     assert not {d["alert_id"] for d in decisions} & {first for first, _ in dup}
     log = clickhouse_rows(s)
-    row = record(account("7 hostile input", ids, decisions, log.rows, None))
+    row = record(account("7 hostile input", ids, decisions, log.rows, None, engine=s.engine))
     assert row.missing == 0
     assert log.ids == set(ids)
 

@@ -8,7 +8,7 @@ service's rules (round n, stamped into every rationale) and then publishes one i
 rotating scope ``all`` / ``type`` / ``key`` (the ``all`` ones exactly as
 ``stream-engine propositions invalidate --scope all`` sends them: version ``manual``).
 
-Then it counts, from the decisions topic and the workers' logs only (tests/support/coherence.py),
+Then it counts, from the decisions topic and the workers' logs only (tests/coherence.py),
 the decisions whose alert was sent after every worker had applied a covering invalidation but
 whose answer comes from older rules. It must be 0, and every alert must be decided.
 
@@ -37,14 +37,14 @@ import httpx
 import orjson
 import pytest
 
+from harness.drills import Publisher, Tail, account, private_redis_cluster, record, results_dir
+from harness.procs import admin_headers, start_propositions, start_worker
 from stream_engine.keys import message_key
 from stream_engine.propositions.updates import Invalidation, UpdatesPublisher
 from stream_engine.settings import Settings
-from stream_engine.workload import Workload
 from stream_engine.stack.redis_cluster import LocalRedisCluster
-from tests.support.coherence import Published, applied_everywhere, count_stale, rules_round
-from tests.support.drills import Publisher, Tail, account, private_redis_cluster, record, results_dir
-from tests.support.procs import start_propositions, start_worker
+from stream_engine.workload import Workload
+from tests.coherence import Published, applied_everywhere, count_stale, rules_round
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
 
@@ -61,7 +61,7 @@ async def invalidate_every_second(
     types, keys = itertools.cycle(TYPES), itertools.cycle(hot_keys)
     updates = UpdatesPublisher(s.kafka_bootstrap, s.topic_updates)
     try:
-        async with httpx.AsyncClient(base_url=s.propositions_url, timeout=10) as service:
+        async with httpx.AsyncClient(base_url=s.propositions_url, headers=admin_headers(s), timeout=10) as service:
             for n in range(1, rounds + 1):
                 if stop.is_set():
                     return

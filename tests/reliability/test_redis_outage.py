@@ -4,8 +4,8 @@ While it is down, decisions keep coming from the LRU (keys seen before) and the 
 keys), none escalated for lack of Redis. After it is back, the worker writes service answers to
 it again (measured: time from restart to the first key written); a restarted worker (empty LRU)
 then answers the keys found in Redis from Redis. (Keys decided while the tier was still skipped,
-or whose write timed out, are legitimately answered by the service: only keys present count.) Nothing is lost. A private redis-server is used: the dev
-Redis is shared.
+or whose write timed out, are legitimately answered by the service: only keys present count.)
+Nothing is lost. A private redis-server is used: the dev Redis is shared.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.drills import PrivateRedis, Publisher, Tail, account, clickhouse_rows, record
+from harness.procs import Proc, free_port, start_worker
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.drills import PrivateRedis, Publisher, Tail, account, clickhouse_rows, record
-from tests.support.procs import Proc, free_port, start_worker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 
@@ -83,6 +83,6 @@ async def test_redis_outage_degrades_to_lru_and_service_then_recovers(
     assert set(probe_tiers) <= {"redis", "lru"} and probe_tiers["redis"], probe_tiers
 
     log = clickhouse_rows(s)
-    row = record(account("4 redis outage", ids, decisions, log.rows, recover_s))
+    row = record(account("4 redis outage", ids, decisions, log.rows, recover_s, engine=s.engine))
     assert row.missing == 0
     assert log.ids == set(ids)

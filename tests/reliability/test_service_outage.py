@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.drills import Publisher, Tail, account, clickhouse_rows, record
+from harness.procs import Proc, admin_headers, start_propositions, start_worker
 from stream_engine.propositions.client import PropositionClient
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, account, clickhouse_rows, record
-from tests.support.procs import Proc, start_propositions, start_worker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 
@@ -53,7 +53,9 @@ async def test_slow_then_dead_service_escalates_opens_and_closes_the_breaker(
             await tail.wait_ids([a["id"] for a in warmup], 60, "warm-up decisions")
 
             slow_ms = 4 * s.service_timeout_s * 1000
-            r = httpx.put(f"{s.propositions_url}/v1/admin/latency", json={"median_ms": slow_ms}, timeout=5)
+            r = httpx.put(
+                f"{s.propositions_url}/v1/admin/latency", json={"median_ms": slow_ms}, headers=admin_headers(s), timeout=5
+            )
             assert r.status_code == 200, r.text
             await pub.send(slow, per_second=50)
             await tail.wait_ids([a["id"] for a in slow], 60, "decisions while the service is slow")
@@ -100,6 +102,6 @@ async def test_slow_then_dead_service_escalates_opens_and_closes_the_breaker(
     assert slowest <= bound_ms, f"slowest decision {slowest:.0f} ms > bound {bound_ms:.0f} ms"
 
     log = clickhouse_rows(s)
-    row = record(account("5 service slow+dead", ids, decisions, log.rows, recover_s))
+    row = record(account("5 service slow+dead", ids, decisions, log.rows, recover_s, engine=s.engine))
     assert row.missing == 0
     assert log.ids == set(ids)

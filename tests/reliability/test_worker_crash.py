@@ -15,17 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from stream_engine.settings import Settings
-from stream_engine.workload import Workload
-from tests.support.drills import (
+from harness.drills import (
     Publisher,
     Tail,
     account,
     assert_crash_redelivery_is_the_uncommitted_suffix,
+    assert_no_row_beyond_the_topics_copies,
+    audit_rows,
     clickhouse_rows,
     record,
 )
-from tests.support.procs import Proc, start_worker
+from harness.procs import Proc, start_worker
+from stream_engine.settings import Settings
+from stream_engine.workload import Workload
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
 
@@ -61,10 +63,11 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
             restarted.stop()
 
     log = clickhouse_rows(s)
-    row = record(account("1 worker kill -9", ids, decisions, log.rows, recover_s))
+    row = record(account("1 worker kill -9", ids, decisions, log.rows, recover_s, engine=s.engine))
     assert row.missing == 0
 
     assert_crash_redelivery_is_the_uncommitted_suffix(decisions, first_run, pub.positions)
 
     assert log.ids == set(ids), "every decision has its ClickHouse row"
     assert log.rows == len(ids), "duplicates collapse in proposition_log FINAL"
+    assert_no_row_beyond_the_topics_copies(audit_rows(s), decisions)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.drills import Publisher, Tail, account, clickhouse_query, clickhouse_rows, record
+from harness.procs import start_worker
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
-from tests.support.drills import Publisher, Tail, account, clickhouse_query, clickhouse_rows, record
-from tests.support.procs import start_worker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
 
@@ -76,7 +76,7 @@ async def test_survivor_takes_over_and_drops_revoked_caches(
     ids = [a["id"] for a in warmup + stream + again]
     logs = [clickhouse_rows(s1), clickhouse_rows(s2)]
     in_clickhouse = logs[0].ids | logs[1].ids
-    row = record(account("2 worker leaves group", ids, decisions, len(in_clickhouse), takeover[0] - stopped_at))
+    row = record(account("2 worker leaves group", ids, decisions, len(in_clickhouse), takeover[0] - stopped_at, engine=s1.engine))
     assert row.missing == 0
     assert in_clickhouse == set(ids)
     counts = Counter(d["alert_id"] for d in decisions)

@@ -3,7 +3,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_engine.keys import MAX_KEY_LENGTH, KeyBuilder, message_key, type_prefix
 from stream_engine.models import Alert

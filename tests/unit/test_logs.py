@@ -94,3 +94,17 @@ def test_configure_logging_replaces_handlers_with_json_on_the_given_stream() -> 
         root.setLevel(saved_level)
     [line] = lines(stream)
     assert line["worker"] == "w-9" and line["attributes"] == {"secret": REDACTED}
+
+
+def test_messages_and_tracebacks_that_quote_secrets_are_masked(logged) -> None:  # type: ignore[no-untyped-def]
+    logger, stream = logged
+    attributes = {"repo": "web", "password": "hunter2-in-repr"}
+    try:
+        raise ValueError(f"cannot decide {attributes!r}")  # a bug that formats an alert
+    except ValueError as exc:
+        logger.exception("batch failed (%r) via http://u:pw-in-url@ch:8123", exc, extra={"error": f"token={'tok-ctx'}"})
+    text = stream.getvalue()
+    for secret in ("hunter2-in-repr", "pw-in-url", "tok-ctx"):
+        assert secret not in text
+    [line] = lines(stream)
+    assert "'repo': 'web'" in line["msg"] and "ValueError: cannot decide" in line["exc"] and "u:***@ch" in line["msg"]

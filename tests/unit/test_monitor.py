@@ -8,9 +8,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from stream_engine.models import DeadLetter, Decision, Proposition
-from stream_engine.monitor import HIGHEST_US, STAGES, Monitor, StageHistogram
-from stream_engine.pipeline import BatchReport, RawMessage, StageTimes
+from stream_engine.models import DeadLetter, Decision, Proposition, StageTimes
+from stream_engine.monitor import HIGHEST_US, HISTOGRAMS, Monitor, StageHistogram
+from stream_engine.pipeline import BatchReport, RawMessage
 
 # 3 significant digits: a reported value is within 0.1% of a sample of the same rank.
 HDR_RELATIVE = 1e-3
@@ -122,7 +122,7 @@ def test_batches_feed_counters_hit_ratio_and_stage_histograms() -> None:
     assert snap["errors"]["escalations"] == {"timeout": 1}
     assert snap["batches"] == {"stream": 1, "api": 1} and snap["alerts"] == {"stream": 5, "api": 1}
     latency = snap["latency_ms"]
-    assert set(latency) == set(STAGES)
+    assert set(latency) == set(HISTOGRAMS)
     assert latency["end_to_end"]["count"] == 5
     assert latency["end_to_end"]["p50_ms"] == pytest.approx(4.0, rel=HDR_RELATIVE)
     assert latency["decode"]["count"] == 1 and latency["produce"]["count"] == 1  # API has neither

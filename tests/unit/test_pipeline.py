@@ -1,81 +1,26 @@
 """Pipeline and Triage with fakes only at typed seams: the Emitter protocol, MemorySink and the
-proposition service behind httpx.MockTransport. Redis points at a closed port (degraded tier)."""
+proposition service behind httpx.MockTransport. Redis points at a closed port (degraded tier);
+see ``pipeline_parts`` in conftest.py."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Sequence
-from pathlib import Path
-
-import httpx
 import orjson
 import pytest
-import redis.asyncio as redis_asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from stream_engine.cache.partitioned import PartitionedLRU
-from stream_engine.cache.redis_tier import RedisTier
-from stream_engine.keys import KeyBuilder
-from stream_engine.models import DeadLetter, Decision
-from stream_engine.pipeline import Pipeline, RawMessage, Triage
-from stream_engine.policy import DecisionPolicy
-from stream_engine.propositions.client import PropositionClient
-from stream_engine.settings import Settings
+from stream_engine.models import API_STAGES, END_TO_END, STAGES, Alert, Decision, Envelope, StageTimes
+from stream_engine.pipeline import DecisionLog, RawMessage
 from stream_engine.sinks import MemorySink
-from stream_engine.validation import AlertDecoder
 from stream_engine.workload import Workload, malformed_payloads
-
-
-class RecordingEmitter:
-    def __init__(self) -> None:
-        self.decisions: list[Decision] = []
-        self.dead: list[DeadLetter] = []
-
-    async def send(self, decisions: Sequence[Decision], dead: Sequence[DeadLetter]) -> Awaitable[None]:
-        self.decisions.extend(decisions)
-        self.dead.extend(dead)
-        return asyncio.sleep(0)
-
-
-def service(calls: list[list[str]], status: int = 200) -> httpx.MockTransport:
-    def handle(request: httpx.Request) -> httpx.Response:
-        items = orjson.loads(request.content)["items"]
-        calls.append([i["key"] for i in items])
-        if status != 200:
-            return httpx.Response(status)
-        results = {
-            i["key"]: ([{"action": "retry_job", "confidence": 0.95, "rationale": "r"}] if "Timeout" in i["key"] else [])
-            for i in items
-        }
-        return httpx.Response(200, json={"version": "v1", "results": results})
-
-    return httpx.MockTransport(handle)
-
-
-def build(tmp_path: Path, calls: list[list[str]], status: int = 200) -> tuple[Pipeline, RecordingEmitter, MemorySink]:
-    settings = Settings(data_dir=tmp_path, service_retries=0, redis_retry_after_s=60)
-    dead_redis = redis_asyncio.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    lru = PartitionedLRU(100, 60)
-    triage = Triage(
-        KeyBuilder.from_settings(settings),
-        lru,
-        RedisTier(dead_redis, ttl_s=60, namespace="t", retry_after_s=60, coherence=lru.coherence),
-        PropositionClient.from_settings(settings, transport=service(calls, status)),
-        DecisionPolicy.from_settings(settings),
-    )
-    emitter, sink = RecordingEmitter(), MemorySink()
-    decoder = AlertDecoder.from_settings(settings)
-    return Pipeline(decoder, triage, emitter, sink, "w", settings.redact_fields), emitter, sink
+from tests.unit.fakes import PipelineParts
 
 
 def messages(payloads: list[bytes], partition: int = 0) -> list[RawMessage]:
     return [RawMessage(p, partition, i, "alerts") for i, p in enumerate(payloads)]
 
 
-async def test_a_batch_makes_one_service_call_per_distinct_key_and_decides_every_alert(tmp_path: Path) -> None:
+async def test_a_batch_makes_one_service_call_per_distinct_key_and_decides_every_alert(pipeline_parts: PipelineParts) -> None:
     calls: list[list[str]] = []
-    pipeline, emitter, sink = build(tmp_path, calls)
+    pipeline, emitter, sink = pipeline_parts(calls)
     alerts = Workload("ci_failures", seed=2).alerts(200)
     report = await pipeline.process(messages([orjson.dumps(a) for a in alerts]))
 
@@ -84,6 +29,8 @@ async def test_a_batch_makes_one_service_call_per_distinct_key_and_decides_every
     assert set(calls[0]) == {d.key for d in emitter.decisions}
     assert {d.cache_tier for d in emitter.decisions} == {"service"}
     assert [r.alert_id for r in sink.rows] == [a["id"] for a in alerts]
+    assert [(r.topic, r.origin, r.offset) for r in sink.rows] == [("alerts", "stream", i) for i in range(200)]  # each row's source
+    assert len({r.attempt for r in sink.rows}) == 1  # one processing of the batch
     assert {m.stage for m in sink.metrics} >= {"decode", "lru", "service", "end_to_end"}
     assert report.tiers == {"service": 200}
 
@@ -92,9 +39,9 @@ async def test_a_batch_makes_one_service_call_per_distinct_key_and_decides_every
     assert len(calls) == 1 and again.tiers == {"lru": 200}
 
 
-async def test_a_revoked_partition_loses_its_lru(tmp_path: Path) -> None:
+async def test_a_revoked_partition_loses_its_lru(pipeline_parts: PipelineParts) -> None:
     calls: list[list[str]] = []
-    pipeline, _, _ = build(tmp_path, calls)
+    pipeline, _, _ = pipeline_parts(calls)
     alerts = [orjson.dumps(a) for a in Workload("ci_failures", seed=2).alerts(20)]
     await pipeline.process(messages(alerts, partition=3))
     pipeline.triage.lru.revoke([3])
@@ -102,8 +49,8 @@ async def test_a_revoked_partition_loses_its_lru(tmp_path: Path) -> None:
     assert len(calls) == 2 and "lru" not in report.tiers
 
 
-async def test_malformed_input_becomes_dead_letters_with_reason_and_original_bytes(tmp_path: Path) -> None:
-    pipeline, emitter, sink = build(tmp_path, [])
+async def test_malformed_input_becomes_dead_letters_with_reason_and_original_bytes(pipeline_parts: PipelineParts) -> None:
+    pipeline, emitter, sink = pipeline_parts([])
     bad = malformed_payloads()
     good = Workload("typical", seed=1).alerts(3)
     await pipeline.process(messages([p for p, _ in bad] + [orjson.dumps(a) for a in good]))
@@ -112,14 +59,14 @@ async def test_malformed_input_becomes_dead_letters_with_reason_and_original_byt
     assert len(emitter.decisions) == len(sink.rows) == 3
 
 
-async def test_a_tombstone_is_a_dead_letter_not_a_crash(tmp_path: Path) -> None:
-    pipeline, emitter, _ = build(tmp_path, [])
+async def test_a_tombstone_is_a_dead_letter_not_a_crash(pipeline_parts: PipelineParts) -> None:
+    pipeline, emitter, _ = pipeline_parts([])
     await pipeline.process([RawMessage(None, 0, 7, "alerts")])
     assert [(d.reason, d.offset, d.original) for d in emitter.dead] == [("not_json", 7, b"")]
 
 
-async def test_secret_fields_are_masked_in_dead_letters(tmp_path: Path) -> None:
-    pipeline, emitter, _ = build(tmp_path, [])
+async def test_secret_fields_are_masked_in_dead_letters(pipeline_parts: PipelineParts) -> None:
+    pipeline, emitter, _ = pipeline_parts([])
     leaky = {"id": "x", "type": "ci_failure", "attributes": {"repo": "r", "Api_Key": "hunter2", "nested": {"password": "p"}}}
     await pipeline.process(messages([orjson.dumps(leaky)]))
     (dl,) = emitter.dead
@@ -128,8 +75,30 @@ async def test_secret_fields_are_masked_in_dead_letters(tmp_path: Path) -> None:
     assert orjson.loads(dl.original)["attributes"]["repo"] == "r"
 
 
-async def test_pathological_nesting_in_a_dead_letter_does_not_crash_redaction(tmp_path: Path) -> None:
-    pipeline, emitter, _ = build(tmp_path, [])
+SECRET = b"sk-pipeline-planted"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"id": "x", "type": "ci_failure", "attributes": {"password": "' + SECRET + b'"}}', "schema"),
+        (b'[{"token": "' + SECRET + b'"}]', "not_object"),
+        (b'{"api_key": "' + SECRET + b'", nope', "not_json"),
+        (b'\xff{"password": "' + SECRET + b'"}', "not_utf8"),
+        (b"[" * 1100 + b'{"secret": "' + SECRET + b'"}' + b"]" * 1100, "too_deep"),
+        (b'{"id": "x", "password": "' + SECRET + b'", "blob": "' + b"a" * 70000 + b'"', "too_large"),
+    ],
+)
+async def test_a_secret_in_any_malformed_payload_never_reaches_the_dlq(pipeline_parts: PipelineParts, raw: bytes, reason: str) -> None:
+    pipeline, emitter, _ = pipeline_parts([])
+    await pipeline.process(messages([raw]))
+    (dl,) = emitter.dead
+    assert dl.reason == reason and dl.redacted
+    assert SECRET not in dl.original and SECRET.decode() not in dl.error and SECRET not in dl.to_json()
+
+
+async def test_pathological_nesting_in_a_dead_letter_does_not_crash_redaction(pipeline_parts: PipelineParts) -> None:
+    pipeline, emitter, _ = pipeline_parts([])
     deep = b'{"id": 1, "a": ' + b'{"b": ' * 900 + b"1" + b"}" * 900 + b"}"
     await pipeline.process(messages([deep]))
     (dl,) = emitter.dead
@@ -137,8 +106,8 @@ async def test_pathological_nesting_in_a_dead_letter_does_not_crash_redaction(tm
 
 
 @pytest.mark.parametrize("status", [503, 400])
-async def test_a_failing_service_escalates_with_the_reason(tmp_path: Path, status: int) -> None:
-    pipeline, emitter, _ = build(tmp_path, [], status=status)
+async def test_a_failing_service_escalates_with_the_reason(pipeline_parts: PipelineParts, status: int) -> None:
+    pipeline, emitter, _ = pipeline_parts([], status=status)
     alerts = Workload("scam", seed=4).alerts(10)
     await pipeline.process(messages([orjson.dumps(a) for a in alerts]))
     assert {d.mode for d in emitter.decisions} == {"escalate"}
@@ -146,9 +115,9 @@ async def test_a_failing_service_escalates_with_the_reason(tmp_path: Path, statu
     assert {d.cache_tier for d in emitter.decisions} == {"none"}
 
 
-async def test_lru_hits_are_sent_before_the_batch_waits_on_the_service(tmp_path: Path) -> None:
+async def test_lru_hits_are_sent_before_the_batch_waits_on_the_service(pipeline_parts: PipelineParts) -> None:
     calls: list[list[str]] = []
-    pipeline, emitter, sink = build(tmp_path, calls)
+    pipeline, emitter, sink = pipeline_parts(calls)
     warm = Workload("ci_failures", seed=2).alerts(50)
     await pipeline.process(messages([orjson.dumps(a) for a in warm]))
 
@@ -169,3 +138,29 @@ async def test_lru_hits_are_sent_before_the_batch_waits_on_the_service(tmp_path:
     rows = {r.alert_id: r for r in sink.rows}
     for d in report.decisions:  # rows stay aligned with their decisions after the reordering
         assert rows[d.alert_id].cache_tier == d.cache_tier and rows[d.alert_id].key == d.key
+
+
+async def test_the_decision_log_writes_the_stages_of_its_source_and_times_itself() -> None:
+    sink = MemorySink()
+    log = DecisionLog(sink, "w7")
+    env = Envelope(Alert("a", "scam", 0, "high", "s"), "scam|k", 65535, 0, 1_000_000_000)
+    decision = Decision("a", "scam", "scam|k", "escalate", None, None, [], "none", 5.0, 1.0, reason="timeout")
+    times = StageTimes(decode=1, lru=2, redis=3, service=4, decide=5, produce=6)
+
+    await log.write([env], [decision], times, env.received_ns, API_STAGES)
+    assert [m.stage for m in sink.metrics] == ["lru", "redis", "service", "decide", END_TO_END]
+    assert [(r.alert_id, r.partition, r.worker) for r in sink.rows] == [("a", 65535, "w7")]
+    assert times.sink > 0, "the sink's own time is measured"
+
+    sink.metrics.clear()
+    await log.write([env], [decision], StageTimes(), env.received_ns, STAGES)
+    assert [m.stage for m in sink.metrics] == [*(s for s in STAGES if s != "sink"), END_TO_END]
+
+
+async def test_a_processing_error_that_quotes_a_secret_is_masked_in_the_dead_letter(pipeline_parts: PipelineParts) -> None:
+    pipeline, _, _ = pipeline_parts([])
+    poison = b'{"id": "p", "attributes": {"password": "sk-quoted-by-a-bug"}}'
+    # a bug that formats the alert into its exception: the detail must not carry the secret out
+    dead = pipeline.dead_letter(RawMessage(poison, 0, 3, "alerts"), "processing_error", f"ValueError: bad {poison!r}", 0.0)
+    assert dead.reason == "processing_error" and "ValueError: bad" in dead.error
+    assert "sk-quoted-by-a-bug" not in dead.error and b"sk-quoted-by-a-bug" not in dead.original

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_engine.models import Alert, Decision, Proposition, decision_from_json
+from stream_engine.models import Alert, Decision, Envelope, Proposition, decision_from_json
 from stream_engine.policy import DecisionPolicy
 from stream_engine.settings import Settings
 
@@ -18,7 +18,7 @@ def alert(type: str = "ci_failure") -> Alert:
 def decide(
     propositions: list[Proposition] | None, failure: str | None = None, type: str = "ci_failure"
 ) -> Decision:
-    return POLICY.decide(alert(type), f"{type}|k", propositions, failure, "redis", RECEIVED_NS, NOW_NS)
+    return POLICY.decide(Envelope(alert(type), f"{type}|k", 0, 0, RECEIVED_NS), propositions, "redis", failure, NOW_NS)
 
 
 def test_top_proposition_at_threshold_is_auto_whatever_the_input_order() -> None:

@@ -4,7 +4,8 @@ import json
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stream_engine.models import Alert
 from stream_engine.settings import Settings

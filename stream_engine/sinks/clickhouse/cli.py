@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from stream_engine.sinks.clickhouse.analytics import NAMES
 
 if TYPE_CHECKING:
     from stream_engine.settings import Settings
-
-QUERY_NAMES = ("latency", "cache", "modes", "logs", "slowest", "stages")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,11 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     info_cmd.set_defaults(func=cmd_info)
 
     query = subparsers.add_parser("query", help="temporal queries over the proposition log")
-    query.add_argument("name", choices=QUERY_NAMES)
-    query.add_argument("--from", dest="start", help="ISO time (default: 1 hour ago, UTC)")
+    query.add_argument("name", choices=NAMES)
+    query.add_argument("--from", dest="start", help="ISO time or epoch seconds (default: 1 hour ago, UTC)")
     # --until too: the top-level parser abbreviates options, so "--to" alone is ambiguous with
     # --topic-* unless it is built with allow_abbrev=False.
-    query.add_argument("--to", "--until", dest="end", help="ISO time (default: now, UTC)")
+    query.add_argument("--to", "--until", dest="end", help="ISO time or epoch seconds (default: now, UTC)")
     query.add_argument("--interval", default="1m", help="1m, 5m, 15m, 1h or 1d")
     query.add_argument("--type", dest="alert_type", help="only this alert type")
     query.add_argument("--ids", help="comma-separated alert ids (for 'logs')")
@@ -35,19 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     query.set_defaults(func=cmd_query)
 
 
-def _parse_time(value: str | None, default: datetime) -> datetime:
-    if not value:
-        return default
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from stream_engine.sinks.clickhouse.client import connect
     from stream_engine.sinks.clickhouse.schema import migrate
 
     applied = migrate(connect(settings.effective_clickhouse_url, None), settings.clickhouse_database, settings.clickhouse_ttl_days)
-    where = f"{settings.effective_clickhouse_url} database {settings.clickhouse_database}"
+    from stream_engine.masking import mask_url_passwords
+
+    where = f"{mask_url_passwords(settings.effective_clickhouse_url)} database {settings.clickhouse_database}"
     print(f"applied migrations {applied} on {where}" if applied else f"schema up to date on {where}")
     return 0
 
@@ -59,7 +54,7 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
     versions = client.query("SELECT version, name, applied_at FROM schema_migrations ORDER BY version").result_rows
     for version, name, applied_at in versions:
         print(f"migration {version:3d} {name:30s} {applied_at:%Y-%m-%d %H:%M:%S}")
-    for table in ("proposition_log", "latency_metrics", "proposition_minute"):
+    for table in ("decision_audit", "proposition_log", "latency_metrics", "proposition_minute"):
         count = client.query(f"SELECT count() FROM {table}").result_rows[0][0]
         print(f"{table:20s} {count} rows")
     return 0
@@ -70,7 +65,7 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         return _run_query(args, settings)
-    except ValueError as exc:  # a bad --interval, --from or --limit
+    except ValueError as exc:  # a bad --interval, --from, --limit or --ids (BadParams)
         print(f"error: {exc}")
         return 2
     except ClickHouseError as exc:
@@ -81,27 +76,17 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 def _run_query(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
-    from stream_engine.sinks.clickhouse import queries
+    from stream_engine.sinks.clickhouse.analytics import build_query
     from stream_engine.sinks.clickhouse.client import connect
 
-    queries.bucket_function(args.interval)  # reject a bad interval before connecting
-    client = connect(settings.effective_clickhouse_url, settings.clickhouse_database)
-    now = datetime.now(UTC)
-    start, end = _parse_time(args.start, now - timedelta(hours=1)), _parse_time(args.end, now)
-    rows: list[dict[str, Any]]
-    if args.name == "logs":
-        ids = [i for i in (args.ids or "").split(",") if i]
-        if not ids:
-            print("query logs needs --ids a,b,…")
-            return 2
-        rows = list(queries.get_proposition_logs_batch(client, ids).values())
-    elif args.name == "slowest":
-        rows = queries.slowest_alerts(client, start, end, args.limit, args.alert_type)
-    elif args.name == "latency":
-        rows = queries.latency_percentiles(client, start, end, args.interval, args.alert_type, exact=not args.approx)
-    else:
-        fn = {"cache": queries.cache_hit_ratio, "modes": queries.decisions_by_mode, "stages": queries.stage_latency}[args.name]
-        rows = fn(client, start, end, args.interval, args.alert_type)
+    # The API's parameters, from the flags; checked before connecting.
+    params = {
+        "from": args.start, "to": args.end, "interval": args.interval, "type": args.alert_type, "ids": args.ids,
+        "limit": str(args.limit), "exact": "false" if args.approx else "true",
+    }  # fmt: skip
+    query = build_query(args.name, {k: v for k, v in params.items() if v is not None})
+    result = query(connect(settings.effective_clickhouse_url, settings.clickhouse_database))
+    rows: list[dict[str, Any]] = list(result.values()) if isinstance(result, dict) else result
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode())
     else:

@@ -51,7 +51,10 @@ def _epoch_ms(value: datetime) -> int:
 
 
 def _window(start: datetime, end: datetime, alert_type: str | None, column: str = "received_at") -> tuple[str, dict[str, Any]]:
-    where = f"{column} >= fromUnixTimestamp64Milli({{start_ms:Int64}}, 'UTC') AND {column} < fromUnixTimestamp64Milli({{end_ms:Int64}}, 'UTC')"
+    where = (
+        f"{column} >= fromUnixTimestamp64Milli({{start_ms:Int64}}, 'UTC') "
+        f"AND {column} < fromUnixTimestamp64Milli({{end_ms:Int64}}, 'UTC')"
+    )
     params: dict[str, Any] = {"start_ms": _epoch_ms(start), "end_ms": _epoch_ms(end)}
     if alert_type is not None:
         where += " AND alert_type = {alert_type:String}"
@@ -178,12 +181,3 @@ def stage_latency(
         GROUP BY bucket, stage ORDER BY bucket, stage"""
     return _dicts(client, sql, params)
 
-
-QUERIES = {
-    "latency": latency_percentiles,
-    "cache": cache_hit_ratio,
-    "modes": decisions_by_mode,
-    "logs": get_proposition_logs_batch,
-    "slowest": slowest_alerts,
-    "stages": stage_latency,
-}

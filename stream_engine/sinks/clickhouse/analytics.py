@@ -1,0 +1,105 @@
+"""A named analytics query and its parameters → a call of :mod:`.queries`, checked before it runs.
+
+The one dispatcher behind ``GET /api/v1/analytics/<name>?…`` (the worker's API) and
+``stream-engine query <name> --…`` (the CLI turns its flags into the same parameters):
+
+``from`` / ``to``: ISO 8601 (naive = UTC) or epoch seconds; default the last hour up to now.
+``interval``: one of ``queries.INTERVALS`` (default ``1m``). ``type``: an alert type.
+``limit``: 1..10000 (``slowest``, default 20). ``exact``: ``true``/``false`` (``latency``).
+``ids``: comma-separated and/or repeated (``logs``, at most 10000).
+Anything else malformed raises :class:`BadParams`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from stream_engine.sinks.clickhouse import queries
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+Query = Callable[["Client"], Any]
+NAMES = ("latency", "cache", "modes", "slowest", "stages", "logs")
+MAX_IDS = 10_000
+
+
+class BadParams(ValueError):
+    pass
+
+
+def build_query(name: str, params: Mapping[str, str], now: datetime | None = None) -> Query:
+    """The ClickHouse call for query ``name`` with ``params`` (validated, not yet run).
+    ``params`` may repeat ``ids`` when it has ``getall`` (a query string's MultiDict)."""
+    if name == "logs":
+        raw_ids = params.getall("ids", []) if hasattr(params, "getall") else [params.get("ids") or ""]
+        ids = [i for raw in raw_ids for i in raw.split(",") if i]
+        if not ids:
+            raise BadParams("ids: at least one alert id is required")
+        if len(ids) > MAX_IDS:
+            raise BadParams(f"ids: at most {MAX_IDS}, got {len(ids)}")
+        return lambda client: queries.get_proposition_logs_batch(client, ids)
+    if name not in NAMES:
+        raise BadParams(f"unknown query {name!r}; one of {', '.join(NAMES)}")
+
+    now = now or datetime.now(UTC)
+    end = _time(params, "to", now)
+    start = _time(params, "from", end - timedelta(hours=1))
+    if start >= end:
+        raise BadParams("from: must be before to")
+    alert_type = params.get("type") or None
+    if name == "slowest":
+        limit = _int(params, "limit", 20, 1, 10_000)
+        return lambda client: queries.slowest_alerts(client, start, end, limit, alert_type)
+
+    interval = params.get("interval", "1m")
+    try:
+        queries.bucket_function(interval)
+    except ValueError as exc:
+        raise BadParams(f"interval: {exc}") from None
+    if name == "latency":
+        exact = _bool(params, "exact", True)
+        return lambda client: queries.latency_percentiles(client, start, end, interval, alert_type, exact=exact)
+    fn = {"cache": queries.cache_hit_ratio, "modes": queries.decisions_by_mode, "stages": queries.stage_latency}[name]
+    return lambda client: fn(client, start, end, interval, alert_type)
+
+
+def _time(params: Mapping[str, str], name: str, default: datetime) -> datetime:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return datetime.fromtimestamp(float(raw), UTC)
+    except ValueError:
+        pass
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise BadParams(f"{name}: expected ISO 8601 or epoch seconds, got {raw!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadParams(f"{name}: expected an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise BadParams(f"{name}: must be in {low}..{high}, got {value}")
+    return value
+
+
+def _bool(params: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise BadParams(f"{name}: expected true or false, got {raw!r}")

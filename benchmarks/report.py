@@ -94,15 +94,20 @@ def commit_note(result: BenchResult) -> str:
     if not commit:
         return "commit not recorded (run before issue 17)"
     dirty = result.git.get("dirty")
-    state = "dirty tree: " + ", ".join(result.git.get("dirty_paths", [])[:5]) if dirty else "clean tree"
+    if dirty is None:
+        state = "tree state not recorded"
+    else:
+        state = "dirty tree: " + ", ".join(result.git.get("dirty_paths", [])[:5]) if dirty else "clean tree"
     return f"commit `{commit[:10]}` ({state})"
 
 
 def provenance(result: BenchResult) -> str:
     m = result.machine
-    load = f"load (1 min) {_num(m.get('loadavg_at_start', [None])[0], 2)} → {_num(m.get('loadavg_at_end', [None])[0], 2)}"
-    return (f"`{result.name}.json`: `{result.command}` · {result.started_at} · {commit_note(result)} · "
-            f"{load} on {m.get('nproc')} cores · settings: {settings_note(result)}")
+    load = (f"load (1 min) {_num(m.get('loadavg_at_start', [None])[0], 2)} → {_num(m.get('loadavg_at_end', [None])[0], 2)}"
+            if "loadavg_at_end" in m else "machine load not recorded")
+    cores = f" on {m.get('nproc')} cores" if m.get("nproc") else ""
+    return (f"`{result.name}.json`: `{result.command}` · {result.started_at or 'start not recorded'} · {commit_note(result)} · "
+            f"{load}{cores} · settings: {settings_note(result)}")
 
 
 def provenance_lines(*results: BenchResult | None) -> list[str]:
@@ -391,9 +396,50 @@ def api_section(r: Results) -> list[str]:
     return out + provenance_lines(api)
 
 
+def cache_section(r: Results) -> list[str]:
+    """Issue 12: stale decisions after invalidations under load, the cost of the checks, the cluster key layout."""
+    out = ["## Cache coherence under load (issue 12)", ""]
+    before, after = r.get("coherence_before"), r.get("coherence_after")
+    drills = [("before the fixes", x) for x in (before.runs if before else [])] + [
+        ("after", x) for x in (after.runs if after else [])]
+    if not drills:
+        out += ["Not measured yet (`tests/reliability/test_invalidation_under_load.py`).", ""]
+    else:
+        definition = next(x.params["definition"] for x in (after, before) if x is not None)
+        out += [f"*stale*: {definition}. *node down*: seconds a cluster master was down mid-stream.", ""]
+        rows = [[when, x.get("backend", "single"), x.get("engine", "aiokafka"), _num(x["seconds"]), _num(x["alerts"]),
+                 _num(x["invalidations"]), _num(x["checked"]), f"**{_num(x['stale'])}**",
+                 ", ".join(f"{k} {_num(v)}" for k, v in sorted(x["stale_by_tier"].items())) or "–",
+                 _num(x.get("missing")), _num(x.get("duplicates")),
+                 _num(x["node_down_s"], 1) if isinstance(x.get("node_down_s"), (int, float)) else "–"]
+                for when, x in drills]
+        out += [table(["code", "Redis", "engine", "s", "alerts", "invalidations", "checked", "stale", "stale by tier",
+                       "missing", "duplicates", "node down s"], rows), ""]
+        out += provenance_lines(before, after)
+    cost = r.get("coherence_cost")
+    if cost is not None:
+        out += ["### CPU per alert of `Triage.decide` before and after the checks (`benchmarks/triage_cpu.py`)", "",
+                table(["path", "base µs/alert (median)", "new µs/alert (median)", "change"],
+                      ([path, _num(m["base_median"], 2), _num(m["new_median"], 2), f"{m['change_pct']:+.1f} %"]
+                       for path, m in cost.metrics.items())), "",
+                f"Base: `{cost.params['base_commit'][:10]}`. " + " ".join(n.rstrip(".") + "." for n in cost.notes), "",
+                *provenance_lines(cost)]
+    layouts = [r[name] for name in sorted(r, key=lambda n: r[n].params.get("batch", 0)) if name.startswith("redis_cluster_layout_")]
+    if layouts:
+        out += ["### Redis Cluster key layout (`benchmarks/redis_cluster_layout.py`, median batch time)", "",
+                table(["keys per batch", *(f"{v} read / write ms" for v in LAYOUTS)],
+                      ([_num(x.params["batch"]), *(f"{_num(x.metrics[v]['read_median_ms'], 1)} / "
+                                                   f"{_num(x.metrics[v]['write_median_ms'], 1)}" for v in LAYOUTS)]
+                       for x in layouts)), "", *(f"- {note}" for note in layouts[0].notes), "", *provenance_lines(*layouts)]
+    return out
+
+
+LAYOUTS = ("buckets_16", "buckets_64", "buckets_256", "per_slot", "single_redis")
+
+
 SECTIONS: tuple[Callable[[Results], list[str]], ...] = (
     header, service_section, throughput_section, latency_section, hitratio_section, memory_section, sink_section,
-    api_section, profile_section,
+    api_section, profile_section, cache_section,
 )
 
 
@@ -409,7 +455,7 @@ PENDING = "not measured by the current benchmarks yet (`python -m benchmarks.run
 def _source(result: BenchResult) -> str:
     """Where a README figure comes from, short: file, date, commit, settings."""
     commit = result.git.get("commit") if result.git else None
-    parts = [f"`{result.name}.json`", result.started_at[:10]]
+    parts = [f"`{result.name}.json`", result.started_at[:10] or "date not recorded"]
     if commit:
         parts.append(f"commit {commit[:7]}" + (" with local changes" if result.git.get("dirty") else ""))
     else:
@@ -515,12 +561,47 @@ def block_service_shape(r: Results) -> str:
             f"{SERVICE.median_ms:g} ms per request; the model's {SERVICE.per_item_ms:g} ms is {verdict}.\n")
 
 
+def block_coherence(r: Results) -> str:
+    before, after = r.get("coherence_before"), r.get("coherence_after")
+    if before is None or after is None:
+        return f"Stale decisions after invalidations under load: {PENDING}.\n"
+    b, a = before.metrics, after.metrics
+    rates = sorted({x["rate"] for x in after.runs if "rate" in x})
+    seconds = sorted({x["seconds"] for x in after.runs})
+    backends = ", ".join(f"{x['backend']} ({x['engine']})" for x in after.runs)
+    return (f"Before issue 12's fixes **{_num(b['stale'])} of {_num(b['checked'])}** checked decisions were stale "
+            f"({_num(b['seconds'])} s, single Redis; {_source(before)}); after them **{_num(a['stale'])} of "
+            f"{_num(a['checked'])}** over {a['runs']} runs of {'/'.join(_num(s) for s in seconds)} s at "
+            f"{'/'.join(_num(x) for x in rates)} alerts/s — {backends} — and {_num(a['missing'])} alerts without a decision "
+            f"({_source(after)}).\n")
+
+
+def block_redis_cluster_layout(r: Results) -> str:
+    by_batch = {x.params["batch"]: x.metrics for name, x in r.items() if name.startswith("redis_cluster_layout_")}
+    if not by_batch:
+        return f"Hash-tagged buckets against per-slot pipelines: {PENDING}.\n"
+    parts = []
+    for batch in sorted(by_batch, reverse=True):
+        m = by_batch[batch]
+        ours, slot = m["buckets_64"], m["per_slot"]
+        parts.append(f"{_num(batch)} keys: read {_num(ours['read_median_ms'], 1)} ms against {_num(slot['read_median_ms'], 1)} ms, "
+                     f"write {_num(ours['write_median_ms'], 1)} ms against {_num(slot['write_median_ms'], 1)} ms")
+    largest = by_batch[max(by_batch)]
+    vs16 = [_ratio(largest["buckets_64"][k], largest["buckets_16"][k]) for k in ("read_median_ms", "write_median_ms")]
+    sources = ", ".join(_source(x) for name, x in sorted(r.items()) if name.startswith("redis_cluster_layout_"))
+    return (f"Median batch time on the local 3-master cluster, 64 hash-tagged buckets against per-slot pipelines: "
+            f"{'; '.join(parts)}. 64 buckets rather than 16 take {_num(vs16[0], 2)}× (read) and {_num(vs16[1], 2)}× (write) "
+            f"the time of 16 at {_num(max(by_batch))} keys ({sources}).\n")
+
+
 README_BLOCKS: dict[str, Callable[[Results], str]] = {
     "performance": block_performance,
     "service-shape": block_service_shape,
     "engines": block_engines,
     "sink-fsync": block_sink_fsync,
     "memory": block_memory,
+    "coherence": block_coherence,
+    "redis-cluster-layout": block_redis_cluster_layout,
 }
 
 

@@ -35,7 +35,10 @@ class Settings(BaseSettings):
 
     # --- services ----------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Shared proposition cache.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Shared proposition cache: redis://host:port/db, or a cluster as redis+cluster://host:port,host:port.",
+    )
     clickhouse_url: str = Field(
         "", description="chdb://DIR (embedded, default DATA_DIR/clickhouse) or http(s)://user:pass@host:port."
     )
@@ -48,6 +51,9 @@ class Settings(BaseSettings):
     kafka_controller_port: int = Field(9093, description="KRaft controller port of the local stack.")
     kafka_heap: str = Field("512m", description="Broker JVM max heap.")
     redis_port: int = Field(6379, description="Redis port of the local stack.")
+    redis_cluster_port: int = Field(
+        7000, description="First of the 3 ports of the local stack's Redis Cluster (`stack up --only redis-cluster`)."
+    )
     propositions_port: int = Field(8700, description="Port of the reference proposition service.")
 
     # --- topics ------------------------------------------------------------------------

@@ -6,6 +6,9 @@
   ``settings.redis_url``. If they already do, they are reused and never stopped; otherwise a
   local stack is started on those ports (``Stack(...).up()``) and only what it started is
   stopped at the end of the session. Returns the settings.
+* ``redis_cluster`` (session): the URL of a 3-master Redis Cluster: ``STREAM_ENGINE_TEST_REDIS_CLUSTER_URL``
+  if set, else the local stack's (``stack up --only redis-cluster``: reused if it runs, else
+  started, and then stopped at the end of the session).
 * ``unique`` (session): ``unique("alerts")`` -> ``"alerts-3f9c2a1b"``, a fresh name on every call.
 * ``worker_settings`` (function): ``topics`` plus a unique consumer group, data dir, Redis
   namespace, proposition-service port and admin token, and an ephemeral API port: what a test
@@ -75,6 +78,25 @@ def stack(settings: Settings) -> Iterator[Settings]:
     report = local.up()
     try:
         yield settings
+    finally:
+        local.down(only=report.started())
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(settings: Settings) -> Iterator[str]:
+    import os
+
+    from stream_engine.stack import Stack
+    from stream_engine.stack.redis_cluster import cluster_url
+
+    url = os.environ.get("STREAM_ENGINE_TEST_REDIS_CLUSTER_URL")
+    if url:
+        yield url
+        return
+    local = Stack(settings, only=["redis-cluster"])
+    report = local.up()
+    try:
+        yield cluster_url([settings.redis_cluster_port + i for i in range(3)])
     finally:
         local.down(only=report.started())
 

@@ -222,3 +222,19 @@ async def test_api_load_runs_at_a_tiny_size_fresh_keys_miss_and_repeat_keys_hit(
 
     text = report.render(tmp_path, readmes=()).read_text()
     assert "## API load" in text and "| c5 | repeat |" in text and (tmp_path / "api.png").exists()
+
+
+@pytest.mark.integration
+async def test_cache_benchmarks_run_at_a_tiny_size(stack: Settings, redis_cluster: str) -> None:
+    import argparse
+
+    from benchmarks import redis_cluster_layout, triage_cpu
+
+    args = argparse.Namespace(url=redis_cluster, single_url=stack.redis_url, batch=20, rounds=3, repeat=1)
+    result = await redis_cluster_layout.measure(args)
+    assert set(result.metrics) == {"buckets_16", "buckets_64", "buckets_256", "per_slot", "single_redis"}
+    assert all(m["read_median_ms"] > 0 and m["write_median_ms"] > 0 for m in result.metrics.values())
+    assert result.runs[0]["buckets_64"]["buckets_touched"] <= 20 and result.runs[0]["per_slot"]["slots_touched"] <= 20
+    for path, tier in (("lru", "lru"), ("redis", "redis"), ("service", "service")):
+        measured = await triage_cpu.measure(path, 12)
+        assert measured["cpu_us_per_alert"] > 0 and measured["tiers"][tier] > 0, measured

@@ -12,8 +12,9 @@ The first step includes one-off allocations (buffers grow to their working size)
 ``growth_per_100k_steady`` is the median growth of the later steps and ``growth_per_100k_slope``
 the least-squares slope over every reading after the first step: the number to hold against
 "growth < 1 MB per 100k alerts after warm-up" (a single reading moves by a megabyte or two).
-``--before`` puts the figures of an earlier run (another commit) beside this one in the result
-file: ``params.before`` keeps its command, commit and points, ``metrics.before_*`` its headlines.
+``--before`` puts an earlier run (another commit) beside this one in the result file:
+``params.before`` is the whole earlier result (command, commit, settings, load, points),
+``metrics.before_*`` its headlines.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import contextlib
 import statistics
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from benchmarks.common import BenchResult, Progress, Stopwatch, bench_settings, create_topics, drop_topics, fill_topic, require_kafka
-from benchmarks.services import proposition_service, rss_kb, with_private_service_and_data, worker, workspace
+from benchmarks.services import NO_LATENCY, proposition_service, rss_kb, with_private_service_and_data, worker, workspace
 from benchmarks.streamio import DecisionCollector
 from stream_engine.keys import message_key
 from stream_engine.settings import Settings
@@ -69,9 +71,10 @@ async def _settled_rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def clickhouse_server(s: Settings, work: Path, clickhouse: str) -> Iterator[tuple[Settings, int | None]]:
-    """``s`` pointed at the ClickHouse to use, and the pid of a separate ClickHouse process (if any)."""
+    """``s`` pointed at the ClickHouse to use, and the pid of a separate ClickHouse process (if any).
+    Both explicit, whatever the default ClickHouse URL is."""
     if clickhouse == "embedded":
-        yield s, None
+        yield s.with_overrides(clickhouse_url=f"chdb://{(s.data_dir / 'clickhouse').resolve()}"), None
         return
     from harness.clickhouse import start_server
 
@@ -94,7 +97,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
         s = with_private_service_and_data(bench_settings(base.with_overrides(engine=engine), "mem"), work / "data")
         await create_topics(s)
         try:
-            with clickhouse_server(s, work, clickhouse) as (s, server_pid), proposition_service(s, work, 0), \
+            with clickhouse_server(s, work, clickhouse) as (s, server_pid), proposition_service(s, work, NO_LATENCY), \
                     worker(s, work, "worker-mem") as proc:
                 pid = proc.popen.pid
                 t0 = time.monotonic()
@@ -124,7 +127,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
         name=("memory" if embedded else f"memory_{clickhouse}") + ("" if engine == "faust" else f"_{engine}"),
         command="",
         params={"step_alerts": step_alerts, "steps": steps, "cached": cached, "profile_steps": "ci_failures",
-                "clickhouse": clickhouse, "engine": engine},
+                "clickhouse": clickhouse, "engine": engine, "service": NO_LATENCY.describe()},
         metrics={
             "rss_idle_mb": idle,
             f"rss_with_{cached}_cached_mb": with_cache,
@@ -143,7 +146,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
     )
     if before is not None:
         attach_before(result, BenchResult.load(before))
-    return watch.finish(result)
+    return watch.finish(result, settings=s)
 
 
 HEADLINES = ("rss_idle_mb", "growth_first_step_per_100k_mb", "growth_per_100k_steady_mb", "growth_per_100k_slope_mb")
@@ -162,21 +165,24 @@ def growth_slope_per_100k(points: list[dict[str, Any]]) -> float | None:
 
 
 def attach_before(result: BenchResult, old: BenchResult) -> None:
-    """Side by side: the earlier run's figures (same benchmark, another commit) inside this result."""
+    """Side by side: an earlier run of this benchmark (another commit) inside this result.
+
+    ``params.before`` is the whole earlier result (its command, commit, settings, load and points);
+    ``metrics.before_*`` repeat its headlines next to this run's."""
     if old.params.get("clickhouse") != result.params["clickhouse"] or old.params.get("cached") != result.params["cached"]:
         raise ValueError(f"--before must be the same benchmark: {old.params} vs {result.params}")
     cached_key = f"rss_with_{result.params['cached']}_cached_mb"
-    result.params["before"] = {
-        "commit": old.machine.get("commit", "unknown"), "command": old.command, "started_at": old.started_at,
-        "engine": old.params.get("engine", "unknown"), "metrics": old.metrics, "runs": old.runs,
-    }  # fmt: skip
     if "growth_per_100k_slope_mb" not in old.metrics:  # runs from before the slope existed: from their points
         old.metrics["growth_per_100k_slope_mb"] = growth_slope_per_100k(old.runs[2:])
+    before = asdict(old)
+    before["params"].pop("before", None)  # one generation back only
+    result.params["before"] = before
     for key in (*HEADLINES, cached_key):
         if key in old.metrics:
             result.metrics[f"before_{key}"] = old.metrics[key]
+    commit = (old.git.get("commit") or "not recorded")[:10]
     result.notes.append(
-        f"before = commit {result.params['before']['commit']} ({old.started_at}), same command and sizes: "
+        f"before = {old.name}.json of commit {commit} ({old.started_at or 'start not recorded'}), same sizes: "
         + ", ".join(f"{k} {old.metrics.get(k)} -> {result.metrics.get(k)}" for k in ("rss_idle_mb", cached_key))
     )
 

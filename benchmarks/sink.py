@@ -5,7 +5,10 @@ micro-batch (500 decisions + their stage metrics), into a fresh chDB directory (
 with ``--http``, through a private `stream-engine clickhouse serve` (the stack's ClickHouse
 endpoint: chDB in its own process behind the HTTP interface, the workers' default path).
 
-    python -m benchmarks.sink --rows 200000 [--http]
+    python -m benchmarks.sink --rows 200000 --repeats 3 [--http]
+
+Each (backend, fsync) pair runs ``--repeats`` times, alternating fsync off and on, so the two
+see the same disk and the same neighbours; the report gives the range over the repeats.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BenchResult, Progress, Stopwatch, latency_summary
+from benchmarks.common import BenchResult, Progress, Stopwatch, latency_summary, median_of
 from benchmarks.services import workspace
+from stream_engine.settings import Settings
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow
 from stream_engine.sinks.clickhouse.schema import migrate
@@ -60,7 +64,10 @@ def clickhouse_url(work: Path, backend: str) -> Iterator[str]:
 
 async def one_run(url: str, work: Path, rows: int, fsync: bool, label: str) -> dict[str, Any]:
     migrate(connect(url, None), DATABASE, ttl_days=3650)
-    sink = ClickHouseSink(lambda: connect(url, DATABASE), work / f"journal-{label}", fsync=fsync)
+    settings = Settings()  # the worker's sink settings (flush rows and interval, buffer bound), fsync aside
+    sink = ClickHouseSink(lambda: connect(url, DATABASE), work / f"journal-{label}", flush_rows=settings.sink_flush_rows,
+                          flush_interval_s=settings.sink_flush_interval_s, max_buffer_rows=settings.sink_max_buffer_rows,
+                          fsync=fsync)
     now_ms = int(time.time() * 1000)
     data = decisions(rows, now_ms)
     await sink.start()
@@ -87,21 +94,27 @@ async def one_run(url: str, work: Path, rows: int, fsync: bool, label: str) -> d
     }  # fmt: skip
 
 
-async def run(rows: int = 200_000, backends: tuple[str, ...] = ("embedded", "http"), work_dir: Path | None = None) -> BenchResult:
+async def run(rows: int = 200_000, backends: tuple[str, ...] = ("embedded", "http"), work_dir: Path | None = None,
+              repeats: int = 1) -> BenchResult:
     watch = Stopwatch()
     runs = []
     with workspace(work_dir) as work:
         for backend in backends:
             with clickhouse_url(work, backend) as url:
                 await one_run(url, work, min(BATCH * 20, rows), False, f"{backend}, warm-up")  # engine load, first parts
-                for fsync in (False, True):
-                    label = f"{backend}, fsync {'on' if fsync else 'off'}"
-                    runs.append(await one_run(url, work, rows, fsync, label) | {"backend": backend})
+                for repeat in range(repeats):
+                    for fsync in (False, True):
+                        label = f"{backend}, fsync {'on' if fsync else 'off'}, run {repeat + 1}"
+                        runs.append(await one_run(url, work, rows, fsync, label) | {"backend": backend, "repeat": repeat})
     result = BenchResult(
         name="sink",
         command="",
-        params={"rows": rows, "batch": BATCH, "metrics_per_batch": 9, "backends": list(backends)},
-        metrics={f"{r['backend']}_fsync_{'on' if r['fsync'] else 'off'}_inserted_rows_per_s": r["inserted_rows_per_s"] for r in runs},
+        params={"rows": rows, "batch": BATCH, "metrics_per_batch": 9, "backends": list(backends), "repeats": repeats,
+                "sink": "the worker's sink settings (flush rows and interval, buffer bound); fsync off and on"},
+        metrics={f"{backend}_fsync_{'on' if fsync else 'off'}_{what}_median": median_of(
+                     [r if what == "inserted_rows_per_s" else {what: r["write"].get("p50_ms")} for r in runs
+                      if r["backend"] == backend and r["fsync"] == fsync], what)
+                 for backend in backends for fsync in (False, True) for what in ("inserted_rows_per_s", "write_p50_ms")},
         runs=runs,
         notes=["durable = every write() returned (rows in the journal, fsynced when fsync is on); "
                "inserted = rows_inserted reached the total (one columnar insert per journal segment into decision_audit, "
@@ -117,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--http", action="store_true", help="also through the stack's ClickHouse endpoint (clickhouse serve)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each (backend, fsync) pair")
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     backends = ("embedded", "http") if args.http else ("embedded",)
-    result = asyncio.run(run(args.rows, backends))
+    result = asyncio.run(run(args.rows, backends, repeats=args.repeats))
     path = result.write(args.results_dir)
     for r in result.runs:
         w = r["write"]

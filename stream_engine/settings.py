@@ -34,7 +34,10 @@ class Settings(TypedSettings):
 
     # --- services ----------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Shared proposition cache.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Shared proposition cache: redis://host:port/db, or a cluster as redis+cluster://host:port,host:port.",
+    )
     clickhouse_url: str = Field(
         "",
         description="'' = the local stack's endpoint http://127.0.0.1:CLICKHOUSE_PORT; http(s)://user:pass@host:port "
@@ -49,6 +52,9 @@ class Settings(TypedSettings):
     kafka_controller_port: int = Field(9093, description="KRaft controller port of the local stack.")
     kafka_heap: str = Field("512m", description="Broker JVM max heap.")
     redis_port: int = Field(6379, description="Redis port of the local stack.")
+    redis_cluster_port: int = Field(
+        7000, description="First of the 3 ports of the local stack's Redis Cluster (`stack up --only redis-cluster`)."
+    )
     propositions_port: int = Field(8700, description="Port of the reference proposition service.")
     clickhouse_port: int = Field(8123, description="Port of the local stack's ClickHouse HTTP endpoint (chDB).")
 
@@ -113,13 +119,13 @@ class Settings(TypedSettings):
     sink_flush_rows: int = Field(10_000, ge=1, description="Flush when this many rows are buffered.")
     sink_flush_interval_s: float = Field(1.0, gt=0, description="Flush at least this often.")
     sink_max_buffer_rows: int = Field(100_000, ge=1, description="Backpressure above this many rows.")
-    # Off by default: measured on, a 500-row write() took p50 2.1-3.0 ms instead of 0.7-0.8 ms
-    # (benchmarks/results/sink_fsync), over 10% of a batch's publish->decision time (p50 ~17 ms at 1k/s).
+    # Off by default: on, a 500-row write() costs more than the 10% of a batch's publish->decision time
+    # we allow the sink (measured by benchmarks/sink.py; the figures are in the README and RESULTS.md).
     sink_fsync: bool = Field(
         False,
-        description="fsync the journal on every write: survives power loss too, at +1.3-2.2 ms per 500-row "
-        "batch (p50, measured). Off: rows reach the OS before offsets commit, which survives a worker crash or "
-        "kill -9, like Kafka's own unsynced log, not a power loss.",
+        description="fsync the journal on every write: survives power loss too, at a cost per batch measured by "
+        "benchmarks/sink.py (README, 'The journal never drops a row'). Off: rows reach the OS before offsets commit, "
+        "which survives a worker crash or kill -9, like Kafka's own unsynced log, not a power loss.",
     )
     clickhouse_ttl_days: int = Field(90, ge=1, description="proposition_log TTL.")
 

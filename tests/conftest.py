@@ -6,6 +6,9 @@
   / ``settings.redis_url`` / ``settings.effective_clickhouse_url``. What already answers is reused
   and never stopped; the rest is started as the local stack would (``Stack(...).up()``) and only
   what it started is stopped at the end of the session. Returns the settings.
+* ``redis_cluster`` (session): the URL of a 3-master Redis Cluster: ``STREAM_ENGINE_TEST_REDIS_CLUSTER_URL``
+  if set, else the local stack's (``stack up --only redis-cluster``: reused if it runs, else
+  started, and then stopped at the end of the session).
 * ``unique`` (session): ``unique("alerts")`` -> ``"alerts-3f9c2a1b"``, a fresh name on every call.
 * ``worker_settings`` (function): ``topics`` plus a unique consumer group, data dir, Redis
   namespace, ClickHouse database (dropped afterwards), proposition-service port and admin token,
@@ -80,6 +83,25 @@ def stack(settings: Settings) -> Iterator[Settings]:
     report = local.up()
     try:
         yield settings
+    finally:
+        local.down(only=report.started())
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(settings: Settings) -> Iterator[str]:
+    import os
+
+    from stream_engine.stack import Stack
+    from stream_engine.stack.redis_cluster import cluster_url
+
+    url = os.environ.get("STREAM_ENGINE_TEST_REDIS_CLUSTER_URL")
+    if url:
+        yield url
+        return
+    local = Stack(settings, only=["redis-cluster"])
+    report = local.up()
+    try:
+        yield cluster_url([settings.redis_cluster_port + i for i in range(3)])
     finally:
         local.down(only=report.started())
 

@@ -16,7 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ("status", _status, "Health of each part; exit 1 if one is down."),
     ):
         parser = actions.add_parser(name, help=text)
-        parser.add_argument("--only", action="append", metavar="PART", help="kafka, redis, clickhouse, propositions (repeatable)")
+        parser.add_argument(
+            "--only",
+            action="append",
+            metavar="PART",
+            help="kafka, redis, clickhouse, propositions, redis-cluster (repeatable; redis-cluster only when named)",
+        )
         parser.set_defaults(func=handler)
 
 

@@ -42,6 +42,7 @@ class StackLayout:
 
 class Component(ABC):
     name: ClassVar[str]
+    default: ClassVar[bool] = True  # started by a plain `stack up`; False: only when named (--only)
     ready_timeout_s: ClassVar[float] = 60.0
     stop_timeout_s: ClassVar[float] = 15.0
 

@@ -26,8 +26,15 @@ from stream_engine.stack.process import (
 )
 from stream_engine.stack.propositions import PropositionsComponent
 from stream_engine.stack.redis import RedisComponent
+from stream_engine.stack.redis_cluster import RedisClusterComponent
 
-COMPONENT_TYPES: tuple[type[Component], ...] = (KafkaComponent, RedisComponent, ClickHouseComponent, PropositionsComponent)
+COMPONENT_TYPES: tuple[type[Component], ...] = (
+    KafkaComponent,
+    RedisComponent,
+    ClickHouseComponent,
+    PropositionsComponent,
+    RedisClusterComponent,
+)
 
 UpState = Literal["started", "reused", "external", "skipped", "failed"]
 DownState = Literal["stopped", "killed", "not running", "external", "skipped"]
@@ -94,7 +101,8 @@ class StackUpError(StackError):
 class Stack:
     """The local development stack described by `settings` (ports, stack_dir, versions).
 
-    `only` restricts it to some parts by name, e.g. ``Stack(s, only=["kafka", "redis"])``.
+    `only` restricts it to some parts by name, e.g. ``Stack(s, only=["kafka", "redis"])``; parts
+    that are not ``default`` (the Redis Cluster) are only ever started when named there.
     """
 
     def __init__(self, settings: Settings, *, only: Iterable[str] | None = None) -> None:
@@ -104,9 +112,8 @@ class Stack:
         known = {t.name for t in COMPONENT_TYPES}
         if wanted is not None and wanted - known:
             raise StackError(f"unknown stack parts {sorted(wanted - known)}; known: {sorted(known)}")
-        self.components: list[Component] = [
-            t(settings, self.layout) for t in COMPONENT_TYPES if wanted is None or t.name in wanted
-        ]
+        self._all: list[Component] = [t(settings, self.layout) for t in COMPONENT_TYPES if wanted is None or t.name in wanted]
+        self.components: list[Component] = [c for c in self._all if wanted is not None or c.default]
 
     def _pid_file(self, component: Component) -> PidFile:
         return PidFile(self.layout.pid_path(component.name))
@@ -187,9 +194,11 @@ class Stack:
         """Stop the parts this stack started (SIGTERM, SIGKILL after a timeout), last first."""
         wanted = set(only) if only is not None else None
         report = StackReport()
-        for component in reversed(self.components):
+        for component in reversed(self._all):
             if wanted is not None and component.name not in wanted:
                 continue
+            if component not in self.components and self._pid_file(component).read() is None:
+                continue  # an on-request part that was not started: nothing to report
             started = time.monotonic()
             pid_file = self._pid_file(component)
             record = pid_file.read()
@@ -206,7 +215,9 @@ class Stack:
     # --- status --------------------------------------------------------------------------
     def status(self) -> list[PartStatus]:
         statuses: list[PartStatus] = []
-        for component in self.components:
+        for component in self._all:
+            if component not in self.components and self._pid_file(component).live_record() is None:
+                continue  # an on-request part that is not running
             skip = component.skip_reason()
             if skip:
                 statuses.append(PartStatus(component.name, "skipped", component.ports, detail=skip))

@@ -41,9 +41,26 @@ def share_jar_cache(stack_dir: Path, version: str) -> None:
     target.symlink_to(shared, target_is_directory=True)
 
 
+def free_cluster_port() -> int:
+    """The first of 3 consecutive free ports whose cluster bus ports (+10000) are free too."""
+    for first in range(21000, 29000, 7):
+        try:
+            with socket.socket() as a, socket.socket() as b, socket.socket() as c:
+                for sock, port in ((a, first), (b, first + 1), (c, first + 2)):
+                    sock.bind(("127.0.0.1", port))
+            with socket.socket() as a, socket.socket() as b, socket.socket() as c:
+                for sock, port in ((a, first), (b, first + 1), (c, first + 2)):
+                    sock.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return first
+    raise AssertionError("no free ports for a Redis Cluster")
+
+
 def private_settings(stack_dir: Path) -> Settings:
     kafka, controller, redis, props, clickhouse = free_port(), free_port(), free_port(), free_port(), free_port()
     return Settings(
+        redis_cluster_port=free_cluster_port(),
         stack_dir=stack_dir,
         clickhouse_port=clickhouse,
         kafka_port=kafka,
@@ -132,6 +149,7 @@ def test_up_starts_every_part(private: Settings, capsys: pytest.CaptureFixture[s
     report = Stack(private).up()
     states = {p.name: p.state for p in report.parts}
     assert states["kafka"] == "started" and states["redis"] == "started" and states["clickhouse"] == "started"
+    assert "redis-cluster" not in states  # only when named
     assert states["propositions"] == "started"
     assert all(p.seconds > 0 for p in report.parts)
     assert kafka_answers(private.kafka_bootstrap)
@@ -157,6 +175,7 @@ def test_redis_answers(private: Settings) -> None:
     assert client.ping()
     client.set("stack-test", b"v")
     assert client.get("stack-test") == b"v"
+    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "volatile-ttl"}
     client.close()
 
 
@@ -254,6 +273,32 @@ def test_a_configured_clickhouse_is_used_instead_of_a_local_one(private: Setting
 
 
 @pytest.mark.integration
+def test_redis_cluster_starts_when_named_and_serves_the_redis_tier(private: Settings) -> None:
+    from stream_engine.cache.redis_tier import RedisTier
+    from stream_engine.models import Proposition
+    from stream_engine.stack.redis_cluster import cluster_ok
+
+    report = Stack(private, only=["redis-cluster"]).up()
+    assert report.by_name()["redis-cluster"].state == "started"
+    ports = [private.redis_cluster_port + i for i in range(3)]
+    assert all(cluster_ok(port) for port in ports)
+    assert "redis-cluster" in {p.name for p in Stack(private).status()}  # listed while it runs
+    url = report.by_name()["redis-cluster"].detail
+    assert url == "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+
+    async def roundtrip() -> dict[str, object]:
+        tier = RedisTier.from_settings(private.with_overrides(redis_url=url))
+        try:
+            assert await tier.check_eviction_policy() == "volatile-ttl"
+            await tier.put_many({f"k|{i}": [Proposition("a", 0.5)] for i in range(100)}, 0)
+            return {k: props for k, (props, _, _) in (await tier.get_many([f"k|{i}" for i in range(100)])).items()}
+        finally:
+            await tier.close()
+
+    assert len(run_coroutine(roundtrip)) == 100
+
+
+@pytest.mark.integration
 def test_chdb_answers_select_1(tmp_path: Path) -> None:
     # One chDB path per process: run it in a child so this test process stays clean.
     code = textwrap.dedent(
@@ -299,8 +344,9 @@ def test_down_leaves_nothing_behind(private: Settings, capsys: pytest.CaptureFix
     for record in records:
         assert process_start_time(record.pid) is None
         assert group_members(record.pid) == []
+    cluster = range(private.redis_cluster_port, private.redis_cluster_port + 3)  # stopped too, though on request only
     for port in (private.kafka_port, private.kafka_controller_port, private.redis_port, private.propositions_port,
-                 private.clickhouse_port):  # fmt: skip
+                 private.clickhouse_port, *cluster):  # fmt: skip
         assert not port_is_open(port)
     assert list((private.stack_dir / "run").glob("*.pid")) == []
     capsys.readouterr()

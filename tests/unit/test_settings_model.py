@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 
 from stream_engine._settings_model import Field, SettingsError, TypedSettings
-from stream_engine.settings import Settings, settings_table
+from stream_engine.settings import PROJECT_ROOT, Settings, settings_table
 
 
 class Demo(TypedSettings):
@@ -64,6 +64,15 @@ def test_immutable_comparable_and_described() -> None:
     assert s == Demo() and s != Demo(count=4) and hash(s) == hash(Demo())
     assert Demo.model_fields["count"].description == "a count" and Demo.model_fields["names"].make_default() == ["n"]
     assert s.model_dump()["weights"] == {"w": 1.0}
+
+
+def test_construct_takes_the_code_defaults_and_dump_can_give_json_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_COUNT", "7")
+    assert Demo().count == 7 and Demo.model_construct().count == 3 and Demo.model_construct(count=5).count == 5
+    dumped = Demo(path=Path("/var/y")).model_dump(mode="json")
+    assert dumped["path"] == "/var/y" and dumped["names"] == ["n"] and dumped["weights"] == {"w": 1.0}
+    assert Settings(api_token="s3cret").model_dump(mode="json")["api_token"] == "**********"
+    assert Settings.model_construct().model_dump(mode="json")["data_dir"] == str(PROJECT_ROOT / ".data")
 
 
 def test_an_unsupported_type_fails_where_it_is_declared() -> None:

@@ -485,9 +485,62 @@ def cache_section(r: Results) -> list[str]:
 LAYOUTS = ("buckets_16", "buckets_64", "buckets_256", "per_slot", "single_redis")
 
 
+def _drill_table(drills: BenchResult) -> str:
+    def key(row: dict[str, Any]) -> tuple[int, str, str]:
+        number = re.match(r"\d+", row["drill"])
+        return (int(number.group(0)) if number else 999, row["drill"], row["engine"])
+
+    rows = [[x["drill"], x["engine"], _num(x["published"]), _num(x["decisions"]), f"**{_num(x['missing'])}**",
+             _num(x["duplicates"]), "–" if x["clickhouse_rows"] is None else _num(x["clickhouse_rows"]),
+             "–" if x["recover_s"] is None else _num(x["recover_s"], 1)]
+            for x in sorted(drills.runs, key=key)]
+    return table(["drill", "engine", "published", "decisions", "missing", "duplicates", "ClickHouse rows", "recover s"], rows)
+
+
+def _drill_outcome(drills: BenchResult) -> str:
+    m = drills.metrics
+    return (f"scale {drills.params['scale']}: {_num(m['passed'])} tests passed, {_num(m['failed'])} failed, "
+            f"{_num(m['error'])} errors, {_num(m['skipped'])} skipped; {_num(m['test_seconds_total'])} s of test time")
+
+
+def noloss_section(r: Results) -> list[str]:
+    """Issue 11: the drills' accounting, and worker throughput before/after the no-loss changes."""
+    out = ["## No alert lost, no decision diverted (issue 11)", ""]
+    drills = r.get("drills")
+    if drills is None:
+        out += ["Drills: not run into a result file yet (`python -m benchmarks.drills`).", ""]
+    else:
+        from benchmarks.drills import test_seconds
+
+        out += [f"Drills (`tests/reliability`, {_drill_outcome(drills)}):", "", _drill_table(drills), "",
+                "Test durations:", "",
+                table(["test", "outcome", "s"], ([t, o, _num(sec, 1)] for t, o, sec in test_seconds(drills))), "",
+                *provenance_lines(drills)]
+    ba = r.get("noloss_throughput")
+    if ba is not None:
+        out += ["### Worker throughput before / after (`benchmarks/before_after.py`)", "",
+                f"Backlog {_num(ba.params['backlog'])} alerts, profile `{ba.params['profile']}`, "
+                f"{ba.params['rounds']} rounds, sides interleaved (order alternating per round). "
+                f"Before: `{', '.join(c[:10] for c in ba.params['commits']['before'])}`; "
+                f"after: `{', '.join(c[:10] for c in ba.params['commits']['after'])}`.", "",
+                table(["engine", "before alerts/s (median)", "after alerts/s (median)", "change", "before runs", "after runs"],
+                      ([e, _num(ba.metrics[f"{e}_before_msgs_per_s_median"]), _num(ba.metrics[f"{e}_after_msgs_per_s_median"]),
+                        _change(ba.metrics[f"{e}_before_msgs_per_s_median"], ba.metrics[f"{e}_after_msgs_per_s_median"]),
+                        ", ".join(_num(x["msgs_per_s"]) for x in ba.runs if x["engine"] == e and x["side"] == "before"),
+                        ", ".join(_num(x["msgs_per_s"]) for x in ba.runs if x["engine"] == e and x["side"] == "after")]
+                       for e in ba.params["engines"])), "",
+                *(f"- {note}" for note in ba.notes), "", *provenance_lines(ba)]
+    return out
+
+
+def _change(before: Any, after: Any) -> str:
+    ratio = _ratio(after, before)
+    return "–" if ratio is None else f"{(ratio - 1) * 100:+.0f} %"
+
+
 SECTIONS: tuple[Callable[[Results], list[str]], ...] = (
     header, service_section, throughput_section, latency_section, hitratio_section, memory_section, sink_section,
-    api_section, profile_section, cache_section,
+    api_section, profile_section, cache_section, noloss_section,
 )
 
 
@@ -669,6 +722,24 @@ def block_coherence(r: Results) -> str:
             f"({_source(after)}).\n")
 
 
+def block_drills(r: Results) -> str:
+    drills = r.get("drills")
+    if drills is None:
+        return "Drill accounting: not run into a result file yet (`python -m benchmarks.drills`).\n"
+    return (f"Last recorded run ({_drill_outcome(drills)}; {_source(drills)}):\n\n{_drill_table(drills)}\n")
+
+
+def block_noloss_throughput(r: Results) -> str:
+    ba = r.get("noloss_throughput")
+    if ba is None:
+        return f"Throughput before/after these changes: {PENDING}.\n"
+    parts = [f"{e} {_num(ba.metrics[f'{e}_before_msgs_per_s_median'])} → {_num(ba.metrics[f'{e}_after_msgs_per_s_median'])} "
+             f"alerts/s ({_change(ba.metrics[f'{e}_before_msgs_per_s_median'], ba.metrics[f'{e}_after_msgs_per_s_median'])})"
+             for e in ba.params["engines"]]
+    return (f"Throughput before → after these changes (medians of {ba.params['rounds']} interleaved runs per side, "
+            f"{_num(ba.params['backlog'])}-alert `{ba.params['profile']}` backlog): {'; '.join(parts)} ({_source(ba)}).\n")
+
+
 def block_redis_cluster_layout(r: Results) -> str:
     by_batch = {x.params["batch"]: x.metrics for name, x in r.items() if name.startswith("redis_cluster_layout_")}
     if not by_batch:
@@ -695,6 +766,8 @@ README_BLOCKS: dict[str, Callable[[Results], str]] = {
     "memory": block_memory,
     "coherence": block_coherence,
     "redis-cluster-layout": block_redis_cluster_layout,
+    "drills": block_drills,
+    "noloss-throughput": block_noloss_throughput,
 }
 
 

@@ -523,14 +523,20 @@ def noloss_section(r: Results) -> list[str]:
                 f"{ba.params['rounds']} rounds, sides interleaved (order alternating per round). "
                 f"Before: `{', '.join(c[:10] for c in ba.params['commits']['before'])}`; "
                 f"after: `{', '.join(c[:10] for c in ba.params['commits']['after'])}`.", "",
-                table(["engine", "before alerts/s (median)", "after alerts/s (median)", "change", "before runs", "after runs"],
+                table(["engine", "before alerts/s (median)", "after alerts/s (median)", "change", "before runs (1-min load at start)",
+                       "after runs"],
                       ([e, _num(ba.metrics[f"{e}_before_msgs_per_s_median"]), _num(ba.metrics[f"{e}_after_msgs_per_s_median"]),
                         _change(ba.metrics[f"{e}_before_msgs_per_s_median"], ba.metrics[f"{e}_after_msgs_per_s_median"]),
-                        ", ".join(_num(x["msgs_per_s"]) for x in ba.runs if x["engine"] == e and x["side"] == "before"),
-                        ", ".join(_num(x["msgs_per_s"]) for x in ba.runs if x["engine"] == e and x["side"] == "after")]
+                        ", ".join(_run_with_load(x) for x in ba.runs if x["engine"] == e and x["side"] == "before"),
+                        ", ".join(_run_with_load(x) for x in ba.runs if x["engine"] == e and x["side"] == "after")]
                        for e in ba.params["engines"])), "",
                 *(f"- {note}" for note in ba.notes), "", *provenance_lines(ba)]
     return out
+
+
+def _run_with_load(run: dict[str, Any]) -> str:
+    load = (run.get("loadavg_at_start") or [None])[0]
+    return f"{_num(run['msgs_per_s'])} (load {_num(load, 1)})"
 
 
 def _change(before: Any, after: Any) -> str:

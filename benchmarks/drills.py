@@ -64,7 +64,7 @@ def run(name: str, pytest_args: list[str]) -> BenchResult:
     return watch.finish(result, settings=Settings())
 
 
-def test_seconds(result: BenchResult) -> list[tuple[str, str, float]]:
+def durations_of(result: BenchResult) -> list[tuple[str, str, float]]:
     """(test, outcome, seconds) from the notes :func:`run` wrote."""
     found = []
     for note in result.notes:

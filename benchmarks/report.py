@@ -510,11 +510,11 @@ def noloss_section(r: Results) -> list[str]:
     if drills is None:
         out += ["Drills: not run into a result file yet (`python -m benchmarks.drills`).", ""]
     else:
-        from benchmarks.drills import test_seconds
+        from benchmarks.drills import durations_of
 
         out += [f"Drills (`tests/reliability`, {_drill_outcome(drills)}):", "", _drill_table(drills), "",
                 "Test durations:", "",
-                table(["test", "outcome", "s"], ([t, o, _num(sec, 1)] for t, o, sec in test_seconds(drills))), "",
+                table(["test", "outcome", "s"], ([t, o, _num(sec, 1)] for t, o, sec in durations_of(drills))), "",
                 *provenance_lines(drills)]
     ba = r.get("noloss_throughput")
     if ba is not None:

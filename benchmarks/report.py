@@ -516,9 +516,8 @@ def noloss_section(r: Results) -> list[str]:
                 "Test durations:", "",
                 table(["test", "outcome", "s"], ([t, o, _num(sec, 1)] for t, o, sec in durations_of(drills))), "",
                 *provenance_lines(drills)]
-    ba = r.get("noloss_throughput")
-    if ba is not None:
-        out += ["### Worker throughput before / after (`benchmarks/before_after.py`)", "",
+    for ba in noloss_throughput_runs(r):
+        out += [f"### Worker throughput before / after (`benchmarks/before_after.py`, `{ba.name}.json`)", "",
                 f"Backlog {_num(ba.params['backlog'])} alerts, profile `{ba.params['profile']}`, "
                 f"{ba.params['rounds']} rounds, sides interleaved (order alternating per round). "
                 f"Before: `{', '.join(c[:10] for c in ba.params['commits']['before'])}`; "
@@ -736,14 +735,24 @@ def block_drills(r: Results) -> str:
 
 
 def block_noloss_throughput(r: Results) -> str:
-    ba = r.get("noloss_throughput")
-    if ba is None:
+    runs = noloss_throughput_runs(r)
+    if not runs:
         return f"Throughput before/after these changes: {PENDING}.\n"
-    parts = [f"{e} {_num(ba.metrics[f'{e}_before_msgs_per_s_median'])} → {_num(ba.metrics[f'{e}_after_msgs_per_s_median'])} "
-             f"alerts/s ({_change(ba.metrics[f'{e}_before_msgs_per_s_median'], ba.metrics[f'{e}_after_msgs_per_s_median'])})"
-             for e in ba.params["engines"]]
-    return (f"Throughput before → after these changes (medians of {ba.params['rounds']} interleaved runs per side, "
-            f"{_num(ba.params['backlog'])}-alert `{ba.params['profile']}` backlog): {'; '.join(parts)} ({_source(ba)}).\n")
+    lines = []
+    for ba in runs:
+        parts = [f"{e} {_num(ba.metrics[f'{e}_before_msgs_per_s_median'])} → {_num(ba.metrics[f'{e}_after_msgs_per_s_median'])} "
+                 f"alerts/s ({_change(ba.metrics[f'{e}_before_msgs_per_s_median'], ba.metrics[f'{e}_after_msgs_per_s_median'])})"
+                 for e in ba.params["engines"]]
+        load = [x["loadavg_at_start"][0] for x in ba.runs if x.get("loadavg_at_start")]
+        lines.append(f"- Before → after (medians of {ba.params['rounds']} interleaved runs per side, "
+                     f"{_num(ba.params['backlog'])}-alert `{ba.params['profile']}` backlog, 1-min load "
+                     f"{_num(min(load), 1)}–{_num(max(load), 1)}): {'; '.join(parts)} ({_source(ba)}).")
+    return "\n".join(lines) + "\n"
+
+
+def noloss_throughput_runs(r: Results) -> list[BenchResult]:
+    """Every before/after run of the no-loss changes (``noloss_throughput``, ``noloss_throughput_2`` …)."""
+    return [r[name] for name in sorted(r) if name.startswith("noloss_throughput")]
 
 
 def block_redis_cluster_layout(r: Results) -> str:

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     topic_decisions: str = Field("decisions", description="Output topic.")
     topic_dlq: str = Field("alerts.dlq", description="Dead-letter topic for malformed alerts.")
     topic_updates: str = Field("proposition-updates", description="Cache invalidation topic.")
+    topic_outcomes: str = Field("outcomes", description="Operators' verdicts on decisions (learning from outcomes).")
 
     # --- worker ------------------------------------------------------------------------
     app_id: str = Field("stream-engine", description="Kafka consumer group of the workers (and their client id prefix).")
@@ -111,6 +112,28 @@ class Settings(BaseSettings):
     auto_thresholds: dict[str, float] = Field(
         default_factory=lambda: {"ci_failure": 0.75, "scam": 0.9},
         description="Per alert type overrides of auto_threshold.",
+    )
+
+    # --- learning from outcomes (README, "Learning from outcomes") ---------------------
+    outcome_learning: bool = Field(
+        True,
+        description="Learn from operators' verdicts on the outcomes topic: keep a record of every decision in Redis for "
+        "outcome_window_s, count verdicts per key and action, and adjust confidences with them. Off: none of that.",
+    )
+    outcome_prior_weight: float = Field(
+        10.0,
+        gt=0,
+        description="Weight of the service's confidence against operators' verdicts: the Beta prior counts as this many "
+        "verdicts, so a key's own verdicts outweigh the service once there are more of them.",
+    )
+    outcome_window_s: int = Field(
+        604_800,
+        ge=60,
+        description="How long a decision can be judged (its Redis record's TTL; also the counts' TTL since their last "
+        "verdict). Redis holds one record per decided alert: see the README for the bytes per alert.",
+    )
+    outcome_grace_s: float = Field(
+        5.0, ge=0, description="An outcome naming an alert id not found yet is looked up again once it is this old."
     )
 
     # --- ClickHouse sink ---------------------------------------------------------------

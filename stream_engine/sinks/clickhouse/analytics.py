@@ -7,6 +7,9 @@ The one dispatcher behind ``GET /api/v1/analytics/<name>?…`` (the worker's API
 ``interval``: one of ``queries.INTERVALS`` (default ``1m``). ``type``: an alert type.
 ``limit``: 1..10000 (``slowest``, default 20). ``exact``: ``true``/``false`` (``latency``).
 ``ids``: comma-separated and/or repeated (``logs``, at most 10000).
+``outcomes``: acceptance, auto precision and time to verdict per type and action (buckets of
+decision time). ``recent``: the latest decisions of ``modes`` (comma-separated, default
+``review,escalate``), ``limit`` of them (default 50), with their verdicts: the triage console.
 Anything else malformed raises :class:`BadParams`.
 """
 
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 Query = Callable[["Client"], Any]
-NAMES = ("latency", "cache", "modes", "slowest", "stages", "logs")
+NAMES = ("latency", "cache", "modes", "slowest", "stages", "logs", "outcomes", "recent")
 MAX_IDS = 10_000
 
 
@@ -53,6 +56,12 @@ def build_query(name: str, params: Mapping[str, str], now: datetime | None = Non
     if name == "slowest":
         limit = _int(params, "limit", 20, 1, 10_000)
         return lambda client: queries.slowest_alerts(client, start, end, limit, alert_type)
+    if name == "recent":
+        limit = _int(params, "limit", 50, 1, 10_000)
+        modes = [m for m in (params.get("modes") or "review,escalate").split(",") if m]
+        if not modes or any(m not in queries.MODES for m in modes):
+            raise BadParams(f"modes: comma-separated, each one of {', '.join(queries.MODES)}")
+        return lambda client: queries.recent_decisions(client, start, end, modes, limit, alert_type)
 
     interval = params.get("interval", "1m")
     try:
@@ -62,7 +71,8 @@ def build_query(name: str, params: Mapping[str, str], now: datetime | None = Non
     if name == "latency":
         exact = _bool(params, "exact", True)
         return lambda client: queries.latency_percentiles(client, start, end, interval, alert_type, exact=exact)
-    fn = {"cache": queries.cache_hit_ratio, "modes": queries.decisions_by_mode, "stages": queries.stage_latency}[name]
+    fn = {"cache": queries.cache_hit_ratio, "modes": queries.decisions_by_mode, "stages": queries.stage_latency,
+          "outcomes": queries.outcome_stats}[name]  # fmt: skip
     return lambda client: fn(client, start, end, interval, alert_type)
 
 

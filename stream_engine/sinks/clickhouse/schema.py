@@ -225,6 +225,41 @@ FROM $db.decision_audit
 """,
         ),
     ),
+    Migration(
+        5,
+        "outcomes: operators' verdicts on decisions",
+        (
+            """
+CREATE TABLE IF NOT EXISTS $db.outcomes
+(
+    alert_id        String,
+    outcome         LowCardinality(String),  -- accepted | rejected | false_positive | resolved
+    action          Nullable(String),        -- the action judged
+    action_given    UInt8,                   -- 1: the verdict named it; 0: the decision's action
+    actor           String,
+    note            String,
+    at              DateTime64(3, 'UTC'),    -- when the verdict was given
+    received_at     DateTime64(3, 'UTC'),    -- when the engine applied it
+    alert_type      LowCardinality(String),
+    key             String,
+    decision_mode   LowCardinality(String),
+    decision_action Nullable(String),
+    decided_at      DateTime64(3, 'UTC'),
+    worker          LowCardinality(String),
+    topic           LowCardinality(String),
+    partition       UInt16,
+    offset          UInt64,
+    INDEX idx_alert_id alert_id TYPE bloom_filter GRANULARITY 4
+)
+-- One row per verdict: a redelivered verdict collapses onto one row (exact reads use FINAL).
+ENGINE = ReplacingMergeTree(received_at)
+PARTITION BY toDate(decided_at)
+ORDER BY (alert_type, alert_id, outcome, ifNull(action, ''))
+TTL toDateTime(decided_at) + INTERVAL $ttl_days DAY
+SETTINGS $dedup
+""",
+        ),
+    ),
 )
 
 

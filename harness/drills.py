@@ -227,7 +227,8 @@ print(orjson.dumps([list(r) for r in rows], default=str).decode())
 
 
 def clickhouse_query(settings: Settings, sql: str, parameters: dict[str, Any] | None = None, timeout: float = 120.0) -> list[list[Any]]:
-    """Rows of ``sql`` on a *stopped* worker's embedded chDB (its lock is held while it runs)."""
+    """Rows of ``sql`` on the settings' ClickHouse, from another process (so a ``chdb://`` URL works too
+    once its worker stopped: the engine's directory lock is held while it runs)."""
     result = subprocess.run(
         [sys.executable, "-c", _QUERY, settings.effective_clickhouse_url, settings.clickhouse_database, sql,
          json.dumps(parameters or {})],

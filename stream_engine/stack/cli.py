@@ -8,7 +8,7 @@ from stream_engine.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    stack = subparsers.add_parser("stack", help="Local Kafka + Redis + proposition service (STACK_DIR).")
+    stack = subparsers.add_parser("stack", help="Local Kafka + Redis + ClickHouse + proposition service (STACK_DIR).")
     actions = stack.add_subparsers(dest="stack_command", required=True)
     for name, handler, text in (
         ("up", _up, "Start what is not running (idempotent); prints time per part."),
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "--only",
             action="append",
             metavar="PART",
-            help="kafka, redis, propositions, redis-cluster (repeatable; redis-cluster only when named)",
+            help="kafka, redis, clickhouse, propositions, redis-cluster (repeatable; redis-cluster only when named)",
         )
         parser.set_defaults(func=handler)
 

@@ -59,6 +59,10 @@ class Component(ABC):
         """Why this part cannot be run in this checkout (None = it can)."""
         return None
 
+    def elsewhere(self) -> str | None:
+        """A service the settings name in place of this part (then nothing is started), else None."""
+        return None
+
     def prepare(self) -> str:
         """Install / configure / initialise before starting; returns a short note for the report."""
         return ""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from stream_engine.settings import Settings
+from stream_engine.stack.clickhouse import ClickHouseComponent
 from stream_engine.stack.component import Component, StackError, StackLayout
 from stream_engine.stack.kafka import KafkaComponent
 from stream_engine.stack.process import (
@@ -27,7 +28,13 @@ from stream_engine.stack.propositions import PropositionsComponent
 from stream_engine.stack.redis import RedisComponent
 from stream_engine.stack.redis_cluster import RedisClusterComponent
 
-COMPONENT_TYPES: tuple[type[Component], ...] = (KafkaComponent, RedisComponent, PropositionsComponent, RedisClusterComponent)
+COMPONENT_TYPES: tuple[type[Component], ...] = (
+    KafkaComponent,
+    RedisComponent,
+    ClickHouseComponent,
+    PropositionsComponent,
+    RedisClusterComponent,
+)
 
 UpState = Literal["started", "reused", "external", "skipped", "failed"]
 DownState = Literal["stopped", "killed", "not running", "external", "skipped"]
@@ -133,6 +140,11 @@ class Stack:
         skip = component.skip_reason()
         if skip:
             return PartResult(component.name, "skipped", detail=skip)
+        elsewhere = component.elsewhere()
+        if elsewhere is not None:
+            if component.healthy():
+                return PartResult(component.name, "external", detail=f"using {elsewhere} (configured): nothing started")
+            raise StackError(f"{elsewhere} (configured) does not answer; nothing started in its place")
         pid_file = self._pid_file(component)
         record = pid_file.live_record()
         if record is not None:
@@ -210,10 +222,15 @@ class Stack:
             if skip:
                 statuses.append(PartStatus(component.name, "skipped", component.ports, detail=skip))
                 continue
+            elsewhere = component.elsewhere()
+            if elsewhere is not None:
+                health: Health = "external" if component.healthy() else "down"
+                statuses.append(PartStatus(component.name, health, component.ports, detail=f"configured: {elsewhere}"))
+                continue
             record = self._pid_file(component).live_record()
             healthy = component.healthy()
             if record is not None:
-                health: Health = "running" if healthy else "down"
+                health = "running" if healthy else "down"
                 detail = "" if healthy else "process alive but not answering"
                 statuses.append(PartStatus(component.name, health, component.ports, record.pid, detail))
             elif healthy:

@@ -153,11 +153,15 @@ async def test_every_benchmark_runs_at_a_tiny_size_and_the_report_renders(stack:
     sweep = next(x for x in hits.runs if "capacities" in x)
     assert len(sweep["lru"]) == len(sweep["capacities"])
 
-    mem = _well_formed(await memory.run(stack, step_alerts=200, steps=2, cached=20), "memory", out)
+    # named after the engine unless it is faust (the first results' names): aiokafka is the default
+    mem = _well_formed(await memory.run(stack, step_alerts=200, steps=2, cached=20, clickhouse="embedded"), "memory_aiokafka", out)
     assert [p["stage"] for p in mem.runs] == ["idle", "20_cached", "after_step_1", "after_step_2"]
     assert all(p["rss_mb"] > 0 for p in mem.runs) and mem.metrics["complete"]
-    mem_http = _well_formed(await memory.run(stack, step_alerts=200, steps=1, cached=20, clickhouse="http"), "memory_http", out)
+    before = tmp_path / "memory_http_before.json"
+    before.write_bytes(mem.to_json().replace(b'"clickhouse": "embedded"', b'"clickhouse": "http"'))
+    mem_http = _well_formed(await memory.run(stack, step_alerts=200, steps=1, cached=20, before=before), "memory_http_aiokafka", out)
     assert mem_http.metrics["complete"] and mem_http.metrics["clickhouse_process_rss_mb"] > 0
+    assert mem_http.metrics["before_rss_idle_mb"] == mem.metrics["rss_idle_mb"] and mem_http.params["before"]["runs"]
 
     sk = _well_formed(await sink.run(rows=2000, work_dir=tmp_path / "sink"), "sink", out)
     assert [(x["backend"], x["fsync"]) for x in sk.runs] == [("embedded", False), ("embedded", True), ("http", False), ("http", True)]
@@ -165,7 +169,10 @@ async def test_every_benchmark_runs_at_a_tiny_size_and_the_report_renders(stack:
 
     text = report.render(out, readmes=()).read_text()
     assert "nproc=" in text and "## Throughput" in text and "## Hit ratio" in text and "## The simulated proposition service" in text
-    assert "ClickHouse over HTTP (docker-compose)" in text and "## ClickHouse sink" in text
+    assert "## ClickHouse sink" in text
+    # The memory runs side by side: the earlier run a result carries (--before) gets a column of its own.
+    assert "ClickHouse over HTTP, aiokafka engine" in text and "ClickHouse embedded (chdb://), aiokafka engine" in text
+    assert "its earlier run (`params.before`)" in text and ", before: `" in text
     # Every section names its runs: file, command, commit.
     assert all(f"- `{name}.json`: `" in text for name in report.load_all(out)), text
     assert {p.name for p in out.glob("*.png")} >= {"throughput.png", "latency.png", "hitratio.png", "memory.png"}

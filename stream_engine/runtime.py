@@ -26,6 +26,8 @@ from stream_engine.validation import AlertDecoder
 
 if TYPE_CHECKING:
     from stream_engine.models import Alert, Decision, Envelope, StageTimes
+    from stream_engine.outcomes import Outcome, OutcomeBook, OutcomeLearning, OutcomeStore
+    from stream_engine.sinks.clickhouse.rows import OutcomeRow
     from stream_engine.propositions.updates import Invalidation, UpdatesListener
     from stream_engine.sinks import Sink
 
@@ -46,9 +48,19 @@ class Runtime:
         self.redis = RedisTier.from_settings(settings, coherence=coherence)
         self.invalidations = Invalidations(coherence, self.lru, self.redis, settings.redis_retry_after_s)
         self.client = PropositionClient.from_settings(settings)
-        self.triage = Triage(
-            KeyBuilder.from_settings(settings), self.lru, self.redis, self.client, DecisionPolicy.from_settings(settings)
-        )
+        policy = DecisionPolicy.from_settings(settings)
+        # Learning from outcomes (stream_engine.outcomes): the verdicts' evidence rides the cache
+        # tiers (book), every decision is recorded for the outcome window (store).
+        self.book: OutcomeBook | None = None
+        self.outcome_store: OutcomeStore | None = None
+        self.outcomes: OutcomeLearning | None = None
+        if settings.outcome_learning:
+            from stream_engine.outcomes import OutcomeBook, OutcomeStore
+
+            self.book = OutcomeBook(self.lru)
+            self.outcome_store = OutcomeStore(self.redis, settings.outcome_window_s)
+            policy.type_evidence = self.book.types
+        self.triage = Triage(KeyBuilder.from_settings(settings), self.lru, self.redis, self.client, policy, self.book)
         self._sink = sink
         self._listener: UpdatesListener | None = None
         self.pipeline: Pipeline | None = None
@@ -75,8 +87,16 @@ class Runtime:
             self.settings.kafka_bootstrap, self.settings.topic_updates, self.on_invalidation, resume=self.invalidations.resume
         )
         await self._listener.start()
-        self.decision_log = DecisionLog(self.sink, self.worker_name)
+        self.decision_log = DecisionLog(self.sink, self.worker_name, self.outcome_store)
         self.pipeline = Pipeline(self.decoder, self.triage, emitter, self.decision_log, self.settings.redact_fields)
+        if self.book is not None and self.outcome_store is not None:
+            from stream_engine.outcomes import OutcomeLearning
+
+            self.outcomes = OutcomeLearning(
+                self.settings, self.outcome_store, self.book, self.pipeline.dead_letter, self._write_outcome_rows,
+                self.monitor, self.worker_name,
+            )  # fmt: skip
+            await self.outcomes.start()
         self.started = True
         return self.pipeline
 
@@ -94,6 +114,8 @@ class Runtime:
     async def stop(self) -> None:
         """Close the parts (the engine drained its batches first)."""
         self.started = False
+        if self.outcomes is not None:
+            await self.outcomes.stop()
         if self._listener is not None:
             await self._listener.stop()
         await self.invalidations.stop()
@@ -137,14 +159,35 @@ class Runtime:
         await self.decision_log.write(envelopes, decisions, times, received_ns, API_STAGES)
 
     def parts_stats(self) -> dict[str, dict[str, Any]]:
-        """Counters of the LRU, Redis, the invalidations, the proposition client and (once started) the sink."""
+        """Counters of the LRU, Redis, the invalidations, the proposition client, (once started) the
+        sink and the outcomes (empty when learning from outcomes is off)."""
         return {
             "lru": self.lru.stats(),
             "redis": self.redis.stats(),
             "invalidations": self.invalidations.stats(),
             "service": self.client.stats(),
             "sink": self.sink.stats() if self.started else {},
+            "outcomes": self.outcomes.stats() if self.outcomes is not None else {},
         }
+
+    def decode_outcome(self, raw: bytes) -> Outcome:
+        """The outcomes topic's own decoding rules (raises ``InvalidAlert``; ``RuntimeError`` when
+        learning from outcomes is off)."""
+        return self._learning().decoder.decode(raw)
+
+    async def publish_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Onto the outcomes topic; returns once the broker acknowledged them all."""
+        await self._learning().publish(outcomes)
+
+    def _learning(self) -> OutcomeLearning:
+        if self.outcomes is None:
+            raise RuntimeError("learning from outcomes is off (STREAM_ENGINE_OUTCOME_LEARNING=false) or the worker is not started")
+        return self.outcomes
+
+    async def _write_outcome_rows(self, rows: Sequence[OutcomeRow], token: str) -> None:
+        from stream_engine.sinks.clickhouse.rows import insert_outcome_rows
+
+        await self.run_query(lambda client: insert_outcome_rows(client, list(rows), token))
 
     async def consumer_positions(self) -> Positions | None:
         """(topic, partition, high-watermark, position) per assigned partition; None without a consumer."""

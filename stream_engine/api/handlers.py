@@ -13,6 +13,13 @@ core, caches and proposition client — with two documented differences from the
   ``decisions`` topic: the caller receives them in the response.
 
 A list is all-or-nothing: one invalid alert rejects the request (400 with its ``index``).
+
+``POST /api/v1/outcomes`` (one outcome or a list; ``topics/schemas/outcome.schema.json``) checks
+each with the outcomes topic's own decoder and publishes them to ``outcomes`` keyed by alert id;
+``202 {"published": n}`` once the broker acknowledged them all. They are applied asynchronously,
+like any outcome on the topic: an unknown alert id is dead-lettered there (``unknown_alert``),
+not refused here (the decision's record may be a few ms from Redis when its verdict comes in).
+Same all-or-nothing rule as alerts.
 """
 
 from __future__ import annotations
@@ -97,6 +104,29 @@ class Handlers:
         log.debug("api decided %d alert(s)", len(decisions), extra={"batch_size": len(decisions)})
         return json_response({"decisions": decisions})
 
+    # --- POST /api/v1/outcomes --------------------------------------------------------------
+
+    async def outcomes(self, request: web.Request) -> web.Response:
+        runtime = self.runtime
+        body = await request.read()
+        if not runtime.started:
+            return error(503, "not_ready", "the worker is not started")
+        if runtime.outcomes is None:
+            return error(503, "not_enabled", "learning from outcomes is off on this worker (STREAM_ENGINE_OUTCOME_LEARNING)")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return error(400, "not_json", str(exc))
+        items = data if isinstance(data, list) else [data]
+        outcomes = []
+        for i, item in enumerate(items):
+            try:
+                outcomes.append(runtime.decode_outcome(orjson.dumps(item)))
+            except InvalidAlert as exc:
+                return error(400, exc.reason, exc.detail, index=i)
+        await runtime.publish_outcomes(outcomes)
+        return json_response({"published": len(outcomes), "topic": runtime.settings.topic_outcomes}, 202)
+
     # --- GET /api/v1/stats ------------------------------------------------------------------
 
     async def stats(self, request: web.Request) -> web.Response:
@@ -127,6 +157,7 @@ class Handlers:
             redis=redis,
             service=client,
             sink=sink,
+            outcomes=parts["outcomes"],
         )
         return json_response(snapshot)
 

@@ -51,6 +51,7 @@ def create_api_app(runtime: Runtime) -> web.Application:
 
     app = web.Application(client_max_size=runtime.settings.api_max_body_bytes, middlewares=[count_requests, *api_auth(runtime.settings)])
     app.router.add_post("/api/v1/alerts/process", handlers.process)
+    app.router.add_post("/api/v1/outcomes", handlers.outcomes)
     app.router.add_get("/api/v1/stats", handlers.stats)
     app.router.add_get("/api/v1/analytics/{name}", handlers.analytics)
     app.router.add_get("/healthz", handlers.healthz)

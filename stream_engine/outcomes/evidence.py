@@ -15,15 +15,17 @@ mean::
     p = (w·m + accepted) / (w + accepted + rejected + false_positive)
 
 where ``m`` is the prior centre. For a key with little evidence of its own, similar alerts
-share theirs: ``m`` is first moved by the verdicts on the *other* keys of the alert type for the
-same action (the type's counts less the key's own, so no verdict counts twice), at most as much
-as ``w`` verdicts would move it::
+share theirs: ``m`` is first moved towards the acceptance rate of the same action on the *other*
+keys of the alert type (the type's counts less the key's own, so no verdict counts twice), each
+of those verdicts weighing :data:`TYPE_DISCOUNT` times less than one on the key itself, and all
+of them together at most as much as ``w`` verdicts::
 
-    m = (w·c + s·accepted_o) / (w + s·judged_o),   s = min(1, w / judged_o)
+    m = (w·c + e·accepted_o / judged_o) / (w + e),   e = min(w, judged_o / TYPE_DISCOUNT)
 
-So with a lot of evidence on other keys, ``m`` is half way between ``c`` and their acceptance
-rate; a key's own verdicts then outweigh the prior as soon as there are more than ``w`` of them.
-With no verdicts at all, ``p = c``: the engine decides exactly as without outcomes.
+So one key's bad rule (10 rejections) only nudges its siblings (0.92 → 0.84 with ``w`` = 10),
+while an action operators reject on many keys (100+ verdicts) is pulled half way to their rate
+on every key of the type. A key's own verdicts then outweigh the prior as soon as there are more
+than ``w`` of them. With no verdicts at all, ``p = c``: the engine decides exactly as without outcomes.
 
 **Versions.** Every stored evidence carries ``n``, the number of outcomes applied to it: counts
 only grow, so of two readings of one key the one with the larger ``n`` is the newer.
@@ -39,6 +41,8 @@ import orjson
 
 OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "false_positive", "resolved")
 OUTCOME_INDEX: dict[str, int] = {name: i for i, name in enumerate(OUTCOMES)}
+# A verdict on another key of the alert type weighs this many times less than one on the key.
+TYPE_DISCOUNT = 10.0
 
 
 class Counts(NamedTuple):
@@ -101,11 +105,12 @@ class Evidence:
 
 def prior_centre(confidence: float, others: Counts | None, weight: float) -> float:
     """The Beta prior's centre for an action: the service's confidence, moved by the verdicts on
-    the other keys of the alert type by at most ``weight`` verdicts' worth."""
+    the other keys of the alert type (each worth 1/TYPE_DISCOUNT of the key's own, at most
+    ``weight`` verdicts' worth in all)."""
     if others is None or not others.judged:
         return confidence
-    share = min(1.0, weight / others.judged)
-    return (weight * confidence + share * others.accepted) / (weight + share * others.judged)
+    worth = min(weight, others.judged / TYPE_DISCOUNT)
+    return (weight * confidence + worth * others.accepted / others.judged) / (weight + worth)
 
 
 def adjusted_confidence(confidence: float, own: Counts | None, others: Counts | None, weight: float) -> float:

@@ -27,9 +27,9 @@ from stream_engine.validation import AlertDecoder
 if TYPE_CHECKING:
     from stream_engine.models import Alert, Decision, Envelope, StageTimes
     from stream_engine.outcomes import Outcome, OutcomeBook, OutcomeLearning, OutcomeStore
-    from stream_engine.sinks.clickhouse.rows import OutcomeRow
     from stream_engine.propositions.updates import Invalidation, UpdatesListener
     from stream_engine.sinks import Sink
+    from stream_engine.sinks.clickhouse.rows import OutcomeRow
 
 log = logging.getLogger(__name__)
 

@@ -68,7 +68,7 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024  # as the engines' producer: a dead letter c
 @dataclass(slots=True)
 class LearningCounters:
     processed: int = 0  # verdicts the group applied (committed)
-    counted: int = 0  # ... of which were new (not a repeat of one counted before)
+    counted: int = 0  # verdicts this worker (group member or listener) counted first: the others found them counted
     listened: int = 0  # verdicts this worker's listener applied
     dead_lettered: int = 0
     rows_written: int = 0
@@ -198,7 +198,6 @@ class OutcomeLearning:
     async def _apply_as_group(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         handled = await self._handle(records, listener=False)
         self.counters.processed += len(handled.verdicts)
-        self.counters.counted += sum(handled.applied.new)
         if handled.dead:
             await self._until_done("dead letters", lambda: self._send_dead(handled.dead))
             self.counters.dead_lettered += len(handled.dead)
@@ -315,6 +314,7 @@ class OutcomeLearning:
             if action is not None:  # an escalation without propositions names no action: nothing to count
                 verdicts.append(Verdict(outcome.alert_id, action, outcome.outcome, record.key))
         applied = await self._until_done("counting", lambda: self.store.apply(verdicts))
+        self.counters.counted += sum(applied.new)
         for key, evidence in applied.keys.items():
             self.book.saw_key(key, evidence)
         for part, evidence in applied.types.items():

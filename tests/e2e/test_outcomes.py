@@ -227,6 +227,9 @@ async def test_records_and_counts_survive_a_restart_and_verdicts_published_meanw
         async with Tail(s.kafka_bootstrap, s.topic_decisions) as tail:
             after = await decide(s, alerts_of("acme/restart", "s", 3), tail)
         wait_until(lambda: clickhouse_query(s, "SELECT count() FROM outcomes FINAL")[0][0] == 10, 60, "10 rows", worker)
+        analytics = httpx.get(f"{url}/api/v1/analytics/outcomes", params={"interval": "1d"}, timeout=30).json()["rows"]
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
     assert_demoted(after, rejected=10)
+    (retry,) = [r for r in analytics if r["action"] == ACTION]
+    assert (retry["decisions"], retry["auto"], retry["rejected"], retry["auto_judged"], retry["auto_precision"]) == (13, 10, 10, 10, 0.0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 API_PARTITION = 65535
 API_OFFSET = 0
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONSOLE_HTML = (Path(__file__).with_name("console.html")).read_bytes()
+# Only this worker: the page loads nothing from elsewhere and sends the token nowhere else.
+CONSOLE_CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:"
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -126,6 +130,14 @@ class Handlers:
                 return error(400, exc.reason, exc.detail, index=i)
         await runtime.publish_outcomes(outcomes)
         return json_response({"published": len(outcomes), "topic": runtime.settings.topic_outcomes}, 202)
+
+    # --- GET /console ------------------------------------------------------------------------
+
+    async def console(self, request: web.Request) -> web.Response:
+        """The triage console: a static page (no data in it, so open like /healthz); it reads and
+        posts through /api/v1/* with the API token."""
+        return web.Response(body=CONSOLE_HTML, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store", "Content-Security-Policy": CONSOLE_CSP})  # fmt: skip
 
     # --- GET /api/v1/stats ------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ def create_api_app(runtime: Runtime) -> web.Application:
     app.router.add_post("/api/v1/outcomes", handlers.outcomes)
     app.router.add_get("/api/v1/stats", handlers.stats)
     app.router.add_get("/api/v1/analytics/{name}", handlers.analytics)
+    app.router.add_get("/console", handlers.console)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics)
     return app

@@ -20,8 +20,8 @@ partition therefore decides that key with a verdict from the moment its listener
 
 A verdict published within ``outcome_grace_s`` of its decision may arrive before the decision's
 record is in Redis (it is written beside the batch's ClickHouse rows, after the decisions are
-acknowledged): an unknown alert id is looked up again once its message is that old, and only
-then dead-lettered ``unknown_alert``. Redis outages are waited out (retried every
+acknowledged): an unknown alert id is looked up again (after 50 ms, 100 ms, … up to 1 s apart)
+until its message is that old, and only then dead-lettered ``unknown_alert``. Redis outages are waited out (retried every
 ``redis_retry_after_s``): a verdict is never dropped for one, nor dead-lettered.
 """
 
@@ -293,12 +293,17 @@ class OutcomeLearning:
                     dead.append(self.dead_letter(message, exc.reason, exc.detail, received_at))
         found = await self._until_done("lookup", lambda: self.store.resolve(o.alert_id for _, o, _ in decoded))
         unknown = [(m, o, ts) for m, o, ts in decoded if o.alert_id not in found]
-        if unknown:
-            # A verdict may overtake its decision's record by a few ms: look again once it is old enough.
+        delay = 0.05
+        while unknown:
+            # A verdict may overtake its decision's record by a few ms: look again, sooner first,
+            # until the youngest of them is outcome_grace_s old.
             wait = max(ts for _, _, ts in unknown) + self.grace_s - time.time()
-            if wait > 0:
-                await asyncio.sleep(min(wait, self.grace_s))
-                found.update(await self._until_done("lookup", lambda: self.store.resolve(o.alert_id for _, o, _ in unknown)))
+            if wait <= 0:
+                break
+            await asyncio.sleep(min(wait, delay))
+            delay = min(delay * 2, 1.0)
+            found.update(await self._until_done("lookup", lambda: self.store.resolve(o.alert_id for _, o, _ in unknown)))
+            unknown = [(m, o, ts) for m, o, ts in unknown if o.alert_id not in found]
         outcomes: list[tuple[RawMessage, Outcome, DecisionRecord, float]] = []
         verdicts: list[Verdict] = []
         window_days = self.settings.outcome_window_s / 86400

@@ -687,7 +687,24 @@ def block_redis_cluster_layout(r: Results) -> str:
             f"the time of 16 at {_num(max(by_batch))} keys ({sources}).\n")
 
 
+def block_outcomes(r: Results) -> str:
+    result = r.get("outcomes_cost")
+    if result is None:
+        return f"What learning from outcomes costs the hot path: {PENDING}.\n"
+    m = result.metrics
+    parts = []
+    for path, label in (("lru", "warm LRU"), ("redis", "LRU cleared every 10 batches")):
+        off, on, ev = m[path]["off"], m[path]["on"], m[path]["on_evidence"]
+        parts.append(f"{label}: {_num(off['cpu_us_per_alert'], 1)} µs of CPU per alert off, {_num(on['cpu_us_per_alert'], 1)} µs on "
+                     f"({on['cpu_change_pct']:+.1f}%), {_num(ev['cpu_us_per_alert'], 1)} µs with verdicts on every key "
+                     f"({ev['cpu_change_pct']:+.1f}%)")
+    return (f"In-process, triage core plus the decision records (`benchmarks/outcomes_cost.py`, medians of "
+            f"{result.params['rounds']} alternated rounds): {'; '.join(parts)}. One decision record holds "
+            f"{_num(m['record_bytes'])} bytes of Redis ({_source(result)}).\n")
+
+
 README_BLOCKS: dict[str, Callable[[Results], str]] = {
+    "outcomes": block_outcomes,
     "performance": block_performance,
     "service-shape": block_service_shape,
     "engines": block_engines,

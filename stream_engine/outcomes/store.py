@@ -157,8 +157,9 @@ class OutcomeStore:
         bucket_of = self.tier.bucket_of
         dumps = orjson.dumps
         for d in decisions:
-            names, values = groups.setdefault(bucket_of(d.alert_id), ([], []))
-            names.append(f"{bucket_of(d.alert_id)}:a:{d.alert_id}")
+            bucket = bucket_of(d.alert_id)
+            names, values = groups.setdefault(bucket, ([], []))
+            names.append(f"{bucket}:a:{d.alert_id}")
             values.append(dumps((d.key, d.alert_type, d.action, d.mode, int(d.decided_at * 1000))))
         calls = [(self._record, names, [self.window_ms, *values]) for names, values in groups.values()]
         try:

@@ -485,9 +485,27 @@ def cache_section(r: Results) -> list[str]:
 LAYOUTS = ("buckets_16", "buckets_64", "buckets_256", "per_slot", "single_redis")
 
 
+def outcomes_section(r: Results) -> list[str]:
+    """Issue 15: what learning from outcomes costs the hot path."""
+    out = ["## Learning from outcomes: the hot path's cost (issue 15)", ""]
+    result = r.get("outcomes_cost")
+    if result is None:
+        return out + ["Not measured yet (`python -m benchmarks.outcomes_cost`).", ""]
+    rows = []
+    for path in ("lru", "redis"):
+        for side in ("off", "on", "on_evidence"):
+            m = result.metrics[path][side]
+            rows.append([path, side, _num(m["cpu_us_per_alert"], 2), _num(m["wall_us_per_alert"], 2),
+                         f"{m['cpu_change_pct']:+.1f}%" if "cpu_change_pct" in m else "–",
+                         f"{m['wall_change_pct']:+.1f}%" if "wall_change_pct" in m else "–"])  # fmt: skip
+    out += [result.params["what"], "", table(["path", "learning", "CPU µs/alert", "wall µs/alert", "CPU change", "wall change"], rows), ""]
+    out += [f"One decision record: {_num(result.metrics['record_bytes'])} bytes of Redis (`MEMORY USAGE`).", ""]
+    return out + provenance_lines(result)
+
+
 SECTIONS: tuple[Callable[[Results], list[str]], ...] = (
     header, service_section, throughput_section, latency_section, hitratio_section, memory_section, sink_section,
-    api_section, profile_section, cache_section,
+    api_section, profile_section, cache_section, outcomes_section,
 )
 
 

@@ -196,9 +196,10 @@ async def test_two_workers_each_see_verdicts_on_the_keys_they_own_whoever_applie
             total = sum(stats(u)["outcomes"]["processed"] for u in urls)
             assert total >= len(first)  # the group applied each one (at least) once, split between the workers
             after = await decide(s, [x for r in repos for x in alerts_of(r, f"n-{r}", 3)], tail)
-        workers = clickhouse_query(
-            s, "SELECT DISTINCT worker FROM proposition_log WHERE alert_id IN {ids:Array(String)}", {"ids": list(after)}
-        )
+        sql = "SELECT DISTINCT worker FROM proposition_log FINAL WHERE alert_id IN {ids:Array(String)}"
+        count = "SELECT count() FROM proposition_log FINAL WHERE alert_id IN {ids:Array(String)}"
+        wait_until(lambda: clickhouse_query(s, count, {"ids": list(after)})[0][0] == len(after), 60, "their rows", a)
+        workers = clickhouse_query(s, sql, {"ids": list(after)})
     finally:
         for proc in (a, b):
             assert proc.stop() == 0, proc.log()[-3000:]
@@ -227,6 +228,7 @@ async def test_records_and_counts_survive_a_restart_and_verdicts_published_meanw
         async with Tail(s.kafka_bootstrap, s.topic_decisions) as tail:
             after = await decide(s, alerts_of("acme/restart", "s", 3), tail)
         wait_until(lambda: clickhouse_query(s, "SELECT count() FROM outcomes FINAL")[0][0] == 10, 60, "10 rows", worker)
+        wait_until(lambda: clickhouse_query(s, "SELECT count() FROM proposition_log FINAL")[0][0] == 13, 60, "13 decisions", worker)
         analytics = httpx.get(f"{url}/api/v1/analytics/outcomes", params={"interval": "1d"}, timeout=30).json()["rows"]
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]

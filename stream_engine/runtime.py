@@ -2,6 +2,12 @@
 
 The engines (:mod:`stream_engine.engines`) start it and feed it; the worker's HTTP API asks it
 through the narrow methods at the end of :class:`Runtime` and reads nothing else of it.
+
+The API decides through a Triage of its own (README, Security): the same keys, policy and LRU
+(its own pseudo-partition there), but its own proposition client — pool and circuit breaker — and
+a read-only view of Redis. So API calls cannot open the stream's breaker, take the stream's
+connections, join the stream's in-flight fetches, or make what a caller sent the cached answer
+for the stream's alerts of that key.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier
 from stream_engine.keys import KeyBuilder
 from stream_engine.models import API_STAGES
-from stream_engine.monitor import Monitor, Positions, PositionsProbe
+from stream_engine.monitor import AlertTypes, Monitor, Positions, PositionsProbe
 from stream_engine.pipeline import DecisionLog, Emitter, Pipeline, Triage
 from stream_engine.policy import DecisionPolicy
 from stream_engine.propositions.client import PropositionClient
@@ -36,6 +42,24 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class ReadOnlyTier:
+    """The shared Redis tier as the HTTP API's Triage sees it: every read, no write.
+
+    A proposition key (a fingerprint, or a few key fields) does not cover the whole alert the
+    service ranks, so whichever alert fills the cache for a key decides the answer every later
+    alert of that key gets. The stream's publishers may fill it; an API caller may not.
+    """
+
+    def __init__(self, tier: RedisTier) -> None:
+        self._tier = tier
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tier, name)
+
+    async def put_many(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class Runtime:
     def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
         self.settings = settings
@@ -44,14 +68,15 @@ class Runtime:
         self.lru = PartitionedLRU(settings.lru_size, settings.lru_ttl_s)
         self.redis = RedisTier.from_settings(settings)
         self.client = PropositionClient.from_settings(settings)
-        self.triage = Triage(
-            KeyBuilder.from_settings(settings), self.lru, self.redis, self.client, DecisionPolicy.from_settings(settings)
-        )
+        self.api_client = PropositionClient.from_settings(settings, pool_size=settings.api_service_pool_size)
+        keys, policy = KeyBuilder.from_settings(settings), DecisionPolicy.from_settings(settings)
+        self.triage = Triage(keys, self.lru, self.redis, self.client, policy)
+        self._api_triage = Triage(keys, self.lru, ReadOnlyTier(self.redis), self.api_client, policy)
         self._sink = sink
         self._listener: UpdatesListener | None = None
         self.pipeline: Pipeline | None = None
         self.decision_log: DecisionLog | None = None
-        self.monitor = Monitor()
+        self.monitor = Monitor(AlertTypes.from_settings(settings))
         self.consumer_offsets: PositionsProbe | None = None  # set by the engine that consumes
         self.started = False
         self._announced = False
@@ -92,6 +117,7 @@ class Runtime:
         if self._listener is not None:
             await self._listener.stop()
         await self.client.close()
+        await self.api_client.close()
         await self.redis.close()
         if self._sink is not None:
             await self._sink.stop()
@@ -135,8 +161,8 @@ class Runtime:
         return self.triage.envelope(alert, partition, offset, received_ns)
 
     async def decide(self, envelopes: Sequence[Envelope], times: StageTimes) -> list[Decision]:
-        """Through the stream's cache tiers and proposition client."""
-        return await self.triage.decide(envelopes, times)
+        """Through the API's own Triage: reads the shared caches, its own client and breaker."""
+        return await self._api_triage.decide(envelopes, times)
 
     async def log_api_decisions(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision], times: StageTimes) -> None:
         """Into the stream's decision log with the API's stages, stamped with the envelopes' receipt time
@@ -147,11 +173,12 @@ class Runtime:
         await self.decision_log.write(envelopes, decisions, times, received_ns, API_STAGES)
 
     def parts_stats(self) -> dict[str, dict[str, Any]]:
-        """Counters of the LRU, Redis, the proposition client and (once started) the sink."""
+        """Counters of the LRU, Redis, the proposition clients (stream, API) and (once started) the sink."""
         return {
             "lru": self.lru.stats(),
             "redis": self.redis.stats(),
             "service": self.client.stats(),
+            "api_service": self.api_client.stats(),
             "sink": self.sink.stats() if self.started else {},
         }
 

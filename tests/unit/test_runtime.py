@@ -31,8 +31,7 @@ async def test_ready_needs_start_and_an_assignment_and_is_logged_once(tmp_path: 
         rt.announce_ready()  # a later rebalance
         assert len(ready_lines()) == 1 and ready_lines()[0].partitions == [2]  # type: ignore[attr-defined]
     finally:
-        await rt.client.close()
-        await rt.redis.close()
+        await rt.stop()
 
 
 def test_the_helpers_ready_pattern_matches_our_line_and_not_fausts() -> None:
@@ -55,11 +54,10 @@ async def test_what_the_api_asks_without_a_consumer_or_clickhouse(tmp_path: Path
         assert rt.health() == "waiting for a partition assignment"
         rt.monitor.partitions_assigned([])
         assert rt.health() is None and await rt.consumer_positions() == []
-        assert set(rt.parts_stats()) == {"lru", "redis", "service", "sink"}
+        assert set(rt.parts_stats()) == {"lru", "redis", "service", "api_service", "sink"}
         with pytest.raises(NotImplementedError):
             await rt.run_query(lambda client: None)
         with pytest.raises(RuntimeError):  # no decision log before start()
             await rt.log_api_decisions([], [], None)  # type: ignore[arg-type]
     finally:
-        await rt.client.close()
-        await rt.redis.close()
+        await rt.stop()

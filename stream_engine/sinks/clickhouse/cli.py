@@ -76,7 +76,7 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 def _run_query(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
-    from stream_engine.sinks.clickhouse.analytics import build_query
+    from stream_engine.sinks.clickhouse.analytics import QueryLimits, build_query
     from stream_engine.sinks.clickhouse.client import connect
 
     # The API's parameters, from the flags; checked before connecting.
@@ -84,7 +84,7 @@ def _run_query(args: argparse.Namespace, settings: Settings) -> int:
         "from": args.start, "to": args.end, "interval": args.interval, "type": args.alert_type, "ids": args.ids,
         "limit": str(args.limit), "exact": "false" if args.approx else "true",
     }  # fmt: skip
-    query = build_query(args.name, {k: v for k, v in params.items() if v is not None})
+    query = build_query(args.name, {k: v for k, v in params.items() if v is not None}, QueryLimits.from_settings(settings))
     result = query(connect(settings.effective_clickhouse_url, settings.clickhouse_database))
     rows: list[dict[str, Any]] = list(result.values()) if isinstance(result, dict) else result
     if args.json:

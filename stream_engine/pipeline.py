@@ -193,16 +193,17 @@ class DecisionLog:
         times: StageTimes,
         received_ns: int,
         stages: Sequence[str],
+        origin: str = "stream",
     ) -> None:
-        """``envelopes`` aligned with ``decisions``; sets ``times.sink``."""
+        """``envelopes`` aligned with ``decisions``; sets ``times.sink``. ``origin``: stream | api."""
         t0 = time.perf_counter_ns()
-        await self.sink.write(self.rows(envelopes, decisions), self.metrics(times, decisions, received_ns, stages))
+        await self.sink.write(self.rows(envelopes, decisions, origin), self.metrics(times, decisions, received_ns, stages))
         times.sink = time.perf_counter_ns() - t0
 
-    def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision]) -> list[LogRow]:
+    def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision], origin: str = "stream") -> list[LogRow]:
         n = len(decisions)
         worker = self.worker_name
-        return [log_row(d, env, env.alert.severity, env.alert.source, n, worker) for d, env in zip(decisions, envelopes)]
+        return [log_row(d, env, env.alert.severity, env.alert.source, n, worker, origin) for d, env in zip(decisions, envelopes)]
 
     def metrics(
         self, times: StageTimes, decisions: Sequence[Decision], received_ns: int, stages: Sequence[str]

@@ -26,7 +26,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from harness.chdb_http_double import RunningDouble, start_double
 from stream_engine.sinks.clickhouse import queries
 from stream_engine.sinks.clickhouse.client import connect
-from stream_engine.sinks.clickhouse.schema import migrate
+from stream_engine.sinks.clickhouse.schema import MIGRATIONS, migrate
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
 from tests.integration.clickhouse_data import make_metrics, make_rows, unique_database
 
@@ -152,12 +152,12 @@ def test_migrate_applies_then_nothing(http_url: str) -> None:
     name = unique_database("mig")
     admin = connect(http_url, None)
     try:
-        assert migrate(admin, name, ttl_days=30) == [1, 2, 3]
+        assert migrate(admin, name, ttl_days=30) == [m.version for m in MIGRATIONS]
         assert migrate(admin, name, ttl_days=30) == []
         tables = {r[0] for r in admin.query(f"SELECT name FROM system.tables WHERE database = '{name}'").result_rows}
         assert tables == {"schema_migrations", "proposition_log", "latency_metrics", "proposition_minute", "proposition_minute_mv"}
         versions = admin.query(f"SELECT version, name FROM {name}.schema_migrations ORDER BY version").result_rows
-        assert versions == [(1, "proposition_log"), (2, "latency_metrics"), (3, "proposition_minute rollup")]
+        assert versions == [(m.version, m.name) for m in MIGRATIONS]
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {name}")
 
@@ -317,6 +317,6 @@ def _arrow(rows: list[Any]) -> Any:
     ms = pa.timestamp("ms", tz="UTC")
     types = (pa.string(), pa.string(), pa.string(), pa.string(), pa.string(), ms, ms, pa.string(), pa.string(),
              pa.float32(), pa.string(), pa.float32(), pa.uint32(), pa.uint16(), pa.uint64(), pa.string(),
-             pa.string(), pa.string(), pa.string())  # fmt: skip
+             pa.string(), pa.string(), pa.string(), pa.string())  # fmt: skip
     cols = list(zip(*rows, strict=True))
     return pa.table([pa.array(c, t) for c, t in zip(cols, types, strict=True)], names=list(LOG_COLUMNS))

@@ -17,7 +17,7 @@ def test_migrate_twice_is_idempotent(ch_url: str) -> None:
         assert migrate(admin, database, ttl_days=7) == []
         client = connect(ch_url, database)
         versions = client.query("SELECT version FROM schema_migrations ORDER BY version").result_rows
-        assert [v for (v,) in versions] == [1, 2, 3]  # recorded once each
+        assert [v for (v,) in versions] == [m.version for m in MIGRATIONS]  # recorded once each
         tables = {
             name: (engine, ddl)
             for name, engine, ddl in client.query(
@@ -28,7 +28,7 @@ def test_migrate_twice_is_idempotent(ch_url: str) -> None:
         assert tables["proposition_log"][0] == "ReplacingMergeTree"
         assert "toIntervalDay(7)" in tables["proposition_log"][1]
         assert "idx_alert_id" in tables["proposition_log"][1]
-        assert "ORDER BY (alert_type, alert_id)" in tables["proposition_log"][1]
+        assert "ORDER BY (alert_type, alert_id, origin)" in tables["proposition_log"][1]
         assert tables["latency_metrics"][0] == "ReplacingMergeTree"
         assert tables["proposition_minute"][0] == "AggregatingMergeTree"
         assert tables["proposition_minute_mv"][0] == "MaterializedView"
@@ -50,7 +50,7 @@ def test_cli_migrate_and_info(ch_url: str, capsys: pytest.CaptureFixture[str]) -
     database = unique_database("cli")
     try:
         assert main(["--clickhouse-url", ch_url, "--clickhouse-database", database, "clickhouse", "migrate"]) == 0
-        assert "applied migrations [1, 2, 3]" in capsys.readouterr().out
+        assert f"applied migrations {[m.version for m in MIGRATIONS]}" in capsys.readouterr().out
         assert main(["--clickhouse-url", ch_url, "--clickhouse-database", database, "clickhouse", "migrate"]) == 0
         assert "schema up to date" in capsys.readouterr().out
         assert main(["--clickhouse-url", ch_url, "--clickhouse-database", database, "clickhouse", "info"]) == 0

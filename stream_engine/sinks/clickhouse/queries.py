@@ -129,12 +129,13 @@ def decisions_by_mode(
 
 LOG_FIELDS = (
     "alert_id, alert_type, key, severity, source, received_at, decided_at, mode, action, confidence, "
-    "cache_tier, latency_ms, batch_size, partition, offset, worker, propositions, reason, engine_version"
+    "cache_tier, latency_ms, batch_size, partition, offset, worker, propositions, reason, engine_version, origin"
 )
 
 
 def get_proposition_logs_batch(client: Client, alert_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The latest logged decision of each id asked for (absent ids are absent), in ONE query."""
+    """The logged decision of each id asked for (absent ids are absent), in ONE query: the
+    stream's latest one, or the HTTP API's latest for an id the stream never logged."""
     if not alert_ids:
         return {}
     # LIMIT 1 BY keeps one row per id even across partitions and before merges; the bloom filter
@@ -142,7 +143,7 @@ def get_proposition_logs_batch(client: Client, alert_ids: list[str]) -> dict[str
     sql = f"""
         SELECT {LOG_FIELDS} FROM proposition_log
         WHERE alert_id IN {{ids:Array(String)}}
-        ORDER BY alert_id, decided_at DESC LIMIT 1 BY alert_id"""
+        ORDER BY alert_id, origin = 'api', decided_at DESC LIMIT 1 BY alert_id"""
     rows = _dicts(client, sql, {"ids": list(alert_ids)})
     out: dict[str, dict[str, Any]] = {}
     for row in rows:

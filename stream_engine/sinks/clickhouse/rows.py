@@ -15,7 +15,11 @@ from stream_engine.models import Decision, Envelope
 
 
 class LogRow(NamedTuple):
-    """One decision = one row of ``proposition_log``."""
+    """One decision = one row of ``proposition_log``.
+
+    ``origin`` says who asked: ``stream`` (consumed from Kafka) or ``api`` (the worker's HTTP API).
+    It is part of the row's identity, so an API decision never replaces a stream-logged row.
+    """
 
     alert_id: str
     alert_type: str
@@ -36,6 +40,7 @@ class LogRow(NamedTuple):
     propositions: str  # JSON array of {action, confidence, rationale}
     reason: str | None
     engine_version: str
+    origin: str = "stream"  # stream | api
 
 
 class MetricRow(NamedTuple):
@@ -58,7 +63,7 @@ class MetricRow(NamedTuple):
 LOG_COLUMNS: tuple[str, ...] = (
     "alert_id", "alert_type", "key", "severity", "source", "received_at", "decided_at", "mode", "action",
     "confidence", "cache_tier", "latency_ms", "batch_size", "partition", "offset", "worker", "propositions",
-    "reason", "engine_version",
+    "reason", "engine_version", "origin",
 )  # fmt: skip
 METRIC_COLUMNS: tuple[str, ...] = ("ts", "stage", "alert_type", "worker", "count", "sum_ms", "max_ms")
 # The tables' column types (schema.py), so an insert needs no DESCRIBE round trip first;
@@ -67,7 +72,7 @@ LOG_TYPES: tuple[str, ...] = (
     "String", "LowCardinality(String)", "String", "LowCardinality(String)", "LowCardinality(String)",
     "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')", "LowCardinality(String)", "Nullable(String)",
     "Nullable(Float32)", "LowCardinality(String)", "Float32", "UInt32", "UInt16", "UInt64",
-    "LowCardinality(String)", "String", "Nullable(String)", "LowCardinality(String)",
+    "LowCardinality(String)", "String", "Nullable(String)", "LowCardinality(String)", "LowCardinality(String)",
 )  # fmt: skip
 METRIC_TYPES: tuple[str, ...] = (
     "DateTime64(6, 'UTC')", "LowCardinality(String)", "LowCardinality(String)", "LowCardinality(String)",
@@ -76,7 +81,7 @@ METRIC_TYPES: tuple[str, ...] = (
 
 
 def log_row(
-    decision: Decision, envelope: Envelope, severity: str, source: str, batch_size: int, worker: str
+    decision: Decision, envelope: Envelope, severity: str, source: str, batch_size: int, worker: str, origin: str = "stream"
 ) -> LogRow:
     return LogRow(
         decision.alert_id,
@@ -98,6 +103,7 @@ def log_row(
         orjson.dumps(decision.propositions).decode(),
         decision.reason,
         decision.engine_version,
+        origin,
     )
 
 

@@ -140,6 +140,20 @@ GROUP BY alert_type, minute
 """,
         ),
     ),
+    Migration(
+        4,
+        "proposition_log origin in the row identity",
+        (
+            # stream | api (the worker's HTTP API). In ORDER BY, the dedup key, so an API decision
+            # for an alert id never replaces the stream's row for it. A column added to the
+            # sorting key may not have a default: rows from before read origin ''.
+            """
+ALTER TABLE $db.proposition_log
+    ADD COLUMN IF NOT EXISTS origin LowCardinality(String),
+    MODIFY ORDER BY (alert_type, alert_id, origin)
+""",
+        ),
+    ),
 )
 
 

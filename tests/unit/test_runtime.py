@@ -1,18 +1,23 @@
 """Runtime: "worker … ready" is logged once, only when the runtime has started AND the worker has
 joined the group (test helpers and operators wait for that line; faust prints its own "Worker
-ready" earlier); and the narrow methods the HTTP API asks."""
+ready" earlier); and the narrow methods the HTTP API asks, which go through the API's own client,
+breaker and read-only Redis view, and log as origin ``api``."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import orjson
 import pytest
 
 from harness.procs import WORKER_READY
+from stream_engine.models import STAGES, Envelope, StageTimes
+from stream_engine.pipeline import DecisionLog
 from stream_engine.runtime import Runtime
 from stream_engine.settings import Settings
 from stream_engine.sinks import MemorySink
+from stream_engine.workload import Workload
 
 
 async def test_ready_needs_start_and_an_assignment_and_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -61,3 +66,48 @@ async def test_what_the_api_asks_without_a_consumer_or_clickhouse(tmp_path: Path
             await rt.log_api_decisions([], [], None)  # type: ignore[arg-type]
     finally:
         await rt.stop()
+
+
+def offline(tmp_path: Path, **overrides: object) -> Settings:
+    """Nothing answers: the service and Redis on closed ports (Redis then skipped as degraded)."""
+    return Settings(
+        data_dir=tmp_path, propositions_url="http://127.0.0.1:1", redis_url="redis://127.0.0.1:1/0",
+        redis_retry_after_s=60, service_retries=0, **overrides,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def api_envelopes(rt: Runtime, n: int, seed: int = 1) -> list[Envelope]:
+    return [rt.envelope(rt.decode(orjson.dumps(a)), 65535, 0, 0) for a in Workload("typical", seed=seed).alerts(n)]
+
+
+async def test_api_decisions_are_logged_with_origin_api(tmp_path: Path) -> None:
+    sink = MemorySink()
+    rt = Runtime(offline(tmp_path), sink=sink)
+    try:
+        rt.decision_log = DecisionLog(sink, rt.worker_name)
+        envelopes = api_envelopes(rt, 3)
+        decisions = await rt.decide(envelopes, StageTimes())
+        await rt.log_api_decisions(envelopes, decisions, StageTimes())
+        assert [(r.alert_id, r.origin) for r in sink.rows] == [(e.alert.id, "api") for e in envelopes]
+        await rt.decision_log.write(envelopes, decisions, StageTimes(), 0, STAGES)  # the stream's default
+        assert {r.origin for r in sink.rows[3:]} == {"stream"}
+    finally:
+        await rt.stop()
+
+
+async def test_api_failures_open_the_apis_breaker_never_the_streams(tmp_path: Path) -> None:
+    # A dead service: every API call fails (connection refused), as many times as it takes.
+    rt = Runtime(offline(tmp_path, breaker_fail_max=3), sink=MemorySink())
+    try:
+        for seed in range(10):  # cold keys every time: each call goes to the service
+            await rt.decide(api_envelopes(rt, 2, seed), StageTimes())
+        assert rt.api_client.breaker.state == "open"
+        assert rt.parts_stats()["api_service"]["breaker_rejections"] > 0
+        assert rt.client.breaker.state == "closed" and rt.client.counters.requests == 0
+        # The stream still asks the service itself (and learns on its own that it is down).
+        stream = [rt.envelope(e.alert, 0, i, 0) for i, e in enumerate(api_envelopes(rt, 2, 99))]
+        decisions = await rt.triage.decide(stream, StageTimes())
+        assert [d.reason for d in decisions] == ["unavailable", "unavailable"], "not breaker_open"
+    finally:
+        await rt.stop()
+

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     api_port: int = Field(8787, description="Worker HTTP API port.")
     api_max_body_bytes: int = Field(1_048_576, ge=1024, description="Max request body.")
     # The API's own bounds (README, Security): refused work costs the worker nothing.
+    api_max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open HTTP API connections (~18 KB each in aiohttp); one more is answered 503 + Retry-After "
+        "and closed before its request is parsed.",
+    )
     api_max_requests: int = Field(
         32,
         ge=1,

@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         32,
         ge=1,
         description="Decision requests (POST /api/v1/alerts/process) in progress at once; one more gets 429 + "
-        "Retry-After before its body is read (bodies in memory <= this x api_max_body_bytes).",
+        "Retry-After before its body is parsed (bodies in memory <= this x api_max_body_bytes).",
     )
     api_max_queued_alerts: int = Field(
         5000, ge=1, description="Alerts of API requests waiting for or in a decision; a request that would pass it gets 429."

@@ -1,16 +1,17 @@
 """Route handlers of the worker HTTP API.
 
 ``POST /api/v1/alerts/process`` decisions go through the runtime's ``decide`` — the stream's own
-core, caches and proposition client — with two documented differences from the stream:
+core, keys and policy — with documented differences from the stream (README, Security):
 
 * LRU: API alerts use a dedicated pseudo-partition, ``API_PARTITION`` (65535, the largest value
   of ClickHouse's ``partition UInt16``). Kafka partitions are owned by the consumer group and
-  their LRUs are dropped on revocation; an API call must neither fill nor depend on them. Redis
-  is shared, so API calls still hit what the stream cached (and vice versa).
-* Logging: each API decision is written to ClickHouse through the stream's decision log, with
-  ``partition = 65535`` and ``offset = 0`` marking it as an API decision, before the
-  response is sent (so an answered decision is durable). Decisions are NOT published to the
-  ``decisions`` topic: the caller receives them in the response.
+  their LRUs are dropped on revocation; an API call must neither fill nor depend on them.
+* Redis and the service: API calls read what the stream cached in Redis but never write it, and
+  ask the service through their own client (pool, circuit breaker): see ``Runtime``.
+* Logging: each API decision is written to ClickHouse through the stream's decision log as
+  ``origin = 'api'`` (``partition = 65535``, ``offset = 0``), never replacing the stream's row of
+  the same alert, before the response is sent (so an answered decision is durable). Decisions
+  are NOT published to the ``decisions`` topic: the caller receives them in the response.
 
 A list is all-or-nothing: one invalid alert rejects the request (400 with its ``index``).
 
@@ -87,7 +88,7 @@ class Handlers:
 
     async def process(self, request: web.Request) -> web.Response:
         try:
-            with self.requests.hold():  # before the body is read: a refused request costs nothing
+            with self.requests.hold():  # before the body is parsed: a refused request costs nothing
                 return await self._process(request)
         except Busy as exc:
             return retry_later(429, "busy", str(exc))

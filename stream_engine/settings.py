@@ -124,16 +124,16 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(1_048_576, ge=1024, description="Max request body.")
     # The API's own bounds (README, Security): refused work costs the worker nothing.
     api_max_connections: int = Field(
-        1000,
+        2000,
         ge=1,
         description="Open HTTP API connections (~18 KB each in aiohttp); one more is answered 503 + Retry-After "
         "and closed before its request is parsed.",
     )
-    api_max_requests: int = Field(
-        32,
-        ge=1,
-        description="Decision requests (POST /api/v1/alerts/process) in progress at once; one more gets 429 + "
-        "Retry-After before its body is parsed (bodies in memory <= this x api_max_body_bytes).",
+    api_max_request_bytes: int = Field(
+        4_194_304,
+        ge=1024,
+        description="Bytes of decision requests (POST /api/v1/alerts/process) in progress at once, by "
+        "Content-Length; one more gets 429 + Retry-After before its body is parsed (a lone request always passes).",
     )
     api_max_queued_alerts: int = Field(
         5000, ge=1, description="Alerts of API requests waiting for or in a decision; a request that would pass it gets 429."

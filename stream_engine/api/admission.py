@@ -1,10 +1,10 @@
 """What the API admits: its own bounded work, so no caller can make the worker hold more.
 
-Open connections, decision requests, the alerts they queue and analytics queries each have a
-bound (settings ``api_max_connections``, ``api_max_requests``, ``api_max_queued_alerts``,
-``api_max_queries``). Work past a bound is refused at once — 503 (a connection) or 429 (a
-request), with ``Retry-After`` — rather than queued: waiting work would hold a connection, a body
-and parsed alerts, which is exactly the memory the bounds are for.
+Open connections, the bytes of decision requests in progress, the alerts they queue and
+analytics queries each have a bound (settings ``api_max_connections``, ``api_max_request_bytes``,
+``api_max_queued_alerts``, ``api_max_queries``). Work past a bound is refused at once — 503 (a
+connection) or 429 (a request), with ``Retry-After`` — rather than queued: waiting work would
+hold a connection, a body and parsed alerts, which is exactly the memory the bounds are for.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ class Busy(Exception):
 
 
 class Gate:
-    """At most ``limit`` holders at once; one more is refused (:class:`Busy`), never queued."""
+    """Holders of ``amount`` units each (a query, a request's bytes) up to ``limit`` units at once;
+    one more is refused (:class:`Busy`), never queued. A lone holder always passes, so a request
+    larger than the limit is served alone rather than never."""
 
     def __init__(self, limit: int, what: str) -> None:
         if limit < 1:
@@ -35,15 +37,15 @@ class Gate:
         self.refused = 0
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        if self.active >= self.limit:
+    def hold(self, amount: int = 1) -> Iterator[None]:
+        if self.active and self.active + amount > self.limit:
             self.refused += 1
-            raise Busy(f"{self.limit} {self.what} already in progress")
-        self.active += 1
+            raise Busy(f"{self.what}: {self.active} in progress, limit {self.limit}")
+        self.active += amount
         try:
             yield
         finally:
-            self.active -= 1
+            self.active -= amount
 
 
 _REFUSAL_BODY = orjson.dumps({"error": "busy", "detail": "too many open connections"})

@@ -42,12 +42,18 @@ class Coalescer:
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def refuse_if_full(self, n: int | None = None) -> None:
+        """Raise :class:`Busy` if ``n`` more alerts would not fit; with ``n`` unknown (a body not
+        parsed yet), if the queue is full already. An empty queue takes any request."""
+        full = self.queued >= self.max_queued if n is None else self.queued + n > self.max_queued
+        if self.queued and full:
+            self.refused += 1
+            raise Busy(f"the API queue holds {self.queued} alerts (api_max_queued_alerts={self.max_queued})")
+
     async def decide(self, envelopes: Sequence[Envelope], times: StageTimes) -> list[Decision]:
         """The decisions of ``envelopes`` in order; raises :class:`Busy` when the queue is full."""
         n = len(envelopes)
-        if self.queued and self.queued + n > self.max_queued:
-            self.refused += 1
-            raise Busy(f"the API queue holds {self.queued} alerts (api_max_queued_alerts={self.max_queued})")
+        self.refuse_if_full(n)
         self.queued += n
         try:
             request = _Request(envelopes, times)

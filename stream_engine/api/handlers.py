@@ -15,9 +15,10 @@ core, keys and policy — with documented differences from the stream (README, S
 
 A list is all-or-nothing: one invalid alert rejects the request (400 with its ``index``).
 
-Bounded (:mod:`stream_engine.api.admission`): past ``api_max_requests`` decision requests,
-``api_max_queued_alerts`` queued alerts or ``api_max_queries`` analytics queries, a request gets
-429 ``{"error": "busy"}`` with ``Retry-After``; a worker not started yet answers 503, also with it.
+Bounded (:mod:`stream_engine.api.admission`): past ``api_max_request_bytes`` of decision
+requests in progress, ``api_max_queued_alerts`` queued alerts or ``api_max_queries`` analytics
+queries, a request gets 429 ``{"error": "busy"}`` with ``Retry-After``, before its body is parsed
+(the queue's exact check follows the parse); a worker not started yet answers 503, also with it.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class Handlers:
             max_batch=settings.batch_max,
             max_queued=settings.api_max_queued_alerts,
         )
-        self.requests = Gate(settings.api_max_requests, "decision requests")
+        self.requests = Gate(settings.api_max_request_bytes, "bytes of decision requests")
+        self.max_body = settings.api_max_body_bytes
         self.queries = Gate(settings.api_max_queries, "analytics queries")
         self.limits = QueryLimits.from_settings(settings)
         self.registry = registry
@@ -87,8 +89,12 @@ class Handlers:
     # --- POST /api/v1/alerts/process --------------------------------------------------------
 
     async def process(self, request: web.Request) -> web.Response:
+        # Refused before the body is parsed: a refused request costs nothing. A body of unknown
+        # length (chunked) counts as the largest one allowed.
+        size = request.content_length if request.content_length is not None else self.max_body
         try:
-            with self.requests.hold():  # before the body is parsed: a refused request costs nothing
+            self.coalescer.refuse_if_full()
+            with self.requests.hold(size):
                 return await self._process(request)
         except Busy as exc:
             return retry_later(429, "busy", str(exc))
@@ -163,8 +169,8 @@ class Handlers:
         """The API's own bounds: what is in progress now, and how much was refused (429)."""
         requests, queries, coalescer = self.requests, self.queries, self.coalescer
         return {
-            "requests_in_progress": requests.active,
-            "max_requests": requests.limit,
+            "request_bytes_in_progress": requests.active,
+            "max_request_bytes": requests.limit,
             "queued_alerts": coalescer.queued,
             "max_queued_alerts": coalescer.max_queued,
             "queries_in_progress": queries.active,

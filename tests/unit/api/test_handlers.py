@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
@@ -141,21 +142,25 @@ async def wait_for(predicate: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_requests_past_the_bound_get_429_with_retry_after_and_the_rest_are_answered(tmp_path: Path) -> None:
+async def test_request_bytes_past_the_bound_get_429_with_retry_after_and_the_rest_are_answered(tmp_path: Path) -> None:
     held = Held()
-    runtime = await started(Runtime(Settings(data_dir=tmp_path, api_max_requests=3, batch_concurrency=1), sink=MemorySink()), held)
+    bodies = [orjson.dumps([api_alert(2 * i), api_alert(2 * i + 1)]) for i in range(4)]
+    limit = sum(len(b) for b in bodies[:3])  # room for exactly three of them
+    settings = Settings(data_dir=tmp_path, api_max_request_bytes=limit, batch_concurrency=1)
+    runtime = await started(Runtime(settings, sink=MemorySink()), held)
+    post = lambda c, body: c.post("/api/v1/alerts/process", data=body, headers={"Content-Type": "application/json"})  # noqa: E731
     try:
         async with TestClient(TestServer(create_api_app(runtime))) as c:
-            admitted = [asyncio.create_task(c.post("/api/v1/alerts/process", json=api_alert(i))) for i in range(3)]
+            admitted = [asyncio.create_task(post(c, b)) for b in bodies[:3]]
             await wait_for(lambda: held.entered == 1)  # one drain holds the only slot; two requests queue behind it
-            refused = await c.post("/api/v1/alerts/process", json=api_alert(9))
+            refused = await post(c, bodies[3])
             assert refused.status == 429 and refused.headers["Retry-After"] == "1"
             assert (await refused.json())["error"] == "busy"
             stats = await (await c.get("/api/v1/stats")).json()
-            assert stats["api"]["requests_in_progress"] == 3 and stats["api"]["refused"]["requests"] == 1
+            assert stats["api"]["request_bytes_in_progress"] == limit and stats["api"]["refused"]["requests"] == 1
             held.gate.set()
             assert [r.status for r in await asyncio.gather(*admitted)] == [200, 200, 200]
-            assert (await c.post("/api/v1/alerts/process", json=api_alert(10))).status == 200  # room again
+            assert (await post(c, bodies[3])).status == 200  # room again
         assert runtime.monitor.api_requests[("/api/v1/alerts/process", 429)] == 1
     finally:
         await runtime.stop()

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from benchmarks.common import BenchResult, Progress, Stopwatch, bench_settings, create_topics, drop_topics, fill_topic, require_kafka
-from benchmarks.services import proposition_service, rss_kb, with_private_service_and_data, worker, workspace
+from benchmarks.services import NO_LATENCY, proposition_service, rss_kb, with_private_service_and_data, worker, workspace
 from benchmarks.streamio import DecisionCollector
 from stream_engine.keys import message_key
 from stream_engine.settings import Settings
@@ -66,9 +66,10 @@ async def _settled_rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def clickhouse_server(s: Settings, work: Path, clickhouse: str) -> Iterator[tuple[Settings, int | None]]:
-    """``s`` pointed at the ClickHouse to use, and the pid of a separate ClickHouse process (if any)."""
+    """``s`` pointed at the ClickHouse to use, and the pid of a separate ClickHouse process (if any).
+    Both explicit, whatever the default ClickHouse URL is."""
     if clickhouse == "embedded":
-        yield s, None
+        yield s.with_overrides(clickhouse_url=f"chdb://{(s.data_dir / 'clickhouse').resolve()}"), None
         return
     from harness.chdb_http_double import start_double
 
@@ -88,7 +89,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
         s = with_private_service_and_data(bench_settings(settings, "mem"), work / "data")
         await create_topics(s)
         try:
-            with clickhouse_server(s, work, clickhouse) as (s, server_pid), proposition_service(s, work, 0), \
+            with clickhouse_server(s, work, clickhouse) as (s, server_pid), proposition_service(s, work, NO_LATENCY), \
                     worker(s, work, "worker-mem") as proc:
                 pid = proc.popen.pid
                 t0 = time.monotonic()
@@ -117,7 +118,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
         name="memory" if embedded else f"memory_{clickhouse}",
         command="",
         params={"step_alerts": step_alerts, "steps": steps, "cached": cached, "profile_steps": "ci_failures",
-                "clickhouse": clickhouse},
+                "clickhouse": clickhouse, "engine": s.engine, "service": NO_LATENCY.describe()},
         metrics={
             "rss_idle_mb": idle,
             f"rss_with_{cached}_cached_mb": with_cache,
@@ -133,7 +134,7 @@ async def run(settings: Settings | None = None, step_alerts: int = 100_000, step
             "The worker writes over HTTP to the chDB HTTP test double in another process (its RSS: "
             "clickhouse_process_rss_mb); a real ClickHouse server stands there in production.")],
     )
-    return watch.finish(result)
+    return watch.finish(result, settings=s)
 
 
 def main(argv: list[str] | None = None) -> int:

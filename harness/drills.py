@@ -244,6 +244,20 @@ def clickhouse_rows(settings: Settings) -> LogCount:
     return LogCount(len(ids), frozenset(ids))
 
 
+def audit_rows(settings: Settings) -> Counter[str]:
+    """``decision_audit`` rows per alert id, WITHOUT FINAL: every block the sink stored."""
+    rows = clickhouse_query(settings, "SELECT alert_id, count() FROM decision_audit GROUP BY alert_id")
+    return Counter({str(r[0]): int(r[1]) for r in rows})
+
+
+def assert_no_row_beyond_the_topics_copies(audit: Counter[str], decisions: Sequence[dict[str, Any]]) -> None:
+    """An alert has no more ``decision_audit`` rows than the decisions topic has copies of it: a
+    redelivery may add a row (at least once), a retried or replayed insert block never does."""
+    on_topic = Counter(d["alert_id"] for d in decisions)
+    extra = {i: (n, on_topic[i]) for i, n in audit.items() if n > on_topic[i]}
+    assert not extra, f"{len(extra)} alerts have more ClickHouse rows than decisions (rows, decisions): {dict(list(extra.items())[:5])}"
+
+
 def journal_segments(settings: Settings) -> int:
     """Segments waiting in the worker's journal, in any slot (and the pre-slot flat layout)."""
     directory = settings.data_dir / "journal"

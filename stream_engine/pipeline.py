@@ -88,8 +88,8 @@ class Triage:
         self.service = service
         self.policy = policy
 
-    def envelope(self, alert: Alert, partition: int, offset: int, received_ns: int) -> Envelope:
-        return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns)
+    def envelope(self, alert: Alert, partition: int, offset: int, received_ns: int, topic: str = "") -> Envelope:
+        return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns, topic)
 
     async def decide(self, envelopes: Sequence[Envelope], times: StageTimes | None = None) -> list[Decision]:
         """Every envelope's decision, in order (the HTTP API's path)."""
@@ -193,17 +193,16 @@ class DecisionLog:
         times: StageTimes,
         received_ns: int,
         stages: Sequence[str],
-        origin: str = "stream",
     ) -> None:
-        """``envelopes`` aligned with ``decisions``; sets ``times.sink``. ``origin``: stream | api."""
+        """``envelopes`` aligned with ``decisions``; sets ``times.sink``."""
         t0 = time.perf_counter_ns()
-        await self.sink.write(self.rows(envelopes, decisions, origin), self.metrics(times, decisions, received_ns, stages))
+        await self.sink.write(self.rows(envelopes, decisions), self.metrics(times, decisions, received_ns, stages))
         times.sink = time.perf_counter_ns() - t0
 
-    def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision], origin: str = "stream") -> list[LogRow]:
+    def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision]) -> list[LogRow]:
         n = len(decisions)
         worker = self.worker_name
-        return [log_row(d, env, env.alert.severity, env.alert.source, n, worker, origin) for d, env in zip(decisions, envelopes)]
+        return [log_row(d, env, env.alert.severity, env.alert.source, n, worker) for d, env in zip(decisions, envelopes)]
 
     def metrics(
         self, times: StageTimes, decisions: Sequence[Decision], received_ns: int, stages: Sequence[str]
@@ -285,7 +284,7 @@ class Pipeline:
             except InvalidAlert as exc:
                 dead.append(self.dead_letter(m, exc.reason, exc.detail, received_ns / 1e9))
                 continue
-            envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns))
+            envelopes.append(self.triage.envelope(alert, m.partition, m.offset, received_ns, m.topic))
         return envelopes, dead
 
     def dead_letter(self, message: RawMessage, reason: str, detail: str, received_at: float) -> DeadLetter:

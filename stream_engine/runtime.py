@@ -165,13 +165,13 @@ class Runtime:
         return await self._api_triage.decide(envelopes, times)
 
     async def log_api_decisions(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision], times: StageTimes) -> None:
-        """Into the stream's decision log as origin ``api`` (rows that never replace the stream's
-        row of the same alert) with the API's stages, stamped with the envelopes' receipt time
-        (one per call); durable on return."""
+        """Into the stream's decision log with the API's stages, stamped with the envelopes' receipt time
+        (one per call); durable on return. The rows are origin ``api`` (their envelopes have no
+        topic), which never replace the stream's row of the same alert."""
         if self.decision_log is None:
             raise RuntimeError("the worker is not started")
         received_ns = envelopes[0].received_ns if envelopes else 0
-        await self.decision_log.write(envelopes, decisions, times, received_ns, API_STAGES, origin="api")
+        await self.decision_log.write(envelopes, decisions, times, received_ns, API_STAGES)
 
     def parts_stats(self) -> dict[str, dict[str, Any]]:
         """Counters of the LRU, Redis, the proposition clients (stream, API) and (once started) the sink."""

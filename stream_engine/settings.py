@@ -111,10 +111,13 @@ class Settings(BaseSettings):
     sink_flush_rows: int = Field(10_000, ge=1, description="Flush when this many rows are buffered.")
     sink_flush_interval_s: float = Field(1.0, gt=0, description="Flush at least this often.")
     sink_max_buffer_rows: int = Field(100_000, ge=1, description="Backpressure above this many rows.")
+    # Off by default: on, a 500-row write() costs more than the 10% of a batch's publish->decision time
+    # we allow the sink (measured by benchmarks/sink.py; the figures are in the README and RESULTS.md).
     sink_fsync: bool = Field(
         False,
-        description="fsync the journal per batch (survives power loss, ~4+ ms/batch). Off: rows reach the OS "
-        "before offsets commit, which survives a worker crash, like Kafka's own unsynced log.",
+        description="fsync the journal on every write: survives power loss too, at a cost per batch measured by "
+        "benchmarks/sink.py (README, 'The journal never drops a row'). Off: rows reach the OS before offsets commit, "
+        "which survives a worker crash or kill -9, like Kafka's own unsynced log, not a power loss.",
     )
     clickhouse_ttl_days: int = Field(90, ge=1, description="proposition_log TTL.")
 

@@ -9,9 +9,10 @@ core, keys and policy — with documented differences from the stream (README, S
 * Redis and the service: API calls read what the stream cached in Redis but never write it, and
   ask the service through their own client (pool, circuit breaker): see ``Runtime``.
 * Logging: each API decision is written to ClickHouse through the stream's decision log as
-  ``origin = 'api'`` (``partition = 65535``, ``offset = 0``), never replacing the stream's row of
-  the same alert, before the response is sent (so an answered decision is durable). Decisions
-  are NOT published to the ``decisions`` topic: the caller receives them in the response.
+  ``origin = 'api'`` (no topic, ``partition = 65535``, ``offset = 0``) into ``decision_audit``
+  only — never into ``proposition_log``, so it never replaces the stream's row of the same alert —
+  before the response is sent (so an answered decision is durable). Decisions are NOT published
+  to the ``decisions`` topic: the caller receives them in the response.
 
 A list is all-or-nothing: one invalid alert rejects the request (400 with its ``index``).
 

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--rules", default=None, metavar="PATH", help="Rule book JSON (default: the shipped rules.json).")
     serve.add_argument("--latency-median-ms", type=float, default=None, metavar="X", help="Simulated latency median.")
     serve.add_argument("--latency-p99-ms", type=float, default=None, metavar="Y", help="Simulated latency p99 (default = median: fixed).")
+    serve.add_argument("--latency-per-item-ms", type=float, default=0.0, metavar="Z",
+                       help="Simulated latency added per item of a request (a batch of n costs n × Z more).")
     serve.add_argument("--seed", type=int, default=None, help="Seed of the simulated latency.")
     serve.add_argument("--no-updates", action="store_true", help="Do not publish invalidations to Kafka.")
     serve.set_defaults(func=serve_handler)
@@ -86,9 +88,11 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"cannot load rules: {exc}", file=sys.stderr)
         return 2
     latency = None
-    if args.latency_median_ms:  # 0 means off, as in PUT /v1/admin/latency
+    if args.latency_median_ms or args.latency_per_item_ms:  # 0 means off, as in PUT /v1/admin/latency
         try:
-            latency = LatencyModel(args.latency_median_ms, args.latency_p99_ms, seed=args.seed)
+            latency = LatencyModel(
+                args.latency_median_ms or 0.0, args.latency_p99_ms, per_item_ms=args.latency_per_item_ms, seed=args.seed
+            )
         except ValueError as exc:
             print(f"bad latency: {exc}", file=sys.stderr)
             return 2

@@ -17,8 +17,8 @@ Contract (the engine's client is written against it):
   rules are live either way, and caches expire by TTL).
 * ``POST /v1/admin/invalidate`` ``{"scope": "key"|"type"|"all", "key"?, "alert_type"?}`` ->
   publishes without changing rules (503 without a publisher, 502 if the broker fails).
-* ``PUT /v1/admin/latency`` ``{"median_ms", "p99_ms", "seed"?}`` (``{"median_ms": 0}`` or ``null``
-  turns it off); ``PUT /v1/admin/fault`` ``{"error_rate": 0..1, "status": 503}``. Both apply to
+* ``PUT /v1/admin/latency`` ``{"median_ms", "p99_ms", "per_item_ms"?, "seed"?}`` (``{"median_ms": 0}``
+  without ``per_item_ms``, or ``null``, turns it off); ``PUT /v1/admin/fault`` ``{"error_rate": 0..1, "status": 503}``. Both apply to
   the two proposition endpoints only, never to health/admin.
 * ``GET /v1/stats`` counters; ``DELETE /v1/stats`` resets them (between benchmark runs).
 
@@ -54,17 +54,22 @@ OPEN_PATHS = frozenset({"/healthz", "/v1/propositions/batch", "/v1/propositions"
 
 
 class LatencyModel:
-    """Simulated service time per request: lognormal through (median, p99), or fixed when equal.
+    """Simulated service time per request: lognormal through (median, p99), or fixed when equal,
+    plus ``per_item_ms`` for every item of the request (a real batch endpoint's work grows with
+    the batch; without it batching would look free).
 
     Seeded, so a benchmark or drill sees the same sequence of delays every run.
     """
 
-    def __init__(self, median_ms: float, p99_ms: float | None = None, *, seed: int | None = None) -> None:
+    def __init__(
+        self, median_ms: float, p99_ms: float | None = None, *, per_item_ms: float = 0.0, seed: int | None = None
+    ) -> None:
         p99_ms = median_ms if p99_ms is None else p99_ms
-        if median_ms < 0 or p99_ms < median_ms:
-            raise ValueError("need 0 <= median_ms <= p99_ms")
+        if median_ms < 0 or p99_ms < median_ms or per_item_ms < 0:
+            raise ValueError("need 0 <= median_ms <= p99_ms and per_item_ms >= 0")
         self.median_ms = float(median_ms)
         self.p99_ms = float(p99_ms)
+        self.per_item_ms = float(per_item_ms)
         self.seed = seed
         self._random = random.Random(seed)
         if median_ms == 0 or p99_ms == median_ms:
@@ -77,13 +82,15 @@ class LatencyModel:
     def fixed(cls, ms: float) -> LatencyModel:
         return cls(ms, ms)
 
-    def sample_ms(self) -> float:
-        if self._sigma == 0.0:
-            return self.median_ms
-        return self._random.lognormvariate(self._mu, self._sigma)
+    def sample_ms(self, items: int = 1) -> float:
+        per_request = self.median_ms if self._sigma == 0.0 else self._random.lognormvariate(self._mu, self._sigma)
+        return per_request + self.per_item_ms * items
 
     def describe(self) -> dict[str, Any]:
-        return {"median_ms": self.median_ms, "p99_ms": self.p99_ms, "seed": self.seed}
+        described: dict[str, Any] = {"median_ms": self.median_ms, "p99_ms": self.p99_ms, "seed": self.seed}
+        if self.per_item_ms:
+            described["per_item_ms"] = self.per_item_ms
+        return described
 
 
 @dataclass(slots=True)
@@ -200,10 +207,10 @@ class PropositionService:
         self._rules_lock = asyncio.Lock()
 
     # --- proposition endpoints --------------------------------------------------------------
-    async def _simulate(self) -> web.Response | None:
+    async def _simulate(self, items: int = 1) -> web.Response | None:
         """Injected delay and failure, in that order (a failing backend is slow too)."""
         if self.latency is not None:
-            delay_ms = self.latency.sample_ms()
+            delay_ms = self.latency.sample_ms(items)
             self.stats.simulated_latency_ms += delay_ms
             if delay_ms > 0:
                 await asyncio.sleep(delay_ms / 1000.0)
@@ -228,7 +235,7 @@ class PropositionService:
             return _error(str(exc))
         self.stats.items += len(items)
         self.stats.record_batch(len(items))
-        failure = await self._simulate()
+        failure = await self._simulate(len(items))
         if failure is not None:
             return failure
         rulebook = self.rulebook  # one version for the whole batch, even if PUT /v1/rules lands
@@ -326,16 +333,17 @@ class PropositionService:
     async def put_latency(self, request: web.Request) -> web.Response:
         try:
             body = await _read_json(request)
-            if body is None or (isinstance(body, dict) and not body.get("median_ms")):
+            if body is None or (isinstance(body, dict) and not body.get("median_ms") and not body.get("per_item_ms")):
                 self.latency = None
             elif isinstance(body, dict):
                 self.latency = LatencyModel(
-                    _number(body, "median_ms"),
+                    _number(body, "median_ms") if body.get("median_ms") is not None else 0.0,
                     _number(body, "p99_ms") if body.get("p99_ms") is not None else None,
+                    per_item_ms=_number(body, "per_item_ms") if body.get("per_item_ms") is not None else 0.0,
                     seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
                 )
             else:
-                raise _BadRequest("body must be {'median_ms': ms, 'p99_ms': ms, 'seed'?: int} or null")
+                raise _BadRequest("body must be {'median_ms': ms, 'p99_ms': ms, 'per_item_ms'?: ms, 'seed'?: int} or null")
         except (_BadRequest, ValueError) as exc:
             return _error(str(exc))
         return _json({"latency": self.latency.describe() if self.latency else None})

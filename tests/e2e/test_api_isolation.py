@@ -253,19 +253,23 @@ async def test_an_api_failing_every_call_opens_its_own_breaker_and_stream_alerts
             assert families["stream_engine_service_breaker_rejections"].samples[0].value == 0
 
             # An API call with a stream alert's id (another key, so a decision of its own: escalate,
-            # the API's breaker is open) is logged as the API's; the stream's row stays.
-            forged = await http.post("/api/v1/alerts/process", json=compile_error("s-0", "forged-repo"))
-            assert forged.json()["decisions"][0]["reason"] == "breaker_open"
+            # the API's breaker is open) is logged as the API's; the stream's row stays. A second
+            # alert of the same call, an id of its own, tells when that call's rows are in.
+            forged = await http.post(
+                "/api/v1/alerts/process", json=[compile_error("s-0", "forged-repo"), compile_error("api-marker", "x")]
+            )
+            assert [d["reason"] for d in forged.json()["decisions"]] == ["breaker_open", "breaker_open"]
 
-            async def both_rows() -> list[dict[str, Any]] | None:
-                r = await http.get("/api/v1/analytics/slowest", params={"from": "0", "limit": "10000"})
-                rows = [row for row in r.json()["rows"] if row["alert_id"] == "s-0"]  # read with FINAL
-                return rows if len(rows) == 2 else None
+            async def logged(alert_id: str) -> dict[str, Any] | None:
+                r = await http.get("/api/v1/analytics/logs", params={"ids": alert_id})
+                return r.json()["rows"].get(alert_id)
 
-            rows = await poll(both_rows, 60, "the API row beside the stream row", proc)
-            assert sorted((r["partition"] == 65535, r["mode"]) for r in rows) == [(False, "auto"), (True, "escalate")]
-            logged = (await http.get("/api/v1/analytics/logs", params={"ids": "s-0"})).json()["rows"]["s-0"]
-            assert (logged["origin"], logged["mode"], logged["action"]) == ("stream", "auto", "notify_owner")
+            marker = await poll(lambda: logged("api-marker"), 60, "the API call's rows in ClickHouse", proc)
+            assert (marker["origin"], marker["partition"]) == ("api", 65535)
+            slowest = (await http.get("/api/v1/analytics/slowest", params={"from": "0", "limit": "10000"})).json()["rows"]
+            assert [(r["mode"], r["partition"] == 65535) for r in slowest if r["alert_id"] == "s-0"] == [("auto", False)]  # FINAL
+            row = await logged("s-0")
+            assert row is not None and (row["origin"], row["mode"], row["action"]) == ("stream", "auto", "notify_owner")
     finally:
         proc.stop()
 

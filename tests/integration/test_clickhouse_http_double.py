@@ -155,7 +155,8 @@ def test_migrate_applies_then_nothing(http_url: str) -> None:
         assert migrate(admin, name, ttl_days=30) == [m.version for m in MIGRATIONS]
         assert migrate(admin, name, ttl_days=30) == []
         tables = {r[0] for r in admin.query(f"SELECT name FROM system.tables WHERE database = '{name}'").result_rows}
-        assert tables == {"schema_migrations", "proposition_log", "latency_metrics", "proposition_minute", "proposition_minute_mv"}
+        assert tables == {"schema_migrations", "proposition_log", "latency_metrics", "proposition_minute", "proposition_minute_mv",
+                          "decision_audit", "decision_audit_mv"}  # fmt: skip
         versions = admin.query(f"SELECT version, name FROM {name}.schema_migrations ORDER BY version").result_rows
         assert versions == [(m.version, m.name) for m in MIGRATIONS]
     finally:
@@ -317,6 +318,6 @@ def _arrow(rows: list[Any]) -> Any:
     ms = pa.timestamp("ms", tz="UTC")
     types = (pa.string(), pa.string(), pa.string(), pa.string(), pa.string(), ms, ms, pa.string(), pa.string(),
              pa.float32(), pa.string(), pa.float32(), pa.uint32(), pa.uint16(), pa.uint64(), pa.string(),
-             pa.string(), pa.string(), pa.string(), pa.string())  # fmt: skip
+             pa.string(), pa.string(), pa.string(), pa.string(), pa.string(), pa.string())  # fmt: skip
     cols = list(zip(*rows, strict=True))
     return pa.table([pa.array(c, t) for c, t in zip(cols, types, strict=True)], names=list(LOG_COLUMNS))

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.drills import Publisher, Tail, account, clickhouse_rows, journal_segments, record
+from harness.drills import (
+    Publisher,
+    Tail,
+    account,
+    assert_no_row_beyond_the_topics_copies,
+    audit_rows,
+    clickhouse_rows,
+    journal_segments,
+    record,
+)
 from harness.procs import Proc, free_port, start_worker, wait_until
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
@@ -57,3 +66,4 @@ async def test_rows_written_while_clickhouse_is_down_arrive_after_recovery(
     assert log.ids == set(ids), f"{len(set(ids) - log.ids)} decisions have no ClickHouse row"
     assert log.rows == len(ids)
     assert journal_segments(healthy) == 0
+    assert_no_row_beyond_the_topics_copies(audit_rows(healthy), decisions)

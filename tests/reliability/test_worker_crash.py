@@ -20,6 +20,8 @@ from harness.drills import (
     Tail,
     account,
     assert_crash_redelivery_is_the_uncommitted_suffix,
+    assert_no_row_beyond_the_topics_copies,
+    audit_rows,
     clickhouse_rows,
     record,
 )
@@ -68,3 +70,4 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
 
     assert log.ids == set(ids), "every decision has its ClickHouse row"
     assert log.rows == len(ids), "duplicates collapse in proposition_log FINAL"
+    assert_no_row_beyond_the_topics_copies(audit_rows(s), decisions)

@@ -29,6 +29,8 @@ async def test_a_batch_makes_one_service_call_per_distinct_key_and_decides_every
     assert set(calls[0]) == {d.key for d in emitter.decisions}
     assert {d.cache_tier for d in emitter.decisions} == {"service"}
     assert [r.alert_id for r in sink.rows] == [a["id"] for a in alerts]
+    assert [(r.topic, r.origin, r.offset) for r in sink.rows] == [("alerts", "stream", i) for i in range(200)]  # each row's source
+    assert len({r.attempt for r in sink.rows}) == 1  # one processing of the batch
     assert {m.stage for m in sink.metrics} >= {"decode", "lru", "service", "end_to_end"}
     assert report.tiers == {"service": 200}
 

@@ -1,7 +1,7 @@
 """Runtime: "worker … ready" is logged once, only when the runtime has started AND the worker has
 joined the group (test helpers and operators wait for that line; faust prints its own "Worker
 ready" earlier); and the narrow methods the HTTP API asks, which go through the API's own client,
-breaker and read-only Redis view, and log as origin ``api``."""
+breaker and read-only Redis view."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import orjson
 import pytest
 
 from harness.procs import WORKER_READY
-from stream_engine.models import STAGES, Envelope, StageTimes
-from stream_engine.pipeline import DecisionLog
+from stream_engine.models import Envelope, StageTimes
 from stream_engine.runtime import Runtime
 from stream_engine.settings import Settings
 from stream_engine.sinks import MemorySink
@@ -78,21 +77,6 @@ def offline(tmp_path: Path, **overrides: object) -> Settings:
 
 def api_envelopes(rt: Runtime, n: int, seed: int = 1) -> list[Envelope]:
     return [rt.envelope(rt.decode(orjson.dumps(a)), 65535, 0, 0) for a in Workload("typical", seed=seed).alerts(n)]
-
-
-async def test_api_decisions_are_logged_with_origin_api(tmp_path: Path) -> None:
-    sink = MemorySink()
-    rt = Runtime(offline(tmp_path), sink=sink)
-    try:
-        rt.decision_log = DecisionLog(sink, rt.worker_name)
-        envelopes = api_envelopes(rt, 3)
-        decisions = await rt.decide(envelopes, StageTimes())
-        await rt.log_api_decisions(envelopes, decisions, StageTimes())
-        assert [(r.alert_id, r.origin) for r in sink.rows] == [(e.alert.id, "api") for e in envelopes]
-        await rt.decision_log.write(envelopes, decisions, StageTimes(), 0, STAGES)  # the stream's default
-        assert {r.origin for r in sink.rows[3:]} == {"stream"}
-    finally:
-        await rt.stop()
 
 
 async def test_api_failures_open_the_apis_breaker_never_the_streams(tmp_path: Path) -> None:

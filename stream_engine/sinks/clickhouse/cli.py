@@ -54,7 +54,7 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
     versions = client.query("SELECT version, name, applied_at FROM schema_migrations ORDER BY version").result_rows
     for version, name, applied_at in versions:
         print(f"migration {version:3d} {name:30s} {applied_at:%Y-%m-%d %H:%M:%S}")
-    for table in ("proposition_log", "latency_metrics", "proposition_minute"):
+    for table in ("decision_audit", "proposition_log", "latency_metrics", "proposition_minute"):
         count = client.query(f"SELECT count() FROM {table}").result_rows[0][0]
         print(f"{table:20s} {count} rows")
     return 0

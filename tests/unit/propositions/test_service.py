@@ -283,6 +283,28 @@ def test_latency_model_is_reproducible_by_seed_and_fixed_when_p99_equals_median(
 def test_latency_model_rejects_impossible_parameters(median: float, p99: float) -> None:
     with pytest.raises(ValueError):
         LatencyModel(median, p99)
+    with pytest.raises(ValueError):
+        LatencyModel(1, 2, per_item_ms=-0.1)
+
+
+def test_latency_model_charges_every_item_on_top_of_the_request() -> None:
+    model = LatencyModel.fixed(20)
+    assert model.sample_ms(1) == 20.0 and model.sample_ms(100) == 20.0  # per request only: batching is free
+    priced = LatencyModel(20, per_item_ms=0.25)
+    assert (priced.sample_ms(), priced.sample_ms(1), priced.sample_ms(100)) == (20.25, 20.25, 45.0)
+    assert LatencyModel(0, per_item_ms=0.5).sample_ms(10) == 5.0
+    assert priced.describe() == {"median_ms": 20.0, "p99_ms": 20.0, "seed": None, "per_item_ms": 0.25}
+
+
+async def test_the_batch_endpoint_is_delayed_per_item(make_client: MakeClient) -> None:
+    client = await make_client(latency=LatencyModel(0.1, per_item_ms=0.2))
+    items = [{"key": f"k{i}", "alert": TIMEOUT} for i in range(5)]
+    await post_json(client, "/v1/propositions/batch", {"items": items})
+    await post_json(client, "/v1/propositions", {"key": "k", "alert": TIMEOUT})
+    stats = await (await client.get("/v1/stats")).json()
+    assert stats["simulated_latency_ms"] == pytest.approx((0.1 + 5 * 0.2) + (0.1 + 0.2))
+    status, body = await post_json(client, "/v1/admin/latency", {"median_ms": 0, "per_item_ms": 0.3}, "PUT")
+    assert (status, body["latency"]) == (200, {"median_ms": 0.0, "p99_ms": 0.0, "seed": None, "per_item_ms": 0.3})
 
 
 async def test_latency_applies_per_proposition_request_and_can_be_changed_or_disabled(make_client: MakeClient) -> None:

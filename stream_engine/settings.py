@@ -129,8 +129,8 @@ class Settings(BaseSettings):
     api_max_connections: int = Field(
         2000,
         ge=1,
-        description="Open HTTP API connections (~18 KB each in aiohttp); one more is answered 503 + Retry-After "
-        "and closed before its request is parsed.",
+        description="Open HTTP API connections (each costs memory in aiohttp, whatever its request); one more is "
+        "answered 503 + Retry-After and closed before its request is parsed.",
     )
     api_max_request_bytes: int = Field(
         4_194_304,

@@ -95,16 +95,24 @@ def render_plots(r: dict[str, BenchResult], directory: Path) -> list[Path]:
         ax.set_title(f"Hit ratio vs capacity at {sweeps[0]['rate']:g} alerts/s")
         save(fig, "hitratio_capacity.png")
 
-    mems = [(n, label) for n, label in (("memory", "chDB embedded"), ("memory_http", "ClickHouse over HTTP")) if n in r]
+    from benchmarks.report import memory_label, memory_runs
+
+    def short(label: str) -> str:
+        return label.replace("`", "").replace("ClickHouse over HTTP", "HTTP").replace("ClickHouse embedded (chdb://)", "embedded")
+
+    mems = memory_runs(r)  # with the earlier runs they carry (--before), dashed
     if mems:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name, label in mems:
-            points = r[name].runs
-            ax.plot([p["alerts"] for p in points], [p["rss_mb"] for p in points], marker="o", label=label)
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        for name, result in mems:
+            points = result.runs
+            ax.plot([p["alerts"] for p in points], [p["rss_mb"] for p in points], marker="o", markersize=3,
+                    ls="--" if name.endswith("@before") else "-", label=short(memory_label(name, result)))
         ax.set_xlabel("alerts processed")
         ax.set_ylabel("worker RSS (MB)")
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8)
+        ax.set_yscale("log")  # embedded chDB and HTTP workers differ by ~5x
+        ax.set_yticks([50, 75, 100, 150, 200, 300, 400, 500], ["50", "75", "100", "150", "200", "300", "400", "500"])
+        ax.minorticks_off()
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
         ax.set_title("Worker memory")
         save(fig, "memory.png")
 

@@ -2,8 +2,8 @@
 
 The worker's own path, without Kafka: ``ClickHouseSink.write`` in batches the size of a worker's
 micro-batch (500 decisions + their stage metrics), into a fresh chDB directory (embedded) and,
-with ``--http``, through the chDB HTTP test double in its own process (the HTTP code path; the
-double is single-threaded, so that figure is a floor for a real server).
+with ``--http``, through a private `stream-engine clickhouse serve` (the stack's ClickHouse
+endpoint: chDB in its own process behind the HTTP interface, the workers' default path).
 
     python -m benchmarks.sink --rows 200000 --repeats 3 [--http]
 
@@ -53,13 +53,13 @@ def clickhouse_url(work: Path, backend: str) -> Iterator[str]:
     if backend == "embedded":
         yield f"chdb://{work / 'chdb'}"
         return
-    from harness.chdb_http_double import start_double
+    from harness.clickhouse import start_server
 
-    double = start_double(work / "double")
+    server = start_server(work / "clickhouse")
     try:
-        yield double.url
+        yield server.url
     finally:
-        double.stop()
+        server.stop()
 
 
 async def one_run(url: str, work: Path, rows: int, fsync: bool, label: str) -> dict[str, Any]:
@@ -120,7 +120,8 @@ async def run(rows: int = 200_000, backends: tuple[str, ...] = ("embedded", "htt
                "inserted = rows_inserted reached the total (one columnar insert per journal segment into decision_audit, "
                "whose view copies it into proposition_log, and one into latency_metrics).",
                "write = time of each 500-row write(), backpressure waits included (write_wait_seconds in total).",
-               "http = the chDB HTTP test double in its own process (one request at a time), not a ClickHouse server."],
+               "http = the stack's ClickHouse endpoint (stream-engine clickhouse serve: chDB in its own process behind "
+               "the HTTP interface), not a clickhouse-server."],
     )
     return watch.finish(result)
 
@@ -128,7 +129,7 @@ async def run(rows: int = 200_000, backends: tuple[str, ...] = ("embedded", "htt
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--http", action="store_true", help="also through the chDB HTTP test double")
+    parser.add_argument("--http", action="store_true", help="also through the stack's ClickHouse endpoint (clickhouse serve)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each (backend, fsync) pair")
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args(argv)

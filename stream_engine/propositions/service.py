@@ -10,11 +10,14 @@ Contract (the engine's client is written against it):
 * ``GET /healthz`` -> ``{"status": "ok", "version"}``.
 * ``GET /v1/rules`` -> the rule book document exactly as loaded (so it can be edited and PUT
   back); the effective version (label + content hash) is in the ``X-Rules-Version`` header.
-  ``PUT /v1/rules`` (a rule book document) -> validates, replaces, and publishes ONE invalidation:
-  scope ``type`` when exactly one alert type's rules changed, else scope ``all``; nothing is
-  published when the content did not change. Answer: ``{"version", "changed", "invalidation",
-  "published"}`` (``published`` is false when there is no publisher or the broker failed: the new
-  rules are live either way, and caches expire by TTL).
+  ``PUT /v1/rules`` (a rule book document) -> validates, publishes ONE invalidation (scope
+  ``type`` when exactly one alert type's rules changed, else scope ``all``) and only then makes
+  the new rules live and stores them (``rule_store``: they survive a restart). Publish-or-fail:
+  if the invalidation cannot be published the answer is 503 and nothing changed; proposition
+  requests arriving meanwhile wait for the outcome (see ``put_rules``). Nothing is published when
+  the content did not change. Answer: ``{"version", "changed", "invalidation", "published"}``;
+  a service without a publisher (``serve --no-updates``) changes the rules, answers
+  ``"published": false`` and a ``warning``: invalidating is then the caller's job.
 * ``POST /v1/admin/invalidate`` ``{"scope": "key"|"type"|"all", "key"?, "alert_type"?}`` ->
   publishes without changing rules (503 without a publisher, 502 if the broker fails).
 * ``PUT /v1/admin/latency`` ``{"median_ms", "p99_ms", "per_item_ms"?, "seed"?}`` (``{"median_ms": 0}``
@@ -39,7 +42,7 @@ import orjson
 from aiohttp import web
 
 from stream_engine.auth import bearer_auth
-from stream_engine.propositions.rules import RuleBook, RuleBookError
+from stream_engine.propositions.rules import RuleBook, RuleBookError, RuleStore
 from stream_engine.propositions.updates import Invalidation, InvalidationPublisher, InvalidInvalidation
 
 log = logging.getLogger(__name__)
@@ -198,13 +201,17 @@ class PropositionService:
         latency: LatencyModel | None = None,
         updates_publisher: InvalidationPublisher | None = None,
         fault: FaultInjector | None = None,
+        rule_store: RuleStore | None = None,
     ) -> None:
         self.rulebook = rulebook
         self.latency = latency
         self.updates_publisher = updates_publisher
         self.fault = fault
+        self.rule_store = rule_store
         self.stats = ServiceStats()
         self._rules_lock = asyncio.Lock()
+        self._answering = asyncio.Event()  # cleared while a rules change is being published
+        self._answering.set()
 
     # --- proposition endpoints --------------------------------------------------------------
     async def _simulate(self, items: int = 1) -> web.Response | None:
@@ -235,10 +242,14 @@ class PropositionService:
             return _error(str(exc))
         self.stats.items += len(items)
         self.stats.record_batch(len(items))
+        if not self._answering.is_set():  # a rules change is being published
+            await self._answering.wait()
+        # The rules live when the request arrived answer it, even if PUT /v1/rules lands during
+        # the simulated latency: the answer of a slow backend reflects when it was computed.
+        rulebook = self.rulebook
         failure = await self._simulate(len(items))
         if failure is not None:
             return failure
-        rulebook = self.rulebook  # one version for the whole batch, even if PUT /v1/rules lands
         propose = rulebook.propose
         results: dict[str, Any] = {}
         for item in items:
@@ -261,10 +272,12 @@ class PropositionService:
             return _error(str(exc))
         self.stats.single_requests += 1
         self.stats.items += 1
+        if not self._answering.is_set():
+            await self._answering.wait()
+        rulebook = self.rulebook  # as in batch: the rules live on arrival
         failure = await self._simulate()
         if failure is not None:
             return failure
-        rulebook = self.rulebook
         propositions = rulebook.propose(body["alert"])
         self.stats.unique_keys += 1
         self.stats.empty_results += not propositions
@@ -286,7 +299,7 @@ class PropositionService:
         except (_BadRequest, RuleBookError) as exc:
             return _error(str(exc))
         async with self._rules_lock:  # two concurrent PUTs must not publish out of order
-            old_book, self.rulebook = self.rulebook, new_book
+            old_book = self.rulebook
             if new_book.version == old_book.version:
                 return _json({"version": new_book.version, "changed": False, "invalidation": None, "published": False})
             changed = old_book.changed_types(new_book)
@@ -294,11 +307,41 @@ class PropositionService:
                 invalidation = Invalidation(scope="type", version=new_book.version, alert_type=next(iter(changed)))
             else:
                 invalidation = Invalidation(scope="all", version=new_book.version)
-            log.info("rules replaced: %s -> %s (%s)", old_book.version, new_book.version, invalidation.scope)
-            published = await self._publish(invalidation) is None
-        return _json(
-            {"version": new_book.version, "changed": True, "invalidation": invalidation, "published": published}
-        )
+            if self.updates_publisher is None:  # `serve --no-updates`: said, not silent
+                problem = self._commit(new_book)
+                if problem is not None:
+                    return _error(f"rules not changed: {problem}", 500)
+                return _json(
+                    {"version": new_book.version, "changed": True, "invalidation": invalidation, "published": False,
+                     "warning": "updates are off (--no-updates): caches keep the old answers until you invalidate "
+                                "them (stream-engine propositions invalidate) or they expire"}
+                )  # fmt: skip
+            # A worker may apply the invalidation before publish() returns here, and a fetch it
+            # sends then must get the new rules: proposition requests wait for the outcome
+            # (normally the few ms of one acknowledged send) and get the new rules if it was
+            # published, the old ones if not.
+            self._answering.clear()
+            try:
+                problem = await self._publish(invalidation)
+                if problem is None:
+                    problem = self._commit(new_book)
+            finally:
+                self._answering.set()
+        if problem is not None:
+            return _error(f"rules not changed: {problem}", 503)
+        log.info("rules replaced: %s -> %s (%s)", old_book.version, new_book.version, invalidation.scope)
+        return _json({"version": new_book.version, "changed": True, "invalidation": invalidation, "published": True})
+
+    def _commit(self, book: RuleBook) -> str | None:
+        """Store (if there is a store) and make live; None on success, else why not."""
+        if self.rule_store is not None:
+            try:
+                self.rule_store.save(book)
+            except OSError as exc:
+                log.error("cannot store the rules in %s: %s", self.rule_store.path, exc)
+                return f"cannot store them: {exc}"
+        self.rulebook = book
+        return None
 
     async def _publish(self, invalidation: Invalidation) -> str | None:
         """None on success, else why it was not published."""
@@ -395,6 +438,7 @@ def make_app(
     latency: LatencyModel | None = None,
     updates_publisher: InvalidationPublisher | None = None,
     fault: FaultInjector | None = None,
+    rule_store: RuleStore | None = None,
 ) -> web.Application:
     """The service as an aiohttp app; ``app[SERVICE_KEY]`` is its state (tests, CLI).
 
@@ -402,7 +446,9 @@ def make_app(
     """
     if not admin_token:
         raise ValueError("the proposition service needs an admin token for its rule and admin routes")
-    service = PropositionService(rulebook, latency=latency, updates_publisher=updates_publisher, fault=fault)
+    service = PropositionService(
+        rulebook, latency=latency, updates_publisher=updates_publisher, fault=fault, rule_store=rule_store
+    )
     admin_only = bearer_auth(admin_token, protects=lambda request: request.path not in OPEN_PATHS)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[admin_only])
     app[SERVICE_KEY] = service

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from stream_engine.settings import Settings
+from stream_engine.stack.clickhouse import ClickHouseComponent
 from stream_engine.stack.component import Component, StackError, StackLayout
 from stream_engine.stack.kafka import KafkaComponent
 from stream_engine.stack.process import (
@@ -25,8 +26,15 @@ from stream_engine.stack.process import (
 )
 from stream_engine.stack.propositions import PropositionsComponent
 from stream_engine.stack.redis import RedisComponent
+from stream_engine.stack.redis_cluster import RedisClusterComponent
 
-COMPONENT_TYPES: tuple[type[Component], ...] = (KafkaComponent, RedisComponent, PropositionsComponent)
+COMPONENT_TYPES: tuple[type[Component], ...] = (
+    KafkaComponent,
+    RedisComponent,
+    ClickHouseComponent,
+    PropositionsComponent,
+    RedisClusterComponent,
+)
 
 UpState = Literal["started", "reused", "external", "skipped", "failed"]
 DownState = Literal["stopped", "killed", "not running", "external", "skipped"]
@@ -93,7 +101,8 @@ class StackUpError(StackError):
 class Stack:
     """The local development stack described by `settings` (ports, stack_dir, versions).
 
-    `only` restricts it to some parts by name, e.g. ``Stack(s, only=["kafka", "redis"])``.
+    `only` restricts it to some parts by name, e.g. ``Stack(s, only=["kafka", "redis"])``; parts
+    that are not ``default`` (the Redis Cluster) are only ever started when named there.
     """
 
     def __init__(self, settings: Settings, *, only: Iterable[str] | None = None) -> None:
@@ -103,9 +112,8 @@ class Stack:
         known = {t.name for t in COMPONENT_TYPES}
         if wanted is not None and wanted - known:
             raise StackError(f"unknown stack parts {sorted(wanted - known)}; known: {sorted(known)}")
-        self.components: list[Component] = [
-            t(settings, self.layout) for t in COMPONENT_TYPES if wanted is None or t.name in wanted
-        ]
+        self._all: list[Component] = [t(settings, self.layout) for t in COMPONENT_TYPES if wanted is None or t.name in wanted]
+        self.components: list[Component] = [c for c in self._all if wanted is not None or c.default]
 
     def _pid_file(self, component: Component) -> PidFile:
         return PidFile(self.layout.pid_path(component.name))
@@ -132,6 +140,11 @@ class Stack:
         skip = component.skip_reason()
         if skip:
             return PartResult(component.name, "skipped", detail=skip)
+        elsewhere = component.elsewhere()
+        if elsewhere is not None:
+            if component.healthy():
+                return PartResult(component.name, "external", detail=f"using {elsewhere} (configured): nothing started")
+            raise StackError(f"{elsewhere} (configured) does not answer; nothing started in its place")
         pid_file = self._pid_file(component)
         record = pid_file.live_record()
         if record is not None:
@@ -181,9 +194,11 @@ class Stack:
         """Stop the parts this stack started (SIGTERM, SIGKILL after a timeout), last first."""
         wanted = set(only) if only is not None else None
         report = StackReport()
-        for component in reversed(self.components):
+        for component in reversed(self._all):
             if wanted is not None and component.name not in wanted:
                 continue
+            if component not in self.components and self._pid_file(component).read() is None:
+                continue  # an on-request part that was not started: nothing to report
             started = time.monotonic()
             pid_file = self._pid_file(component)
             record = pid_file.read()
@@ -200,15 +215,22 @@ class Stack:
     # --- status --------------------------------------------------------------------------
     def status(self) -> list[PartStatus]:
         statuses: list[PartStatus] = []
-        for component in self.components:
+        for component in self._all:
+            if component not in self.components and self._pid_file(component).live_record() is None:
+                continue  # an on-request part that is not running
             skip = component.skip_reason()
             if skip:
                 statuses.append(PartStatus(component.name, "skipped", component.ports, detail=skip))
                 continue
+            elsewhere = component.elsewhere()
+            if elsewhere is not None:
+                health: Health = "external" if component.healthy() else "down"
+                statuses.append(PartStatus(component.name, health, component.ports, detail=f"configured: {elsewhere}"))
+                continue
             record = self._pid_file(component).live_record()
             healthy = component.healthy()
             if record is not None:
-                health: Health = "running" if healthy else "down"
+                health = "running" if healthy else "down"
                 detail = "" if healthy else "process alive but not answering"
                 statuses.append(PartStatus(component.name, health, component.ports, record.pid, detail))
             elif healthy:

@@ -153,11 +153,15 @@ async def test_every_benchmark_runs_at_a_tiny_size_and_the_report_renders(stack:
     sweep = next(x for x in hits.runs if "capacities" in x)
     assert len(sweep["lru"]) == len(sweep["capacities"])
 
-    mem = _well_formed(await memory.run(stack, step_alerts=200, steps=2, cached=20), "memory", out)
+    # named after the engine unless it is faust (the first results' names): aiokafka is the default
+    mem = _well_formed(await memory.run(stack, step_alerts=200, steps=2, cached=20, clickhouse="embedded"), "memory_aiokafka", out)
     assert [p["stage"] for p in mem.runs] == ["idle", "20_cached", "after_step_1", "after_step_2"]
     assert all(p["rss_mb"] > 0 for p in mem.runs) and mem.metrics["complete"]
-    mem_http = _well_formed(await memory.run(stack, step_alerts=200, steps=1, cached=20, clickhouse="http"), "memory_http", out)
+    before = tmp_path / "memory_http_before.json"
+    before.write_bytes(mem.to_json().replace(b'"clickhouse": "embedded"', b'"clickhouse": "http"'))
+    mem_http = _well_formed(await memory.run(stack, step_alerts=200, steps=1, cached=20, before=before), "memory_http_aiokafka", out)
     assert mem_http.metrics["complete"] and mem_http.metrics["clickhouse_process_rss_mb"] > 0
+    assert mem_http.metrics["before_rss_idle_mb"] == mem.metrics["rss_idle_mb"] and mem_http.params["before"]["runs"]
 
     sk = _well_formed(await sink.run(rows=2000, work_dir=tmp_path / "sink"), "sink", out)
     assert [(x["backend"], x["fsync"]) for x in sk.runs] == [("embedded", False), ("embedded", True), ("http", False), ("http", True)]
@@ -165,7 +169,10 @@ async def test_every_benchmark_runs_at_a_tiny_size_and_the_report_renders(stack:
 
     text = report.render(out, readmes=()).read_text()
     assert "nproc=" in text and "## Throughput" in text and "## Hit ratio" in text and "## The simulated proposition service" in text
-    assert "ClickHouse over HTTP (docker-compose)" in text and "## ClickHouse sink" in text
+    assert "## ClickHouse sink" in text
+    # The memory runs side by side: the earlier run a result carries (--before) gets a column of its own.
+    assert "ClickHouse over HTTP, aiokafka engine" in text and "ClickHouse embedded (chdb://), aiokafka engine" in text
+    assert "its earlier run (`params.before`)" in text and ", before: `" in text
     # Every section names its runs: file, command, commit.
     assert all(f"- `{name}.json`: `" in text for name in report.load_all(out)), text
     assert {p.name for p in out.glob("*.png")} >= {"throughput.png", "latency.png", "hitratio.png", "memory.png"}
@@ -222,3 +229,19 @@ async def test_api_load_runs_at_a_tiny_size_fresh_keys_miss_and_repeat_keys_hit(
 
     text = report.render(tmp_path, readmes=()).read_text()
     assert "## API load" in text and "| c5 | repeat |" in text and (tmp_path / "api.png").exists()
+
+
+@pytest.mark.integration
+async def test_cache_benchmarks_run_at_a_tiny_size(stack: Settings, redis_cluster: str) -> None:
+    import argparse
+
+    from benchmarks import redis_cluster_layout, triage_cpu
+
+    args = argparse.Namespace(url=redis_cluster, single_url=stack.redis_url, batch=20, rounds=3, repeat=1)
+    result = await redis_cluster_layout.measure(args)
+    assert set(result.metrics) == {"buckets_16", "buckets_64", "buckets_256", "per_slot", "single_redis"}
+    assert all(m["read_median_ms"] > 0 and m["write_median_ms"] > 0 for m in result.metrics.values())
+    assert result.runs[0]["buckets_64"]["buckets_touched"] <= 20 and result.runs[0]["per_slot"]["slots_touched"] <= 20
+    for path, tier in (("lru", "lru"), ("redis", "redis"), ("service", "service")):
+        measured = await triage_cpu.measure(path, 12)
+        assert measured["cpu_us_per_alert"] > 0 and measured["tiers"][tier] > 0, measured

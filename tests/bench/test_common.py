@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from pydantic import SecretStr
 
 from benchmarks.common import BenchResult, Stopwatch, current_command, git_state, mask, settings_record
 from benchmarks.services import NO_LATENCY, SERVICE, ServiceModel, service_label, service_of
-from stream_engine.settings import Settings
+from stream_engine.settings import SecretStr, Settings
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""What the engine here (chDB 26.9, embedded and behind the HTTP test double) does with
+"""What the engine here (chDB 26.9, embedded and behind the stack's HTTP endpoint) does with
 ``insert_deduplication_token`` on non-replicated MergeTree tables: the facts the sink's
 exactly-once inserts rest on, checked rather than assumed.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from harness.chdb_http_double import start_double
+from harness.clickhouse import start_server
 from stream_engine.sinks.clickhouse.client import connect
 from tests.integration.clickhouse_data import unique_database
 
@@ -31,11 +31,11 @@ pytestmark = pytest.mark.integration
 DAYS = [datetime.date(2024, 1, 1), datetime.date(2024, 1, 1), datetime.date(2024, 1, 2)]  # a block over 2 partitions
 
 
-@pytest.fixture(params=["embedded", "http-double"])
+@pytest.fixture(params=["embedded", "http-endpoint"])
 def url(request: pytest.FixtureRequest) -> str:
     if request.param == "embedded":
         return str(request.getfixturevalue("ch_url"))
-    return str(request.getfixturevalue("chdb_http_double").url)
+    return str(request.getfixturevalue("clickhouse_server").url)
 
 
 @pytest.fixture
@@ -97,17 +97,17 @@ def test_the_token_is_remembered_by_a_new_process_on_the_same_data(tmp_path: Pat
     data = tmp_path / "chdb"
     database = unique_database("dedup")
     for attempt in range(2):  # the second process is the worker after a crash, replaying the same block
-        double = start_double(data)
+        server = start_server(data)
         try:
-            client = connect(double.url, None)
+            client = connect(server.url, None)
             client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-            client = connect(double.url, database)
+            client = connect(server.url, database)
             if attempt == 0:
                 _table(client, "t", 100)
             _insert(client, "t", ["a", "b", "c"], "seg-1/t")
             assert _count(client, "t") == 3
         finally:
-            double.stop()
+            server.stop()
 
 
 def test_view_blocks_of_different_tokens_are_kept_even_when_identical(client: Any) -> None:

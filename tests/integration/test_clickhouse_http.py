@@ -1,9 +1,9 @@
-"""The same client/schema/sink/query path over HTTP, against a real ClickHouse server and the double.
+"""The same client/schema/sink/query path over HTTP, against a real ClickHouse server and the chDB endpoint.
 
 ``real-server`` runs only when STREAM_ENGINE_CLICKHOUSE_URL is an http(s) URL (no modern server is
 installable on the dev machines, see shared notes); otherwise it is SKIPPED, which is not a pass.
-``chdb-http-double`` runs the same test through ``harness/chdb_http_double.py``, a TEST DOUBLE of the
-HTTP interface over chDB (not a ClickHouse server), so the HTTP code path runs everywhere.
+``chdb-server`` runs the same test against the local stack's endpoint (`stream-engine clickhouse
+serve`: ClickHouse's HTTP interface over chDB, not a clickhouse-server), so the HTTP path runs everywhere.
 """
 
 from __future__ import annotations

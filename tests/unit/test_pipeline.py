@@ -124,9 +124,9 @@ async def test_lru_hits_are_sent_before_the_batch_waits_on_the_service(pipeline_
     sent_before_service: list[int] = []
     real_fetch = pipeline.triage.service.fetch_many
 
-    async def fetch_many(requests):  # type: ignore[no-untyped-def]
+    async def fetch_many(requests, epoch=0):  # type: ignore[no-untyped-def]
         sent_before_service.append(len(emitter.decisions))
-        return await real_fetch(requests)
+        return await real_fetch(requests, epoch)
 
     pipeline.triage.service.fetch_many = fetch_many  # type: ignore[method-assign]
     hits = [{**a, "id": "hit-" + a["id"]} for a in warm[:10]]

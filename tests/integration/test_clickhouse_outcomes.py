@@ -1,4 +1,4 @@
-"""The outcomes table and its queries (migration 5), on the embedded engine, against arithmetic
+"""The outcomes table and its queries (migration 6), on the embedded engine, against arithmetic
 done here on the rows inserted."""
 
 from __future__ import annotations

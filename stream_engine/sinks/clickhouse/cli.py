@@ -130,7 +130,7 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 def _run_query(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
-    from stream_engine.sinks.clickhouse.analytics import build_query
+    from stream_engine.sinks.clickhouse.analytics import QueryLimits, build_query
     from stream_engine.sinks.clickhouse.client import connect
 
     # The API's parameters, from the flags; checked before connecting.
@@ -139,7 +139,7 @@ def _run_query(args: argparse.Namespace, settings: Settings) -> int:
         "limit": None if args.limit is None else str(args.limit), "exact": "false" if args.approx else "true",
         "modes": args.modes,
     }  # fmt: skip
-    query = build_query(args.name, {k: v for k, v in params.items() if v is not None})
+    query = build_query(args.name, {k: v for k, v in params.items() if v is not None}, QueryLimits.from_settings(settings))
     result = query(connect(settings.effective_clickhouse_url, settings.clickhouse_database))
     rows: list[dict[str, Any]] = list(result.values()) if isinstance(result, dict) else result
     if args.json:

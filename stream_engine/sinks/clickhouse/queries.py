@@ -129,20 +129,25 @@ def decisions_by_mode(
 
 LOG_FIELDS = (
     "alert_id, alert_type, key, severity, source, received_at, decided_at, mode, action, confidence, "
-    "cache_tier, latency_ms, batch_size, partition, offset, worker, propositions, reason, engine_version"
+    "cache_tier, latency_ms, batch_size, partition, offset, worker, propositions, reason, engine_version, origin"
 )
 
 
 def get_proposition_logs_batch(client: Client, alert_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The latest logged decision of each id asked for (absent ids are absent), in ONE query."""
+    """The logged decision of each id asked for (absent ids are absent), in ONE query: the
+    stream's latest (``proposition_log``), or for an id the stream never logged, the HTTP API's
+    latest (``decision_audit``, origin ``api``: API decisions never enter ``proposition_log``)."""
     if not alert_ids:
         return {}
     # LIMIT 1 BY keeps one row per id even across partitions and before merges; the bloom filter
-    # index on alert_id skips granules that cannot hold the ids.
+    # indexes on alert_id skip granules that cannot hold the ids.
     sql = f"""
-        SELECT {LOG_FIELDS} FROM proposition_log
-        WHERE alert_id IN {{ids:Array(String)}}
-        ORDER BY alert_id, decided_at DESC LIMIT 1 BY alert_id"""
+        SELECT {LOG_FIELDS} FROM (
+            SELECT {LOG_FIELDS} FROM proposition_log WHERE alert_id IN {{ids:Array(String)}}
+            UNION ALL
+            SELECT {LOG_FIELDS} FROM decision_audit WHERE alert_id IN {{ids:Array(String)}} AND origin = 'api'
+        )
+        ORDER BY alert_id, origin = 'api', decided_at DESC LIMIT 1 BY alert_id"""
     rows = _dicts(client, sql, {"ids": list(alert_ids)})
     out: dict[str, dict[str, Any]] = {}
     for row in rows:

@@ -227,6 +227,22 @@ FROM $db.decision_audit
     ),
     Migration(
         5,
+        "proposition_log holds the stream's decisions only",
+        (
+            # An HTTP API caller may send any alert id: its decision stays in decision_audit
+            # (origin 'api', append-only) and never replaces the stream's row of that alert here.
+            # MODIFY QUERY swaps the view's query atomically: no insert misses the view meanwhile.
+            """
+ALTER TABLE $db.decision_audit_mv MODIFY QUERY
+SELECT alert_id, alert_type, key, severity, source, received_at, decided_at, mode, action, confidence, cache_tier, latency_ms,
+       batch_size, partition, offset, worker, propositions, reason, engine_version, topic, origin, attempt
+FROM $db.decision_audit
+WHERE origin = 'stream'
+""",
+        ),
+    ),
+    Migration(
+        6,
         "outcomes: operators' verdicts on decisions",
         (
             """

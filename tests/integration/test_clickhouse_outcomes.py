@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from stream_engine.settings import Settings
 from stream_engine.sinks.clickhouse import queries
-from stream_engine.sinks.clickhouse.analytics import BadParams, build_query
+from stream_engine.sinks.clickhouse.analytics import BadParams, QueryLimits, build_query
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.rows import LogRow, OutcomeRow, insert_outcome_rows
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.integration
 T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(minutes=50)
 T0_MS = int(T0.timestamp() * 1000)
 WINDOW = (T0, T0 + timedelta(minutes=5))
+LIMITS = QueryLimits.from_settings(Settings())  # the analytics limits every API/CLI query runs under
 PROPS = '[{"action":"retry_job","confidence":0.92,"rationale":"x"}]'
 
 
@@ -85,12 +87,12 @@ def test_recent_lists_the_newest_review_decisions_with_their_verdicts(loaded: di
 
 def test_the_analytics_dispatcher_serves_both_and_checks_their_parameters(loaded: dict[str, Any], ch_client: Any) -> None:
     params = {"from": WINDOW[0].isoformat(), "to": WINDOW[1].isoformat()}
-    stats = build_query("outcomes", params | {"interval": "1h"})(ch_client)
+    stats = build_query("outcomes", params | {"interval": "1h"}, LIMITS)(ch_client)
     assert {r["action"] for r in stats} == {"retry_job", "notify_owner", "page"}
-    recent = build_query("recent", params | {"modes": "review", "limit": "2"})(ch_client)
+    recent = build_query("recent", params | {"modes": "review", "limit": "2"}, LIMITS)(ch_client)
     assert [r["alert_id"] for r in recent] == ["r9", "r8"]
     with pytest.raises(BadParams):
-        build_query("recent", params | {"modes": "review,nope"})
+        build_query("recent", params | {"modes": "review,nope"}, LIMITS)
 
 
 def test_stream_engine_query_outcomes_prints_them(

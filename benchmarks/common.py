@@ -34,7 +34,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Settings that only keep a run apart from every other (fresh names, ports, directories, tokens):
 # their values say nothing about performance, so a result lists their names, not their values.
 ISOLATION_SETTINGS = frozenset({
-    "data_dir", "stack_dir", "topics_dir", "topic_alerts", "topic_decisions", "topic_dlq", "topic_updates", "app_id",
+    "data_dir", "stack_dir", "topics_dir", "topic_alerts", "topic_decisions", "topic_dlq", "topic_updates", "topic_outcomes", "app_id",
     "redis_namespace", "clickhouse_database", "propositions_url", "propositions_port", "admin_token", "api_token",
     "api_port", "worker_name",
 })  # fmt: skip

@@ -482,6 +482,34 @@ def cache_section(r: Results) -> list[str]:
     return out
 
 
+ISOLATION_RUNS = ("api_isolation", "api_isolation_unbounded")  # the defaults, the connection bound lifted
+
+
+def _statuses(x: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {_num(v)}" for k, v in x["answers"].items())
+
+
+def api_isolation_section(r: Results) -> list[str]:
+    out = ["## The API flooded while the stream runs (`benchmarks/api_isolation.py`)", ""]
+    runs = [r[n] for n in ISOLATION_RUNS if n in r]
+    if not runs:
+        return out + ["Not measured yet (`python -m benchmarks.api_isolation`).", ""]
+    p = runs[0].params
+    out += [f"{_num(p['connections'])} connections opened at once, {p['alerts_per_request']} alerts per request, while "
+            f"{p['stream_alerts']} alerts are published to the stream; a fresh worker per run (engine {p.get('engine')}, "
+            f"ClickHouse {p.get('clickhouse')}; service: {service_label(p)}). *growth*: peak RSS during the load − RSS "
+            "just before it. *budget*: the API's bounds priced by their unit costs (`harness.api_flood.rss_budget`, "
+            "which the e2e test asserts).", ""]
+    rows = [[f"`{res.name}`", str(i), settings_note(res), _num(x["rss_idle_mib"], 1), _num(x["rss_peak_mib"], 1),
+             f"**{_num(x['growth_mib'], 1)}**", _num(res.metrics["budget_mib"], 1), _statuses(x),
+             _num(sum(v for k, v in x["retry_after"].items() if k != "missing")), _num(sum(x["errors"].values())),
+             f"{_num(x['stream_decided'])} / {_num(x['stream_alerts'])}"]
+            for res in runs for i, x in enumerate(res.runs, 1)]
+    out += [table(["result", "run", "settings", "idle MiB", "peak MiB", "growth MiB", "budget MiB", "answers",
+                   "with Retry-After", "errors", "stream decided"], rows), ""]
+    return out + provenance_lines(*runs)
+
+
 LAYOUTS = ("buckets_16", "buckets_64", "buckets_256", "per_slot", "single_redis")
 
 
@@ -543,9 +571,27 @@ def _change(before: Any, after: Any) -> str:
     return "–" if ratio is None else f"{(ratio - 1) * 100:+.0f} %"
 
 
+def outcomes_section(r: Results) -> list[str]:
+    """Issue 15: what learning from outcomes costs the hot path."""
+    out = ["## Learning from outcomes: the hot path's cost (issue 15)", ""]
+    result = r.get("outcomes_cost")
+    if result is None:
+        return out + ["Not measured yet (`python -m benchmarks.outcomes_cost`).", ""]
+    rows = []
+    for path in ("lru", "redis"):
+        for side in ("off", "on", "on_evidence"):
+            m = result.metrics[path][side]
+            rows.append([path, side, _num(m["cpu_us_per_alert"], 2), _num(m["wall_us_per_alert"], 2),
+                         f"{m['cpu_change_pct']:+.1f}%" if "cpu_change_pct" in m else "–",
+                         f"{m['wall_change_pct']:+.1f}%" if "wall_change_pct" in m else "–"])  # fmt: skip
+    out += [result.params["what"], "", table(["path", "learning", "CPU µs/alert", "wall µs/alert", "CPU change", "wall change"], rows), ""]
+    out += [f"One decision record: {_num(result.metrics['record_bytes'])} bytes of Redis (`MEMORY USAGE`).", ""]
+    return out + provenance_lines(result)
+
+
 SECTIONS: tuple[Callable[[Results], list[str]], ...] = (
     header, service_section, throughput_section, latency_section, hitratio_section, memory_section, sink_section,
-    api_section, profile_section, cache_section, noloss_section,
+    api_section, api_isolation_section, profile_section, cache_section, noloss_section, outcomes_section,
 )
 
 
@@ -773,7 +819,45 @@ def block_redis_cluster_layout(r: Results) -> str:
             f"the time of 16 at {_num(max(by_batch))} keys ({sources}).\n")
 
 
+def block_outcomes(r: Results) -> str:
+    result = r.get("outcomes_cost")
+    if result is None:
+        return f"What learning from outcomes costs the hot path: {PENDING}.\n"
+    m = result.metrics
+    parts = []
+    for path, label in (("lru", "warm LRU"), ("redis", "LRU cleared every 10 batches")):
+        off, on, ev = m[path]["off"], m[path]["on"], m[path]["on_evidence"]
+        parts.append(f"{label}: {_num(off['cpu_us_per_alert'], 1)} µs of CPU per alert off, {_num(on['cpu_us_per_alert'], 1)} µs on "
+                     f"({on['cpu_change_pct']:+.1f}%), {_num(ev['cpu_us_per_alert'], 1)} µs with verdicts on every key "
+                     f"({ev['cpu_change_pct']:+.1f}%)")
+    return (f"In-process, triage core plus the decision records (`benchmarks/outcomes_cost.py`, medians of "
+            f"{result.params['rounds']} alternated rounds): {'; '.join(parts)}. One decision record holds "
+            f"{_num(m['record_bytes'])} bytes of Redis ({_source(result)}).\n")
+
+
+def block_api_isolation(r: Results) -> str:
+    bounded, lifted = (r.get(n) for n in ISOLATION_RUNS)
+    if bounded is None:
+        return f"The worker's RSS under the flood: {PENDING}.\n"
+    p, m = bounded.params, bounded.metrics
+    growth = sorted(x["growth_mib"] for x in bounded.runs)
+    spread = lambda key: "–".join(dict.fromkeys(_num(v) for v in sorted(x["answers"].get(key, 0) for x in bounded.runs)))  # noqa: E731
+    decided = "all" if m.get("stream_decided_all") else "**not all**"
+    text = (f"Measured: under {_num(p['connections'])} concurrent requests of {p['alerts_per_request']} alerts, with "
+            f"{p['stream_alerts']} stream alerts published meanwhile, the worker's peak RSS grew "
+            f"**{' / '.join(_num(g, 1) for g in growth)} MiB** over {len(growth)} runs, "
+            f"{'within' if m.get('within_budget') else '**above**'} the {_num(m['budget_mib'], 1)} MiB budget; answers "
+            f"200: {spread('200')}, 429: {spread('429')}, 503: {spread('503')}; {decided} stream alerts decided "
+            f"({_source(bounded)}).")
+    if lifted is not None:
+        lifted_growth = " / ".join(_num(x["growth_mib"], 1) for x in lifted.runs)
+        text += (f" With the connection bound lifted, the same load grew it **{lifted_growth} MiB** "
+                 f"({_source(lifted)}).")
+    return text + "\n"
+
+
 README_BLOCKS: dict[str, Callable[[Results], str]] = {
+    "outcomes": block_outcomes,
     "performance": block_performance,
     "service-shape": block_service_shape,
     "engines": block_engines,
@@ -783,6 +867,7 @@ README_BLOCKS: dict[str, Callable[[Results], str]] = {
     "redis-cluster-layout": block_redis_cluster_layout,
     "drills": block_drills,
     "noloss-throughput": block_noloss_throughput,
+    "api-isolation": block_api_isolation,
 }
 
 

@@ -109,3 +109,11 @@ def start_worker(settings: Settings, log_dir: Path, name: str = "worker", env: d
     engine = f"starting a worker on the {settings.engine} engine"
     assert engine in proc.log(), f"{name} did not log {engine!r}:\n{proc.log()[-3000:]}"
     return proc
+
+
+API_URL = re.compile(r"api listening on (http://[0-9.]+:\d+)")
+
+
+def api_url(proc: Proc) -> str:
+    """The worker's API base URL, from its "api listening on …" log line (``api_port=0`` picks one)."""
+    return str(wait_until(lambda: API_URL.search(proc.log()), 30, "api listening", proc).group(1))

@@ -34,6 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--seed", type=int, default=None, help="Workload seed (default: time based).")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default DATA_DIR/demo.png).")
     p.add_argument("--timeout", type=float, default=180.0, help="Give up waiting for decisions after this.")
+    p.add_argument(
+        "--no-operators", dest="operators", action="store_false",
+        help="Do not simulate operators (by default they judge every decision on the outcomes topic, with one bad rule: "
+        "stream_engine.outcomes.operators).",
+    )  # fmt: skip
+    p.add_argument(
+        "--judge-share", type=float, default=0.1,
+        help="Share of the decisions the simulated operators judge (default 0.1: people do not look at everything).",
+    )  # fmt: skip
     p.set_defaults(func=run_demo)
 
 
@@ -42,6 +51,7 @@ class Run:
     published_ns: dict[str, int] = field(default_factory=dict)  # alert id -> record timestamp (ms)
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     decided_ts: dict[str, int] = field(default_factory=dict)  # alert id -> decision record timestamp (ms)
+    verdicts: dict[str, str] = field(default_factory=dict)  # alert id -> the simulated operators' outcome
     started: float = 0.0
     finished: float = 0.0
 
@@ -119,14 +129,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 async def drive(settings: Settings, args: argparse.Namespace, console: Any) -> Run:
     """Publish at the requested rate while reading decisions; return when all are decided."""
+    import random
+
     import orjson
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stream_engine.keys import message_key
+    from stream_engine.outcomes.operators import verdict
     from stream_engine.workload import Workload
 
     run = Run()
+    judging = random.Random(args.seed)  # which decisions the operators look at
     alerts = Workload(args.profile, seed=args.seed if args.seed is not None else time.time_ns()).alerts(args.alerts)
     # No group: this one consumer gets every partition of the topic.
     consumer = AIOKafkaConsumer(
@@ -165,6 +179,7 @@ async def drive(settings: Settings, args: argparse.Namespace, console: Any) -> R
             publisher = asyncio.create_task(publish())
             deadline = time.monotonic() + args.timeout
             wanted = {a["id"] for a in alerts}
+            judged: list[asyncio.Future[Any]] = []
             while len(run.decisions) < len(alerts) and time.monotonic() < deadline:
                 batch = await consumer.getmany(timeout_ms=200)
                 for records in batch.values():
@@ -173,7 +188,14 @@ async def drive(settings: Settings, args: argparse.Namespace, console: Any) -> R
                         if d["alert_id"] in wanted and d["alert_id"] not in run.decisions:
                             run.decisions[d["alert_id"]] = d
                             run.decided_ts[d["alert_id"]] = r.timestamp
+                            looked = args.operators and judging.random() < args.judge_share
+                            outcome = verdict(d) if looked else None
+                            if outcome is not None:  # operators judge as decisions come in
+                                run.verdicts[outcome.alert_id] = outcome.outcome
+                                key = outcome.alert_id.encode()
+                                judged.append(await producer.send(settings.topic_outcomes, outcome.to_json(), key=key))
                 progress.update(dec, completed=len(run.decisions))
+            await asyncio.gather(*judged)
             await publisher
             run.finished = time.time()
     finally:
@@ -203,7 +225,12 @@ async def read_summary(settings: Settings, run: Run, console: Any) -> dict[str, 
                 if rows >= len(run.decisions):
                     break
                 await asyncio.sleep(0.5)
-        for name in ("latency", "cache", "modes"):
+            while run.verdicts and time.monotonic() < deadline:  # the verdicts' rows come a little later
+                outcomes = (await http.get(f"{base}/outcomes", params=params)).json().get("rows", [])
+                if sum(r["accepted"] + r["rejected"] + r["false_positive"] for r in outcomes) >= len(run.verdicts):
+                    break
+                await asyncio.sleep(0.5)
+        for name in ("latency", "cache", "modes", "outcomes"):
             response = await http.get(f"{base}/{name}", params=params)
             body = response.json()
             summary[name] = body.get("rows", body) if isinstance(body, dict) else body
@@ -215,6 +242,21 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def precision_over_run(run: Run, slices: int = 5) -> list[tuple[int, int, float | None]]:
+    """Auto precision per slice of the run (by decision time): (auto decisions judged, rejected,
+    precision = share not rejected; None without judged auto decisions)."""
+    autos = sorted((run.decided_ts[i], run.verdicts[i]) for i, d in run.decisions.items() if d["mode"] == "auto" and i in run.verdicts)
+    if not autos:
+        return []
+    t0, t1 = autos[0][0], autos[-1][0] + 1
+    counts = [[0, 0] for _ in range(slices)]
+    for ts, outcome in autos:
+        c = counts[min(slices - 1, (ts - t0) * slices // (t1 - t0))]
+        c[0] += 1
+        c[1] += outcome in ("rejected", "false_positive")
+    return [(n, wrong, (1 - wrong / n) if n else None) for n, wrong in counts]
 
 
 def print_summary(console: Any, args: argparse.Namespace, run: Run, summary: dict[str, Any]) -> None:
@@ -258,6 +300,32 @@ def print_summary(console: Any, args: argparse.Namespace, run: Run, summary: dic
     for t, c in sorted(modes.items()):
         mt.add_row(t, str(c["auto"]), str(c["review"]), str(c["escalate"]))
     console.print(mt)
+    if run.verdicts:
+        print_learning(console, run, summary)
+
+
+def print_learning(console: Any, run: Run, summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from stream_engine.outcomes.operators import BAD_RULE
+
+    console.print(
+        f"simulated operators judged {len(run.verdicts)} of {len(run.decisions)} decisions; their one bad rule: {BAD_RULE.alert_type} with "
+        f"{BAD_RULE.key_contains} → {BAD_RULE.action} is always rejected, everything else accepted"
+    )
+    slices = Table(title="auto precision over the run (judged auto decisions not rejected, by fifth of the run)")
+    for col in ("fifth", "auto judged", "rejected", "auto precision"):
+        slices.add_column(col, justify="right")
+    for i, (n, wrong, precision) in enumerate(precision_over_run(run), 1):
+        slices.add_row(str(i), str(n), str(wrong), "-" if precision is None else f"{precision:.1%}")
+    console.print(slices)
+    learned = Counter(d["reason"] for d in run.decisions.values() if (d.get("reason") or "").startswith("outcome_"))
+    console.print("decisions changed by outcomes: " + (", ".join(f"{r} {n}" for r, n in sorted(learned.items())) or "none"))
+    rows = [r for r in summary.get("outcomes", []) if isinstance(r, dict)]
+    judged, wrong = sum(r.get("auto_judged") or 0 for r in rows), sum(r.get("auto_wrong") or 0 for r in rows)
+    if judged:
+        console.print(f"ClickHouse (outcomes table, whole run): {judged} auto decisions judged, {wrong} rejected, "
+                      f"auto precision {1 - wrong / judged:.1%}")  # fmt: skip
 
 
 def write_plot(run: Run, path: Path) -> None:
@@ -275,7 +343,13 @@ def write_plot(run: Run, path: Path) -> None:
         per_second[second].append(run.decided_ts[alert_id] - run.published_ns.get(alert_id, run.decided_ts[alert_id]))
         hits[second][d["cache_tier"]] += 1
     seconds = sorted(per_second)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    judged: dict[int, Counter[str]] = defaultdict(Counter)
+    for alert_id, outcome in run.verdicts.items():
+        if run.decisions[alert_id]["mode"] == "auto":
+            judged[(run.decided_ts[alert_id] - t0) // 1000][outcome] += 1
+    rows = 3 if judged else 2
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 3 * rows), sharex=True)
+    ax1, ax2 = axes[0], axes[1]
     for q, label in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
         ax1.plot(seconds, [_percentile(sorted(per_second[s]), q) for s in seconds], label=label)
     ax1.set_ylabel("publish→decision (ms)")
@@ -287,6 +361,16 @@ def write_plot(run: Run, path: Path) -> None:
     ax2.set_xlabel("second of the run")
     ax2.legend()
     ax2.grid(alpha=0.3)
+    if judged:
+        ax3 = axes[2]
+        xs = sorted(judged)
+        precision = [1 - (judged[s]["rejected"] + judged[s]["false_positive"]) / max(1, sum(judged[s].values())) for s in xs]
+        ax3.plot(xs, precision, label="auto precision (operators' verdicts)", color="tab:purple")
+        ax3.set_ylim(0, 1.05)
+        ax3.set_ylabel("auto precision")
+        ax3.set_xlabel("second of the run")
+        ax3.legend(loc="lower right")
+        ax3.grid(alpha=0.3)
     fig.suptitle(f"stream_engine demo — {len(run.decisions)} alerts")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

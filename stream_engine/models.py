@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import orjson
+
+if TYPE_CHECKING:
+    from stream_engine.outcomes.evidence import Evidence
 
 __version__ = "0.1.0"
 ENGINE_VERSION = __version__
@@ -56,6 +59,7 @@ class Resolved(NamedTuple):
     propositions: list[Proposition] | None
     tier: CacheTier
     reason: str | None = None
+    evidence: Evidence | None = None  # operators' verdicts on the key, read with the propositions
 
 
 @dataclass(slots=True)
@@ -99,7 +103,8 @@ class Decision:
     latency_ms: float
     decided_at: float  # epoch seconds
     engine_version: str = ENGINE_VERSION
-    reason: str | None = None  # why escalate / review
+    reason: str | None = None  # why escalate / review (or how outcomes changed it: policy.OUTCOME_REASONS)
+    evidence: dict[str, Any] | None = None  # present when operators' verdicts adjusted the confidences
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

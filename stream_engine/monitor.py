@@ -7,6 +7,9 @@ however many samples it takes, and a percentile is a walk over fixed buckets, ne
 Fed from each ``BatchReport`` of the stream (``observe_batch``) and from each HTTP API call
 (``observe_api``); read by ``/api/v1/stats`` (``snapshot``) and ``/metrics``. Everything runs on
 the event loop, so no locks.
+
+Series per alert type are bounded (:class:`AlertTypes`): the configured types and the first
+``metrics_max_alert_types`` others the stream brings have their own; the rest count as ``other``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from stream_engine.models import API_STAGES, END_TO_END, STAGES
 if TYPE_CHECKING:
     from stream_engine.models import DeadLetter, Decision, StageTimes
     from stream_engine.pipeline import BatchReport, RawMessage
+    from stream_engine.settings import Settings
 
 HISTOGRAMS = (*STAGES, END_TO_END)
 # (topic, partition, high-watermark, fetch position) per assigned partition: what lag is made of.
@@ -36,6 +40,37 @@ LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour; longer samples are clamped (and counted)
 SIGNIFICANT_DIGITS = 3
 SOURCES = ("stream", "api")
+OTHER_TYPE = "other"
+DEFAULT_MAX_SEEN_TYPES = 50
+
+
+class AlertTypes:
+    """The alert types that get metric series of their own (Prometheus labels, /stats keys).
+
+    Known: the configured types, then the first ``max_seen`` others seen in the stream. Any other
+    type is counted as ``other`` — and so is an unknown type sent only to the HTTP API, so neither
+    a publisher nor an API caller inventing types can grow the series without bound, and an API
+    caller cannot use up the places the stream's real types need.
+    """
+
+    def __init__(self, configured: Iterable[str] = (), max_seen: int = DEFAULT_MAX_SEEN_TYPES) -> None:
+        self.known = set(configured)
+        self.max_seen = max_seen
+        self.seen = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlertTypes:
+        return cls({*settings.key_fields, *settings.auto_thresholds}, settings.metrics_max_alert_types)
+
+    def label(self, alert_type: str, learn: bool) -> str:
+        """``alert_type`` if it has a series (learning it while there is room and ``learn``), else ``other``."""
+        if alert_type in self.known:
+            return alert_type
+        if learn and self.seen < self.max_seen:
+            self.known.add(alert_type)
+            self.seen += 1
+            return alert_type
+        return OTHER_TYPE
 
 
 class StageHistogram:
@@ -107,8 +142,9 @@ def rss_bytes() -> int:
 
 
 class Monitor:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, types: AlertTypes | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        self.types = types if types is not None else AlertTypes()
         self.started_at = clock()
         self.stages: dict[str, StageHistogram] = {stage: StageHistogram() for stage in HISTOGRAMS}
         self.batches: Counter[str] = Counter()  # by source
@@ -172,9 +208,10 @@ class Monitor:
         if not decisions:
             return
         counts = self.decisions
+        label, learn = self.types.label, source == "stream"
         latencies: Counter[int] = Counter()
         for d in decisions:
-            counts[(source, d.mode, d.cache_tier, d.alert_type)] += 1
+            counts[(source, d.mode, d.cache_tier, label(d.alert_type, learn))] += 1
             latencies[int(d.latency_ms * 1000)] += 1
             if d.cache_tier == "none":
                 self.escalations[d.reason or "unknown"] += 1

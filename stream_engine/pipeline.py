@@ -25,9 +25,9 @@ import logging
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from stream_engine.cache.partitioned import PartitionedLRU
+from stream_engine.cache.partitioned import Answer, PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier
 from stream_engine.keys import KeyBuilder
 from stream_engine.masking import Masker
@@ -48,6 +48,11 @@ from stream_engine.propositions.client import PropositionClient
 from stream_engine.sinks import Sink
 from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow, log_row, metric_row
 from stream_engine.validation import AlertDecoder, InvalidAlert
+
+if TYPE_CHECKING:
+    from stream_engine.outcomes.book import OutcomeBook
+    from stream_engine.outcomes.evidence import Evidence
+    from stream_engine.outcomes.store import OutcomeStore
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +138,9 @@ class _Sent:
 
 
 class Triage:
-    """Envelopes → decisions through the cache tiers; one round trip per tier per call."""
+    """Envelopes → decisions through the cache tiers; one round trip per tier per call. With a
+    ``book`` (learning from outcomes), each key's outcome evidence rides the same tiers: in the LRU
+    entry, and in the same Redis MGET as the propositions."""
 
     def __init__(
         self,
@@ -142,12 +149,14 @@ class Triage:
         redis: RedisTier,
         service: PropositionClient,
         policy: DecisionPolicy,
+        book: OutcomeBook | None = None,
     ) -> None:
         self.keys = keys
         self.lru = lru
         self.redis = redis
         self.service = service
         self.policy = policy
+        self.book = book
         if redis.coherence is not lru.coherence:
             raise ValueError("the LRU and the Redis tier must share one Coherence (one set of invalidation floors)")
         self.coherence = lru.coherence
@@ -168,25 +177,25 @@ class Triage:
 
     def split(
         self, envelopes: Sequence[Envelope], times: StageTimes
-    ) -> tuple[list[tuple[Envelope, list[Proposition]]], list[Envelope]]:
-        """(LRU hits with their propositions, misses): the first tier, no I/O."""
+    ) -> tuple[list[tuple[Envelope, Answer]], list[Envelope]]:
+        """(LRU hits with their answers, misses): the first tier, no I/O."""
         t0 = time.perf_counter_ns()
-        hits: list[tuple[Envelope, list[Proposition]]] = []
+        hits: list[tuple[Envelope, Answer]] = []
         misses: list[Envelope] = []
         for env in envelopes:
-            props = self.lru.for_partition(env.partition).get(env.key)
-            if props is None:
+            answer = self.lru.for_partition(env.partition).get(env.key)
+            if answer is None:
                 misses.append(env)
             else:
-                hits.append((env, props))
+                hits.append((env, answer))
         times.lru += time.perf_counter_ns() - t0
         return hits, misses
 
-    def decide_hits(self, hits: Sequence[tuple[Envelope, list[Proposition]]], times: StageTimes) -> list[Decision]:
+    def decide_hits(self, hits: Sequence[tuple[Envelope, Answer]], times: StageTimes) -> list[Decision]:
         t0 = time.perf_counter_ns()
         now_ns = time.time_ns()
         decide = self.policy.decide
-        decisions = [decide(env, props, "lru", None, now_ns) for env, props in hits]
+        decisions = [decide(env, answer.propositions, "lru", None, now_ns, answer.evidence) for env, answer in hits]
         times.decide += time.perf_counter_ns() - t0
         return decisions
 
@@ -195,7 +204,7 @@ class Triage:
         t0 = time.perf_counter_ns()
         now_ns = time.time_ns()
         decide = self.policy.decide
-        decisions = [decide(env, props, tier, reason, now_ns) for env, (props, tier, reason) in zip(misses, resolved)]
+        decisions = [decide(env, r.propositions, r.tier, r.reason, now_ns, r.evidence) for env, r in zip(misses, resolved)]
         times.decide += time.perf_counter_ns() - t0
         return decisions
 
@@ -210,9 +219,10 @@ class Triage:
         # What is fetched from here on is tagged with the invalidations applied so far: neither
         # tier keeps it if one covering it lands before it is stored (cache.invalidation).
         tag = self.coherence.begin()
+        evidence: dict[str, Evidence] | None = {} if self.book is not None else None
         try:
-            for key, (props, fetched_under, ttl_s) in (await self.redis.get_many(list(misses))).items():
-                self._fill(out, envelopes, key, misses.pop(key), props, "redis", fetched_under, ttl_s)
+            for key, (props, fetched_under, ttl_s) in (await self.redis.get_many(list(misses), evidence)).items():
+                self._fill(out, envelopes, key, misses.pop(key), props, "redis", fetched_under, ttl_s, evidence)
             t2 = time.perf_counter_ns()
             times.redis += t2 - t1
             if not misses:
@@ -222,7 +232,7 @@ class Triage:
             t3 = time.perf_counter_ns()
             times.service += t3 - t2
             for key, props in result.found.items():
-                self._fill(out, envelopes, key, misses.pop(key), props, "service", tag)
+                self._fill(out, envelopes, key, misses.pop(key), props, "service", tag, None, evidence)
             if result.found:
                 await self.redis.put_many(result.found, tag, version=result.version)
                 times.redis += time.perf_counter_ns() - t3
@@ -244,25 +254,32 @@ class Triage:
         tier: CacheTier,
         tag: int,
         ttl_s: float | None = None,
+        evidence: dict[str, Evidence] | None = None,
     ) -> None:
         stored = -1
+        found = self.book.newest(key, evidence.get(key)) if self.book is not None and evidence is not None else None
         for i in idx:
-            out[i] = Resolved(props, tier)
+            out[i] = Resolved(props, tier, None, found)
             # Every partition the key appears in gets it: keyed publishing makes that one partition.
             partition = envelopes[i].partition
             if partition != stored:
-                self.lru.put(partition, key, props, tag, ttl_s)
+                self.lru.put(partition, key, props, tag, ttl_s, found)
                 stored = partition
 
 
 class DecisionLog:
     """Decisions → ``proposition_log`` rows, and the batch's stage times → ``latency_metrics``
     rows; :meth:`write` returns once the sink holds them durably. The stream and the HTTP API
-    both log through it, each with its own stage set (``STAGES`` / ``API_STAGES``)."""
+    both log through it, each with its own stage set (``STAGES`` / ``API_STAGES``).
 
-    def __init__(self, sink: Sink, worker_name: str) -> None:
+    With ``records`` (learning from outcomes), each decision's record (key, type, action, mode)
+    goes to Redis for the outcome window at the same time, so a verdict published later can name
+    the alert id alone; Redis being down skips them (counted), never the rows."""
+
+    def __init__(self, sink: Sink, worker_name: str, records: OutcomeStore | None = None) -> None:
         self.sink = sink
         self.worker_name = worker_name
+        self.records = records
 
     async def write(
         self,
@@ -274,7 +291,11 @@ class DecisionLog:
     ) -> None:
         """``envelopes`` aligned with ``decisions``; sets ``times.sink``."""
         t0 = time.perf_counter_ns()
-        await self.sink.write(self.rows(envelopes, decisions), self.metrics(times, decisions, received_ns, stages))
+        writing = self.sink.write(self.rows(envelopes, decisions), self.metrics(times, decisions, received_ns, stages))
+        if self.records is None:
+            await writing
+        else:  # one Redis round trip beside the journal write (record() never raises an outage)
+            await asyncio.gather(writing, self.records.record(decisions))
         times.sink = time.perf_counter_ns() - t0
 
     def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision]) -> list[LogRow]:

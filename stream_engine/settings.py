@@ -69,6 +69,7 @@ class Settings(TypedSettings):
     topic_decisions: str = Field("decisions", description="Output topic.")
     topic_dlq: str = Field("alerts.dlq", description="Dead-letter topic for malformed alerts.")
     topic_updates: str = Field("proposition-updates", description="Cache invalidation topic.")
+    topic_outcomes: str = Field("outcomes", description="Operators' verdicts on decisions (learning from outcomes).")
 
     # --- worker ------------------------------------------------------------------------
     app_id: str = Field("stream-engine", description="Kafka consumer group of the workers (and their client id prefix).")
@@ -140,6 +141,28 @@ class Settings(TypedSettings):
         description="Per alert type overrides of auto_threshold.",
     )
 
+    # --- learning from outcomes (README, "Learning from outcomes") ---------------------
+    outcome_learning: bool = Field(
+        True,
+        description="Learn from operators' verdicts on the outcomes topic: keep a record of every decision in Redis for "
+        "outcome_window_s, count verdicts per key and action, and adjust confidences with them. Off: none of that.",
+    )
+    outcome_prior_weight: float = Field(
+        10.0,
+        gt=0,
+        description="Weight of the service's confidence against operators' verdicts: the Beta prior counts as this many "
+        "verdicts, so a key's own verdicts outweigh the service once there are more of them.",
+    )
+    outcome_window_s: int = Field(
+        604_800,
+        ge=60,
+        description="How long a decision can be judged (its Redis record's TTL; also the counts' TTL since their last "
+        "verdict). Redis holds one record per decided alert: see the README for the bytes per alert.",
+    )
+    outcome_grace_s: float = Field(
+        5.0, ge=0, description="An outcome naming an alert id not found yet is looked up again once it is this old."
+    )
+
     # --- ClickHouse sink ---------------------------------------------------------------
     sink_flush_rows: int = Field(10_000, ge=1, description="Flush when this many rows are buffered.")
     sink_flush_interval_s: float = Field(1.0, gt=0, description="Flush at least this often.")
@@ -158,6 +181,50 @@ class Settings(TypedSettings):
     api_host: str = Field("127.0.0.1", description="Worker HTTP API bind address.")
     api_port: int = Field(8787, description="Worker HTTP API port.")
     api_max_body_bytes: int = Field(1_048_576, ge=1024, description="Max request body.")
+    # The API's own bounds (README, Security): refused work costs the worker nothing.
+    api_max_connections: int = Field(
+        2000,
+        ge=1,
+        description="Open HTTP API connections (each costs memory in aiohttp, whatever its request); one more is "
+        "answered 503 + Retry-After and closed before its request is parsed.",
+    )
+    api_max_request_bytes: int = Field(
+        4_194_304,
+        ge=1024,
+        description="Bytes of decision requests (POST /api/v1/alerts/process) in progress at once, by "
+        "Content-Length; one more gets 429 + Retry-After before its body is parsed (a lone request always passes).",
+    )
+    api_max_queued_alerts: int = Field(
+        5000, ge=1, description="Alerts of API requests waiting for or in a decision; a request that would pass it gets 429."
+    )
+    api_max_queries: int = Field(
+        1, ge=1, description="Analytics queries in progress at once (they run in the sink's insert thread); one more gets 429."
+    )
+    api_service_pool_size: int = Field(
+        4,
+        ge=1,
+        description="Connections of the API's own proposition client: its own pool and circuit breaker, so API "
+        "traffic cannot take the stream's connections or open the stream's breaker.",
+    )
+    analytics_max_execution_s: float = Field(
+        5.0, gt=0, description="ClickHouse max_execution_time of an analytics query (how long it may hold the insert thread)."
+    )
+    analytics_max_rows_to_read: int = Field(50_000_000, ge=1, description="ClickHouse max_rows_to_read of an analytics query.")
+    analytics_max_result_rows: int = Field(
+        100_000, ge=1, description="ClickHouse max_result_rows of an analytics query (rows the worker materialises)."
+    )
+    analytics_max_memory_bytes: int = Field(
+        268_435_456, ge=1_048_576, description="ClickHouse max_memory_usage of an analytics query (in the worker with chDB)."
+    )
+    analytics_max_threads: int = Field(
+        1, ge=1, description="ClickHouse max_threads of an analytics query (chDB runs it on the worker's cores)."
+    )
+    metrics_max_alert_types: int = Field(
+        50,
+        ge=0,
+        description="Alert types seen in the stream that get their own metric series, besides the configured ones "
+        "(key_fields, auto_thresholds); the rest, and unknown types sent to the API, count as `other`.",
+    )
     api_token: SecretStr = Field(
         SecretStr(""),
         description="Bearer token every /api/v1/* request must carry; required when api_host is not loopback.",

@@ -71,22 +71,7 @@ class AlertDecoder:
         return cls(settings.max_alert_bytes, settings.topics_dir / "schemas" / "alert.schema.json")
 
     def decode(self, raw: bytes | bytearray | memoryview | None) -> Alert:
-        if raw is None:  # a Kafka tombstone / null value
-            raise InvalidAlert("not_json", "message value is null")
-        if len(raw) > self.max_bytes:
-            raise InvalidAlert("too_large", f"{len(raw)} bytes > max {self.max_bytes}")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise _parse_error(exc) from None
-        if not isinstance(data, dict):
-            raise InvalidAlert("not_object", f"top level is {_json_type(data)}, expected object")
-        try:
-            self._validate(data)
-        except fastjsonschema.JsonSchemaValueException as exc:
-            raise InvalidAlert("schema", _schema_detail(exc, data)) from None
-        except Exception as exc:  # noqa: BLE001 - a validator bug must not kill the worker
-            raise InvalidAlert("schema", f"validator error: {type(exc).__name__}") from None
+        data = decode_object(raw, self.max_bytes, self._validate)
         attributes = data.get("attributes")
         # Flat attributes (the norm) cost one pass over the values; only nested ones are walked.
         if attributes and any(isinstance(v, (dict, list)) for v in attributes.values()):
@@ -101,6 +86,29 @@ class AlertDecoder:
             attributes=attributes if attributes is not None else {},
             fingerprint=data.get("fingerprint"),
         )
+
+
+def decode_object(raw: bytes | bytearray | memoryview | None, max_bytes: int, validate: Any) -> dict[str, Any]:
+    """The checks every JSON message of ours passes (size, UTF-8, JSON, object, ``validate``: a
+    compiled JSON Schema), in that order; raises :class:`InvalidAlert` with the first that fails.
+    Shared by the alerts' and the outcomes' decoders, so both dead-letter with the same reasons."""
+    if raw is None:  # a Kafka tombstone / null value
+        raise InvalidAlert("not_json", "message value is null")
+    if len(raw) > max_bytes:
+        raise InvalidAlert("too_large", f"{len(raw)} bytes > max {max_bytes}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _parse_error(exc) from None
+    if not isinstance(data, dict):
+        raise InvalidAlert("not_object", f"top level is {_json_type(data)}, expected object")
+    try:
+        validate(data)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise InvalidAlert("schema", _schema_detail(exc, data)) from None
+    except Exception as exc:  # noqa: BLE001 - a validator bug must not kill the worker
+        raise InvalidAlert("schema", f"validator error: {type(exc).__name__}") from None
+    return data
 
 
 def _parse_error(exc: orjson.JSONDecodeError) -> InvalidAlert:

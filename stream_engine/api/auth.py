@@ -14,7 +14,8 @@ from stream_engine.auth import Middleware, bearer_auth, require_token_beyond_loo
 if TYPE_CHECKING:
     from stream_engine.settings import Settings
 
-OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+# /console is a static page with no data: its requests to /api/v1/* carry the token.
+OPEN_PATHS = frozenset({"/healthz", "/metrics", "/console"})
 
 
 def check_api_exposure(settings: Settings) -> None:

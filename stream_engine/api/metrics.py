@@ -62,6 +62,11 @@ class RuntimeCollector(Collector):
             escalations.add_metric([reason], n)
         yield escalations
 
+        requests = _counter("api_requests", "HTTP API requests by route and status (429: refused by a bound).", ["route", "status"])
+        for (route, status), n in sorted(monitor.api_requests.items()):
+            requests.add_metric([route, str(status)], n)
+        yield requests
+
         batches = _counter("batches", "Batches processed (stream) and API calls.", ["source"])
         for source, n in sorted(monitor.batches.items()):
             batches.add_metric([source], n)
@@ -128,20 +133,9 @@ class RuntimeCollector(Collector):
         entries.add_metric([], lru["entries"])
         yield entries
 
-        client = parts["service"]
-        for name in ("requests", "retries", "failures", "breaker_rejections"):
-            metric = _counter(f"service_{name}", f"Proposition service client {name.replace('_', ' ')}.")
-            metric.add_metric([], client[name])
-            yield metric
-        breaker = _gauge("service_breaker_open", "1 while the circuit breaker is not closed.")
-        breaker.add_metric([], 0 if client["breaker"] == "closed" else 1)
-        yield breaker
-        pool = _gauge("service_pool_connections", "Open HTTP connections to the proposition service.")
-        pool.add_metric([], client["pool_connections"] or 0)
-        yield pool
-        pool_max = _gauge("service_pool_max_connections", "Configured HTTP pool size.")
-        pool_max.add_metric([], runtime.settings.service_pool_size)
-        yield pool_max
+        settings = runtime.settings
+        yield from _client("service", "proposition service client", parts["service"], settings.service_pool_size)
+        yield from _client("api_service", "the HTTP API's own proposition client", parts["api_service"], settings.api_service_pool_size)
 
         sink = parts["sink"]
         for name, doc in (
@@ -164,6 +158,22 @@ class RuntimeCollector(Collector):
                 gauge = _gauge(f"sink_{name}", doc)
                 gauge.add_metric([], sink[name])
                 yield gauge
+
+
+def _client(prefix: str, who: str, client: dict[str, Any], pool_size: int) -> Iterator[Metric]:
+    for name in ("requests", "retries", "failures", "breaker_rejections"):
+        metric = _counter(f"{prefix}_{name}", f"{name.replace('_', ' ').capitalize()} ({who}).")
+        metric.add_metric([], client[name])
+        yield metric
+    breaker = _gauge(f"{prefix}_breaker_open", f"1 while the circuit breaker is not closed ({who}).")
+    breaker.add_metric([], 0 if client["breaker"] == "closed" else 1)
+    yield breaker
+    pool = _gauge(f"{prefix}_pool_connections", f"Open HTTP connections to the proposition service ({who}).")
+    pool.add_metric([], client["pool_connections"] or 0)
+    yield pool
+    pool_max = _gauge(f"{prefix}_pool_max_connections", f"Configured HTTP pool size ({who}).")
+    pool_max.add_metric([], pool_size)
+    yield pool_max
 
 
 def build_registry(runtime: Runtime) -> tuple[CollectorRegistry, RuntimeCollector]:

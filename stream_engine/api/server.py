@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from stream_engine.api.admission import ConnectionLimit
 from stream_engine.api.auth import api_auth
 from stream_engine.api.handlers import Handlers
 from stream_engine.api.metrics import build_registry
@@ -19,6 +22,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Connections the kernel holds until the loop accepts them. A burst beyond it has its handshakes
+# dropped (retried by clients, or reset): 10,000 at once saw 21-85 resets with 128, none with 1024.
+BACKLOG = 1024
+CONNECTION_LIMIT_ROUTE = "(connection limit)"  # the route under which refused connections are counted
 
 
 def create_api_app(runtime: Runtime) -> web.Application:
@@ -51,8 +58,10 @@ def create_api_app(runtime: Runtime) -> web.Application:
 
     app = web.Application(client_max_size=runtime.settings.api_max_body_bytes, middlewares=[count_requests, *api_auth(runtime.settings)])
     app.router.add_post("/api/v1/alerts/process", handlers.process)
+    app.router.add_post("/api/v1/outcomes", handlers.outcomes)
     app.router.add_get("/api/v1/stats", handlers.stats)
     app.router.add_get("/api/v1/analytics/{name}", handlers.analytics)
+    app.router.add_get("/console", handlers.console)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics)
     return app
@@ -62,26 +71,41 @@ class ApiServer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.connections: ConnectionLimit | None = None  # once started: open connections, the limit
         self.url: str | None = None
 
     async def start(self) -> str:
         """Bind and serve; returns ``http://host:port`` (the real port when asked for port 0)."""
-        settings = self.runtime.settings
-        runner = web.AppRunner(create_api_app(self.runtime), access_log=None, handle_signals=False)
+        runtime = self.runtime
+        settings = runtime.settings
+        runner = web.AppRunner(create_api_app(runtime), access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, settings.api_host, settings.api_port)
+        # Our own listening socket around aiohttp's low-level server (runner.server), so that the
+        # number of connections it holds is bounded (aiohttp's TCPSite has no such bound).
+        refused = partial(runtime.monitor.api_request, CONNECTION_LIMIT_ROUTE, 503)
+        server = runner.server
+        assert server is not None  # set by setup()
+        self.connections = ConnectionLimit(server, settings.api_max_connections, refused)
         try:
-            await site.start()
+            self._listener = await asyncio.get_running_loop().create_server(
+                self.connections, settings.api_host, settings.api_port, backlog=BACKLOG
+            )
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        host, port = runner.addresses[0][:2]
+        host, port = self._listener.sockets[0].getsockname()[:2]
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         log.info("api listening on %s", self.url, extra={"api_url": self.url})
         return self.url
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None

@@ -7,19 +7,41 @@ the partition is revoked in a rebalance (its keys now belong to another worker).
 Coherence (:mod:`stream_engine.cache.invalidation`): :meth:`PartitionedLRU.put` admits only a
 value whose tag is current, and an invalidation drops every entry it covers in the same step as
 it raises the floors, so an entry present is current: ``get`` needs no check.
+
+An entry is an :class:`Answer`: the key's propositions and the outcome evidence read with them
+(:mod:`stream_engine.outcomes`); a verdict counted later replaces the evidence in place
+(:meth:`PartitionedLRU.refresh_evidence`), keeping the entry's age and recency.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from stream_engine.cache.invalidation import Coherence
 from stream_engine.cache.ttl_cache import CacheCounters, TTLCache
 from stream_engine.keys import type_prefix
 from stream_engine.models import Proposition
 
-PropositionCache = TTLCache[str, list[Proposition]]
+if TYPE_CHECKING:
+    from stream_engine.outcomes.evidence import Evidence
+
+
+class Answer:
+    """What the LRU holds for a key (one object per key, shared by all its alerts)."""
+
+    __slots__ = ("evidence", "propositions")
+
+    def __init__(self, propositions: list[Proposition], evidence: Evidence | None = None) -> None:
+        self.propositions = propositions
+        self.evidence = evidence
+
+    def __repr__(self) -> str:
+        return f"Answer({self.propositions!r}, {self.evidence!r})"
+
+
+PropositionCache = TTLCache[str, Answer]
 
 
 class PartitionedLRU:
@@ -45,14 +67,33 @@ class PartitionedLRU:
             cache = self._caches[partition] = TTLCache(self.maxsize, self.ttl_s, self._clock)
         return cache
 
-    def put(self, partition: int, key: str, propositions: list[Proposition], tag: int, ttl_s: float | None = None) -> bool:
+    def put(
+        self,
+        partition: int,
+        key: str,
+        propositions: list[Proposition],
+        tag: int,
+        ttl_s: float | None = None,
+        evidence: Evidence | None = None,
+    ) -> bool:
         """Store a value fetched under ``tag`` (for ``ttl_s`` at most) unless an invalidation
         covering it was applied since."""
         if not self.coherence.admits(key, tag):
             self.refused += 1
             return False
-        self.for_partition(partition).put(key, propositions, ttl_s)
+        self.for_partition(partition).put(key, Answer(propositions, evidence), ttl_s)
         return True
+
+    def refresh_evidence(self, key: str, evidence: Evidence) -> int:
+        """Give ``key``'s entries (normally in one partition) ``evidence`` if it is newer than
+        theirs; returns how many changed."""
+        changed = 0
+        for cache in self._caches.values():
+            answer = cache.peek(key)
+            if answer is not None and evidence.newer_than(answer.evidence):
+                answer.evidence = evidence
+                changed += 1
+        return changed
 
     def assign(self, partitions: Iterable[int]) -> None:
         for partition in partitions:

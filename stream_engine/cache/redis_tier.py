@@ -15,6 +15,9 @@ a key's bucket being ``crc32(key) % 64`` (``ns`` = namespace, default ``se:p``):
                       "p": [[action, confidence, rationale], ...]}, or the tombstone of a key
                       invalidation, {"s": its sequence}; both with the TTL redis_ttl_s
     {ns}:applied      the sequence up to which invalidations were all applied here
+    {B}:o:<prop key>  the key's outcome evidence (verdict counts per action), read in the same MGET
+                      as its propositions; {B}:a:<alert id> a decision record; {B}:od:… / {ns}:ot:… /
+                      {ns}:otd:… / {ns}:otypes the rest of the outcomes' state (stream_engine.outcomes.store)
 
 Sequences, tags and floors are explained in :mod:`stream_engine.cache.invalidation`. A value is
 **served** iff it is not a tombstone and its tag is at least its bucket's floor of everything,
@@ -68,11 +71,14 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from stream_engine.cache.invalidation import Coherence, type_part
 from stream_engine.keys import type_prefix
 from stream_engine.models import Proposition
+from stream_engine.outcomes.evidence import Evidence
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
     from stream_engine.propositions.updates import Invalidation
+
+Calls = list[tuple["AsyncScript", list[str], list[Any]]]
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +235,18 @@ class RedisTier:
     def data_key(self, key: str) -> str:
         return f"{self.bucket_of(key)}:{key}"
 
+    def evidence_key(self, key: str) -> str:
+        """Where a proposition key's outcome evidence lives: its bucket, so one MGET reads both."""
+        return f"{self.bucket_of(key)}:o:{key}"
+
+    @property
+    def namespace_tag(self) -> str:
+        """``{ns}``: the hash tag of what is one per namespace (``applied``, the outcomes' type level)."""
+        return f"{{{self.namespace}}}"
+
+    def register_script(self, source: str) -> AsyncScript:
+        return self.client.register_script(source)
+
     def _by_bucket(self, keys: Iterable[str]) -> dict[str, list[str]]:
         if self.buckets == 1:
             return {self._tags[0]: list(keys)}
@@ -236,6 +254,18 @@ class RedisTier:
         for key in keys:
             groups.setdefault(self.bucket_of(key), []).append(key)
         return groups
+
+    def failed(self, operation: str, exc: BaseException) -> None:
+        """Count an outage of ``operation`` and skip the tier for ``retry_after_s`` (the hot path's rule)."""
+        self._failed(operation, exc)
+
+    async def run(self, calls: Calls) -> list[Any]:
+        """Scripts whose keys share one hash tag each: one round trip (per node on a cluster)."""
+        return await self._run(calls)
+
+    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands whose keys share one hash tag each (the first key's): one round trip (per node)."""
+        return await self._pipeline(commands)
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         self.counters.errors += 1
@@ -246,8 +276,11 @@ class RedisTier:
 
     # --- hot path -------------------------------------------------------------------------
 
-    async def get_many(self, keys: list[str]) -> dict[str, Cached]:
-        """Current values for the keys found; absent, stale or expired keys are misses."""
+    async def get_many(self, keys: list[str], evidence: dict[str, Evidence] | None = None) -> dict[str, Cached]:
+        """Current values for the keys found; absent, stale or expired keys are misses.
+
+        With ``evidence``, the keys' outcome evidence is read in the same MGET and put there (keys
+        that have some, found or not; nothing when Redis was skipped or failed)."""
         if not keys:
             return {}
         if self.degraded:
@@ -256,7 +289,10 @@ class RedisTier:
         reads = []
         for tag, group in self._by_bucket(keys).items():
             types = list(dict.fromkeys(type_part(k) for k in group))
-            reads.append((group, types, [f"{tag}:all", *(f"{tag}:t:{t}" for t in types), *(f"{tag}:{k}" for k in group)]))
+            names = [f"{tag}:all", *(f"{tag}:t:{t}" for t in types), *(f"{tag}:{k}" for k in group)]
+            if evidence is not None:
+                names += [f"{tag}:o:{k}" for k in group]
+            reads.append((group, types, names))
         try:
             if len(reads) == 1 and not self.cluster:
                 replies = [await self.client.mget(reads[0][2])]
@@ -272,7 +308,12 @@ class RedisTier:
         for (group, types, _), values in zip(reads, replies):
             floor_all = _int(values[0])
             floors = {t: max(floor_all, _int(raw)) for t, raw in zip(types, values[1 : 1 + len(types)])}
-            for key, raw in zip(group, values[1 + len(types) :]):
+            start = 1 + len(types)
+            if evidence is not None:
+                for key, raw in zip(group, values[start + len(group) :]):
+                    if raw is not None and (decoded_evidence := Evidence.from_json(raw)) is not None:
+                        evidence[key] = decoded_evidence
+            for key, raw in zip(group, values[start : start + len(group)]):
                 if raw is None:
                     counters.misses += 1
                     continue

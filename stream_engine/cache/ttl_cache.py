@@ -62,6 +62,11 @@ class TTLCache(Generic[K, V]):
             entries.popitem(last=False)
             self.counters.evicted += 1
 
+    def peek(self, key: K) -> V | None:
+        """The value, expired or not, without touching recency or counters."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
     def pop(self, key: K) -> V | None:
         entry = self._entries.pop(key, None)
         return None if entry is None else entry[1]

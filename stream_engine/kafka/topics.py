@@ -16,7 +16,7 @@ import yaml
 from stream_engine.settings import Settings
 
 # The Settings fields that name a topic; definitions refer to their topic through one of them.
-TOPIC_SETTINGS: tuple[str, ...] = ("topic_alerts", "topic_decisions", "topic_dlq", "topic_updates")
+TOPIC_SETTINGS: tuple[str, ...] = ("topic_alerts", "topic_decisions", "topic_dlq", "topic_updates", "topic_outcomes")
 _DEFINITION_KEYS = {"name_setting", "partitions", "replication_factor", "value_schema", "config"}
 TOPIC_ALREADY_EXISTS = 36
 

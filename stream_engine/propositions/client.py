@@ -112,13 +112,15 @@ class PropositionClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None) -> PropositionClient:
+    def from_settings(
+        cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None, *, pool_size: int | None = None
+    ) -> PropositionClient:
         return cls(
             settings.propositions_url,
             timeout_s=settings.service_timeout_s,
             connect_timeout_s=settings.service_connect_timeout_s,
             retries=settings.service_retries,
-            pool_size=settings.service_pool_size,
+            pool_size=pool_size or settings.service_pool_size,
             breaker_fail_max=settings.breaker_fail_max,
             breaker_reset_s=settings.breaker_reset_s,
             transport=transport,

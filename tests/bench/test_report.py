@@ -102,3 +102,25 @@ def test_settings_notes_name_every_non_default_and_flag_unrecorded_ones() -> Non
     old = BenchResult("e2e_throughput_ci_failures_aiokafka", "", {"batch_concurrency": 4}, {})
     assert report.settings_note(old) == "not recorded; `batch_concurrency=4` (default 2)"
     assert report.commit_note(old) == "commit not recorded (run before issue 17)"
+
+
+# --- the API flood (issue 14) ---------------------------------------------------------------------------
+def _flood(name: str, growth: list[float], budget: float, decided: int = 200) -> BenchResult:
+    runs = [{"rss_idle_mib": 60.0, "rss_peak_mib": 60.0 + g, "growth_mib": g, "answers": {"200": 850, "429": 1150, "503": 8000},
+             "retry_after": {"1": 9150}, "errors": {}, "unanswered": 0, "stream_alerts": 200, "stream_decided": decided}
+            for g in growth]
+    return BenchResult(name, "python -m benchmarks.api_isolation", {"connections": 10_000, "alerts_per_request": 20,
+                       "stream_alerts": 200}, {"budget_mib": budget, "within_budget": max(growth) <= budget,
+                       "stream_decided_all": decided == 200}, runs, settings={"non_default": {}, "isolation": []})
+
+
+def test_the_flood_block_says_when_the_growth_passes_its_budget_or_the_stream_lost_alerts() -> None:
+    ok = report.block_api_isolation({"api_isolation": _flood("api_isolation", [54.7, 64.9], 96.9)})
+    assert "**54.7 / 64.9 MiB** over 2 runs, within the 96.9 MiB budget" in ok and "; all stream alerts decided" in ok
+    assert "503: 8,000" in ok
+    bad = report.block_api_isolation({"api_isolation": _flood("api_isolation", [120.0], 96.9, decided=199),
+                                      "api_isolation_unbounded": _flood("api_isolation_unbounded", [220.3], 2000.0)})
+    assert "**above** the 96.9 MiB budget" in bad and "**not all** stream alerts decided" in bad
+    assert "With the connection bound lifted, the same load grew it **220.3 MiB**" in bad
+    section = "\n".join(report.api_isolation_section({"api_isolation": _flood("api_isolation", [1.0], 2.0)}))
+    assert "| `api_isolation` | 1 | defaults | 60.0 | 61.0 | **1.0** | 2.0 |" in section and "Not measured" not in section

@@ -115,3 +115,16 @@ def test_the_cli_prints_the_script() -> None:
     assert done.stdout == render_text("stream_engine", 90, "prod")
     assert done.stdout.count("ON CLUSTER 'prod'") == len(_all_statements())
     assert "INSERT INTO stream_engine.schema_migrations" in done.stdout
+
+
+def test_the_view_filter_migration_changes_the_view_on_every_node_and_nothing_else(parser: Any) -> None:
+    """Migration 5 (proposition_log takes the stream's decisions only) is an ``ALTER … MODIFY QUERY``
+    of a view: on a cluster it runs ON CLUSTER, and, being no column change, has no ``_all`` twin
+    (a view has none to alter)."""
+    _, rendered = render("stream_engine", 90, "prod")
+    (statement,) = next(m for m in rendered if m.version == 5).statements
+    assert statement.startswith("ALTER TABLE stream_engine.decision_audit_mv ON CLUSTER 'prod' MODIFY QUERY\nSELECT ")
+    formatted = _parsed(parser, statement)
+    assert re.match(r"ALTER TABLE stream_engine\.decision_audit_mv ON CLUSTER prod\s+\(MODIFY QUERY\s+SELECT", formatted), formatted
+    assert "WHERE origin = 'stream'" in formatted, formatted
+    assert "FROM stream_engine.decision_audit\n" in statement and "_all" not in statement

@@ -287,6 +287,7 @@ async def test_a_secret_planted_in_every_kind_of_input_never_appears_in_clear_te
 
     dead = [DeadLetter.from_json(raw) for raw in dlq.records]
     rows = clickhouse_query(ws, "SELECT * FROM proposition_log")
+    audit = clickhouse_query(ws, "SELECT * FROM decision_audit")  # every decision, the API's too
     metrics = clickhouse_query(ws, "SELECT * FROM latency_metrics")
     journal = b"".join(p.read_bytes() for p in (ws.data_dir / "journal").rglob("*") if p.is_file())
     redis_dump = await redis_contents(ws)
@@ -302,6 +303,7 @@ async def test_a_secret_planted_in_every_kind_of_input_never_appears_in_clear_te
             f"{m} {p} {h}".encode() + b" " + body for m, p, h, body in proxy.requests
         ),
         "ClickHouse proposition_log": orjson.dumps(rows, default=str),
+        "ClickHouse decision_audit": orjson.dumps(audit, default=str),
         "ClickHouse latency_metrics": orjson.dumps(metrics, default=str),
         "sink journal": journal,
         "Redis": redis_dump,
@@ -325,7 +327,8 @@ async def test_a_secret_planted_in_every_kind_of_input_never_appears_in_clear_te
     (poisoned,) = [d for d in dead if d.reason == "processing_error"]
     assert "a bug that formats the alert" in poisoned.error and REDACTED in poisoned.error, poisoned.error
     assert "a bug that formats the alert" in worker.log()  # the traceback was logged (masked)
-    assert {r[0] for r in rows} >= {a["id"] for a in valid} | {"sec-api"}
+    assert {r[0] for r in rows} >= {a["id"] for a in valid}
+    assert {r[0] for r in audit} >= {a["id"] for a in valid} | {"sec-api"}  # API decisions: the audit only
     assert redis_dump, "the write-back reached Redis"
 
     # The scan itself finds a clear-text secret where one is (bytes, text, base64-decoded originals).

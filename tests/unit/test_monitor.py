@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stream_engine.models import DeadLetter, Decision, Proposition, StageTimes
-from stream_engine.monitor import HIGHEST_US, HISTOGRAMS, Monitor, StageHistogram
+from stream_engine.monitor import HIGHEST_US, HISTOGRAMS, AlertTypes, Monitor, StageHistogram
 from stream_engine.pipeline import BatchReport, RawMessage
 
 # 3 significant digits: a reported value is within 0.1% of a sample of the same rank.
@@ -158,3 +158,22 @@ def test_time_is_measured_by_the_injected_clock() -> None:
     m = Monitor(clock=lambda: now[0])
     now[0] = 142.5
     assert m.uptime_s == 42.5
+
+
+def test_series_per_alert_type_are_bounded_and_the_api_cannot_claim_them() -> None:
+    m = Monitor(AlertTypes({"ci_failure", "scam"}, max_seen=2))
+    # An API caller inventing types first: they fold into "other" and take no place.
+    m.observe_api(StageTimes(), [decision(f"api{i}", f"made_up_{i}", "review", "service", 1.0) for i in range(100)])
+    stream = [decision(f"s{i}", t, "auto", "lru", 1.0) for i, t in enumerate(["scam", "infra", "deploy", "x1", "x2", "x3"])]
+    m.observe_batch(report(stream), messages("alerts", 0, range(6)))
+    m.observe_api(StageTimes(), [decision("api-x", "infra", "auto", "lru", 1.0)])  # known now: its own series
+    for i in range(1000):  # a publisher inventing types
+        m.observe_batch(report([decision(f"p{i}", f"junk_{i}", "review", "service", 1.0)]), messages("alerts", 1, range(i, i + 1)))
+
+    types = {key[3] for key in m.decisions}
+    assert types == {"scam", "infra", "deploy", "other"}  # configured + the first 2 seen + other
+    snap = m.snapshot()
+    assert snap["decisions"]["by_type_and_tier"]["other"] == {"service": 1100, "lru": 3}
+    assert snap["decisions"]["by_type_and_tier"]["infra"] == {"lru": 2}
+    assert set(snap["hit_ratio"]) == {"*", "scam", "infra", "deploy", "other"}
+    assert snap["decisions"]["total"] == 100 + 6 + 1 + 1000  # folded, never dropped

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     query.add_argument("--interval", default="1m", help="1m, 5m, 15m, 1h or 1d")
     query.add_argument("--type", dest="alert_type", help="only this alert type")
     query.add_argument("--ids", help="comma-separated alert ids (for 'logs')")
-    query.add_argument("--limit", type=int, default=20, help="rows for 'slowest'")
+    query.add_argument("--limit", type=int, default=None, help="rows for 'slowest' (default 20) and 'recent' (default 50)")
+    query.add_argument("--modes", help="'recent': comma-separated modes (default review,escalate)")
     query.add_argument("--approx", action="store_true", help="'latency' from the per-minute rollup (TDigest)")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     query.set_defaults(func=cmd_query)
@@ -107,7 +108,7 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
     versions = client.query("SELECT version, name, applied_at FROM schema_migrations ORDER BY version").result_rows
     for version, name, applied_at in versions:
         print(f"migration {version:3d} {name:30s} {applied_at:%Y-%m-%d %H:%M:%S}")
-    for table in ("decision_audit", "proposition_log", "latency_metrics", "proposition_minute"):
+    for table in ("decision_audit", "proposition_log", "latency_metrics", "proposition_minute", "outcomes"):
         count = client.query(f"SELECT count() FROM {table}").result_rows[0][0]
         print(f"{table:20s} {count} rows")
     return 0
@@ -129,15 +130,16 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 def _run_query(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
-    from stream_engine.sinks.clickhouse.analytics import build_query
+    from stream_engine.sinks.clickhouse.analytics import QueryLimits, build_query
     from stream_engine.sinks.clickhouse.client import connect
 
     # The API's parameters, from the flags; checked before connecting.
     params = {
         "from": args.start, "to": args.end, "interval": args.interval, "type": args.alert_type, "ids": args.ids,
-        "limit": str(args.limit), "exact": "false" if args.approx else "true",
+        "limit": None if args.limit is None else str(args.limit), "exact": "false" if args.approx else "true",
+        "modes": args.modes,
     }  # fmt: skip
-    query = build_query(args.name, {k: v for k, v in params.items() if v is not None})
+    query = build_query(args.name, {k: v for k, v in params.items() if v is not None}, QueryLimits.from_settings(settings))
     result = query(connect(settings.effective_clickhouse_url, settings.clickhouse_database))
     rows: list[dict[str, Any]] = list(result.values()) if isinstance(result, dict) else result
     if args.json:

@@ -129,20 +129,25 @@ def decisions_by_mode(
 
 LOG_FIELDS = (
     "alert_id, alert_type, key, severity, source, received_at, decided_at, mode, action, confidence, "
-    "cache_tier, latency_ms, batch_size, partition, offset, worker, propositions, reason, engine_version"
+    "cache_tier, latency_ms, batch_size, partition, offset, worker, propositions, reason, engine_version, origin"
 )
 
 
 def get_proposition_logs_batch(client: Client, alert_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The latest logged decision of each id asked for (absent ids are absent), in ONE query."""
+    """The logged decision of each id asked for (absent ids are absent), in ONE query: the
+    stream's latest (``proposition_log``), or for an id the stream never logged, the HTTP API's
+    latest (``decision_audit``, origin ``api``: API decisions never enter ``proposition_log``)."""
     if not alert_ids:
         return {}
     # LIMIT 1 BY keeps one row per id even across partitions and before merges; the bloom filter
-    # index on alert_id skips granules that cannot hold the ids.
+    # indexes on alert_id skip granules that cannot hold the ids.
     sql = f"""
-        SELECT {LOG_FIELDS} FROM proposition_log
-        WHERE alert_id IN {{ids:Array(String)}}
-        ORDER BY alert_id, decided_at DESC LIMIT 1 BY alert_id"""
+        SELECT {LOG_FIELDS} FROM (
+            SELECT {LOG_FIELDS} FROM proposition_log WHERE alert_id IN {{ids:Array(String)}}
+            UNION ALL
+            SELECT {LOG_FIELDS} FROM decision_audit WHERE alert_id IN {{ids:Array(String)}} AND origin = 'api'
+        )
+        ORDER BY alert_id, origin = 'api', decided_at DESC LIMIT 1 BY alert_id"""
     rows = _dicts(client, sql, {"ids": list(alert_ids)})
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -181,3 +186,91 @@ def stage_latency(
         GROUP BY bucket, stage ORDER BY bucket, stage"""
     return _dicts(client, sql, params)
 
+
+
+def _quantile_pair(row: dict[str, Any], name: str, prefix: str) -> None:
+    values = row.pop(name, None) or []
+    clean = [None if v is None or v != v else float(v) for v in values]  # NaN: no samples
+    row[f"{prefix}_p50_s"], row[f"{prefix}_p95_s"] = (clean + [None, None])[:2]
+
+
+def outcome_stats(
+    client: Client, start: datetime, end: datetime, interval: str = "1m", alert_type: str | None = None
+) -> list[dict[str, Any]]:
+    """Per bucket of decision time, alert type and action: the decisions and the operators'
+    verdicts on them.
+
+    ``decisions`` / ``auto``: decisions naming the action (all modes / mode auto), from
+    ``proposition_log``. ``accepted`` … ``resolved``: verdicts on the action, and
+    ``acceptance_rate`` = accepted / (accepted + rejected + false_positive). Auto precision:
+    ``auto_judged`` auto decisions with a verdict on their own action, ``auto_wrong`` those
+    rejected or marked a false positive, ``auto_precision`` = 1 − auto_wrong / auto_judged (None
+    without verdicts). ``to_outcome_p50_s`` / ``p95``: seconds from decision to verdict."""
+    fn = bucket_function(interval)
+    where_d, params = _window(start, end, alert_type, column="decided_at")
+    sql = f"""
+        SELECT bucket, alert_type, action,
+               decisions, auto, accepted, rejected, false_positive, resolved,
+               if(accepted + rejected + false_positive = 0, NULL, accepted / (accepted + rejected + false_positive))
+                   AS acceptance_rate,
+               auto_judged, auto_wrong, if(auto_judged = 0, NULL, 1 - auto_wrong / auto_judged) AS auto_precision, q
+        FROM
+        (
+            SELECT {fn}(decided_at) AS bucket, alert_type, ifNull(action, '') AS action,
+                   count() AS decisions, countIf(mode = 'auto') AS auto
+            FROM proposition_log FINAL
+            WHERE {where_d}
+            GROUP BY bucket, alert_type, action
+        ) AS d
+        FULL OUTER JOIN
+        (
+            SELECT {fn}(decided_at) AS bucket, alert_type, ifNull(action, '') AS action,
+                   countIf(outcome = 'accepted') AS accepted, countIf(outcome = 'rejected') AS rejected,
+                   countIf(outcome = 'false_positive') AS false_positive, countIf(outcome = 'resolved') AS resolved,
+                   uniqExactIf(alert_id, decision_mode = 'auto' AND action = decision_action
+                               AND outcome IN ('accepted', 'rejected', 'false_positive')) AS auto_judged,
+                   uniqExactIf(alert_id, decision_mode = 'auto' AND action = decision_action
+                               AND outcome IN ('rejected', 'false_positive')) AS auto_wrong,
+                   quantilesExactInclusive(0.5, 0.95)(dateDiff('millisecond', decided_at, at) / 1000.0) AS q
+            FROM outcomes FINAL
+            WHERE {where_d}
+            GROUP BY bucket, alert_type, action
+        ) AS o USING (bucket, alert_type, action)
+        ORDER BY bucket, alert_type, action"""
+    rows = _dicts(client, sql, params)
+    for row in rows:
+        _quantile_pair(row, "q", "to_outcome")
+    return rows
+
+
+RECENT_FIELDS = "alert_id, alert_type, key, mode, action, confidence, propositions, reason, decided_at, cache_tier"
+
+
+def recent_decisions(
+    client: Client, start: datetime, end: datetime, modes: list[str], limit: int = 50, alert_type: str | None = None
+) -> list[dict[str, Any]]:
+    """The latest decisions of the given modes (newest first), with the verdicts they got so far
+    (``verdicts``: [{outcome, action, actor, at}]): what the triage console lists."""
+    if not 1 <= limit <= 10_000:
+        raise ValueError("limit must be in 1..10000")
+    where, params = _window(start, end, alert_type, column="decided_at")
+    params.update(modes=list(modes), limit=limit)
+    sql = f"""
+        SELECT {RECENT_FIELDS} FROM proposition_log FINAL
+        WHERE {where} AND mode IN {{modes:Array(String)}}
+        ORDER BY decided_at DESC, alert_id LIMIT {{limit:UInt32}}"""
+    rows = _dicts(client, sql, params)
+    ids = [row["alert_id"] for row in rows]
+    verdicts: dict[str, list[dict[str, Any]]] = {}
+    if ids:
+        found = _dicts(
+            client,
+            "SELECT alert_id, outcome, action, actor, at FROM outcomes FINAL WHERE alert_id IN {ids:Array(String)} ORDER BY at",
+            {"ids": ids},
+        )
+        for v in found:
+            verdicts.setdefault(v.pop("alert_id"), []).append(v)
+    for row in rows:
+        row["propositions"] = orjson.loads(row["propositions"])
+        row["verdicts"] = verdicts.get(row["alert_id"], [])
+    return rows

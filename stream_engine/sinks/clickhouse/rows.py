@@ -7,11 +7,16 @@ as integers (epoch milliseconds / microseconds) so the journal stores them exact
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from stream_engine.models import Decision, Envelope
+
+if TYPE_CHECKING:
+    from stream_engine.outcomes.decoder import Outcome
+    from stream_engine.outcomes.store import DecisionRecord
+    from stream_engine.pipeline import RawMessage
 
 
 class LogRow(NamedTuple):
@@ -125,3 +130,66 @@ def log_row(
 def metric_row(ts: float, stage: str, alert_type: str, worker: str, samples_ms: list[float]) -> MetricRow:
     """Summarise one stage's samples of one batch (``samples_ms`` must not be empty)."""
     return MetricRow(int(ts * 1_000_000), stage, alert_type, worker, len(samples_ms), sum(samples_ms), max(samples_ms))
+
+
+class OutcomeRow(NamedTuple):
+    """One operator verdict = one row of ``outcomes``, with the decision it judges (from the
+    engine's decision record) so the queries need no join. A verdict applied twice (a
+    redelivery) is two rows until the ReplacingMergeTree collapses them; queries read FINAL."""
+
+    alert_id: str
+    outcome: str
+    action: str | None  # the action judged (the outcome's, else the decision's)
+    action_given: int  # 1 if the outcome named the action
+    actor: str
+    note: str
+    at_ms: int  # when the verdict was given (the outcome's ``at``, else its receipt)
+    received_at_ms: int
+    alert_type: str
+    key: str
+    decision_mode: str
+    decision_action: str | None
+    decided_at_ms: int
+    worker: str
+    topic: str
+    partition: int
+    offset: int
+
+
+OUTCOME_COLUMNS: tuple[str, ...] = (
+    "alert_id", "outcome", "action", "action_given", "actor", "note", "at", "received_at", "alert_type", "key",
+    "decision_mode", "decision_action", "decided_at", "worker", "topic", "partition", "offset",
+)  # fmt: skip
+OUTCOME_TYPES: tuple[str, ...] = (
+    "String", "LowCardinality(String)", "Nullable(String)", "UInt8", "String", "String", "DateTime64(3, 'UTC')",
+    "DateTime64(3, 'UTC')", "LowCardinality(String)", "String", "LowCardinality(String)", "Nullable(String)",
+    "DateTime64(3, 'UTC')", "LowCardinality(String)", "LowCardinality(String)", "UInt16", "UInt64",
+)  # fmt: skip
+
+
+def outcome_row(outcome: Outcome, record: DecisionRecord, message: RawMessage, received_at: float, worker: str) -> OutcomeRow:
+    return OutcomeRow(
+        outcome.alert_id,
+        outcome.outcome,
+        outcome.action or record.action,
+        1 if outcome.action else 0,
+        outcome.actor or "",
+        outcome.note or "",
+        int((outcome.at if outcome.at is not None else received_at) * 1000),
+        int(received_at * 1000),
+        record.alert_type,
+        record.key,
+        record.mode,
+        record.action,
+        int(record.decided_at * 1000),
+        worker,
+        message.topic,
+        message.partition,
+        message.offset,
+    )
+
+
+def insert_outcome_rows(client: Any, rows: list[OutcomeRow], token: str) -> None:
+    """One block into ``outcomes``; ``token`` (the batch's offsets) drops a retried insert."""
+    client.insert("outcomes", list(zip(*rows)), column_names=OUTCOME_COLUMNS, column_type_names=OUTCOME_TYPES,
+                  column_oriented=True, settings={"insert_deduplication_token": token})  # fmt: skip

@@ -225,6 +225,57 @@ FROM $db.decision_audit
 """,
         ),
     ),
+    Migration(
+        5,
+        "proposition_log holds the stream's decisions only",
+        (
+            # An HTTP API caller may send any alert id: its decision stays in decision_audit
+            # (origin 'api', append-only) and never replaces the stream's row of that alert here.
+            # MODIFY QUERY swaps the view's query atomically: no insert misses the view meanwhile.
+            """
+ALTER TABLE $db.decision_audit_mv MODIFY QUERY
+SELECT alert_id, alert_type, key, severity, source, received_at, decided_at, mode, action, confidence, cache_tier, latency_ms,
+       batch_size, partition, offset, worker, propositions, reason, engine_version, topic, origin, attempt
+FROM $db.decision_audit
+WHERE origin = 'stream'
+""",
+        ),
+    ),
+    Migration(
+        6,
+        "outcomes: operators' verdicts on decisions",
+        (
+            """
+CREATE TABLE IF NOT EXISTS $db.outcomes
+(
+    alert_id        String,
+    outcome         LowCardinality(String),  -- accepted | rejected | false_positive | resolved
+    action          Nullable(String),        -- the action judged
+    action_given    UInt8,                   -- 1: the verdict named it; 0: the decision's action
+    actor           String,
+    note            String,
+    at              DateTime64(3, 'UTC'),    -- when the verdict was given
+    received_at     DateTime64(3, 'UTC'),    -- when the engine applied it
+    alert_type      LowCardinality(String),
+    key             String,
+    decision_mode   LowCardinality(String),
+    decision_action Nullable(String),
+    decided_at      DateTime64(3, 'UTC'),
+    worker          LowCardinality(String),
+    topic           LowCardinality(String),
+    partition       UInt16,
+    offset          UInt64,
+    INDEX idx_alert_id alert_id TYPE bloom_filter GRANULARITY 4
+)
+-- One row per verdict: a redelivered verdict collapses onto one row (exact reads use FINAL).
+ENGINE = ReplacingMergeTree(received_at)
+PARTITION BY toDate(decided_at)
+ORDER BY (alert_type, alert_id, outcome, ifNull(action, ''))
+TTL toDateTime(decided_at) + INTERVAL $ttl_days DAY
+SETTINGS $dedup
+""",
+        ),
+    ),
 )
 
 

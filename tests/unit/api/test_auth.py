@@ -34,8 +34,7 @@ async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Runtime]]:  
     runtime = await runtime_for(tmp_path, api_token=TOKEN)
     async with TestClient(TestServer(create_api_app(runtime))) as c:
         yield c, runtime
-    await runtime.client.close()
-    await runtime.redis.close()
+    await runtime.stop()
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
@@ -70,8 +69,7 @@ async def test_without_a_token_the_api_is_open_on_loopback(tmp_path: Path) -> No
     runtime = await runtime_for(tmp_path)
     async with TestClient(TestServer(create_api_app(runtime))) as c:
         assert (await c.get("/api/v1/stats")).status == 200
-    await runtime.client.close()
-    await runtime.redis.close()
+    await runtime.stop()
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "192.168.7.7", "worker.example"])
@@ -80,5 +78,4 @@ async def test_the_app_is_not_built_beyond_loopback_without_a_token(tmp_path: Pa
     with pytest.raises(TokenRequired, match="STREAM_ENGINE_API_TOKEN"):
         create_api_app(runtime)
     create_api_app(await runtime_for(tmp_path, api_host=host, api_token=TOKEN))
-    await runtime.client.close()
-    await runtime.redis.close()
+    await runtime.stop()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import orjson
+import pytest
 
+from stream_engine.api.admission import Busy
 from stream_engine.api.coalesce import Coalescer
-from stream_engine.models import Decision, StageTimes
+from stream_engine.models import Decision, Envelope, StageTimes
 from stream_engine.workload import Workload
 from tests.unit.fakes import PipelineParts
 
@@ -45,3 +48,25 @@ async def test_a_lone_request_is_decided_at_once_and_failures_reach_every_waiter
     broken = Coalescer(boom, slots=2)
     outcomes = await asyncio.gather(*(broken.decide([env], StageTimes()) for _ in range(5)), return_exceptions=True)
     assert all(isinstance(o, RuntimeError) for o in outcomes)
+
+
+async def test_the_queue_is_bounded_but_a_lone_large_request_still_passes(pipeline_parts: PipelineParts) -> None:
+    pipeline, _, _ = pipeline_parts([])
+    triage, decoder = pipeline.triage, pipeline.decoder
+    release = asyncio.Event()
+
+    async def held(envelopes: Sequence[Envelope], times: StageTimes) -> list[Decision]:
+        await release.wait()
+        return await triage.decide(envelopes, times)
+
+    coalescer = Coalescer(held, slots=1, max_queued=10)
+    envs = [triage.envelope(decoder.decode(orjson.dumps(a)), 65535, 0, 0) for a in Workload("scam", seed=3).alerts(30)]
+    lone = asyncio.create_task(coalescer.decide(envs[:25], StageTimes()))  # 25 > 10, but nothing is queued
+    await asyncio.sleep(0)
+    assert coalescer.queued == 25
+    with pytest.raises(Busy):
+        await coalescer.decide(envs[25:26], StageTimes())
+    assert coalescer.refused == 1
+    release.set()
+    assert len(await lone) == 25 and coalescer.queued == 0
+    assert len(await coalescer.decide(envs[:10], StageTimes())) == 10

@@ -1,28 +1,32 @@
-"""The API app before the worker started, /healthz, /analytics without ClickHouse, /metrics text."""
+"""The API app before the worker started, /healthz, /analytics without ClickHouse, /metrics text,
+and the API's own bounds (429 + Retry-After; bounded metric series)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_engine.api import create_api_app
-from stream_engine.models import DeadLetter, Decision, Proposition, StageTimes
-from stream_engine.pipeline import BatchReport, RawMessage
+from stream_engine.models import DeadLetter, Decision, Envelope, Proposition, StageTimes
+from stream_engine.pipeline import BatchReport, DecisionLog, RawMessage
 from stream_engine.runtime import Runtime
 from stream_engine.settings import Settings
 from stream_engine.sinks import MemorySink
+from stream_engine.sinks.clickhouse.analytics import QueryLimitExceeded
+from stream_engine.workload import Workload
 
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     rt = Runtime(Settings(data_dir=tmp_path, api_max_body_bytes=2048), sink=MemorySink())
     yield rt
-    await rt.client.close()
-    await rt.redis.close()
+    await rt.stop()
 
 
 @pytest.fixture
@@ -86,3 +90,119 @@ async def test_metrics_expose_the_monitor_as_prometheus_text(client: TestClient,
     assert families["stream_engine_redis_stale"].samples[0].value == 4
     assert families["stream_engine_invalidation_redis_failures"].samples[0].value == 2
     assert families["stream_engine_invalidation_redis_pending"].samples[0].value == 0
+
+
+async def test_metric_series_per_alert_type_stay_bounded(tmp_path: Path) -> None:
+    runtime = Runtime(Settings(data_dir=tmp_path, metrics_max_alert_types=3), sink=MemorySink())
+    try:
+        for i in range(500):
+            d = Decision(f"a{i}", f"invented_{i}", "k", "review", None, None, [], "service", 1.0, 0.0)
+            runtime.monitor.observe_batch(BatchReport([d], [], StageTimes()), [RawMessage(b"", 0, i, "alerts")])
+        async with TestClient(TestServer(create_api_app(runtime))) as c:
+            families = {f.name: f for f in text_string_to_metric_families(await (await c.get("/metrics")).text())}
+        types = {s.labels["alert_type"] for s in families["stream_engine_decisions"].samples}
+        assert types == {"invented_0", "invented_1", "invented_2", "other"}
+        assert sum(s.value for s in families["stream_engine_decisions"].samples if s.name.endswith("_total")) == 500
+    finally:
+        await runtime.stop()
+
+
+class Held:
+    """Stands in for the runtime's decide/run_query: every call waits until ``release``."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.gate = asyncio.Event()
+
+    async def decide(self, envelopes: Sequence[Envelope], times: StageTimes) -> list[Decision]:
+        self.entered += 1
+        await self.gate.wait()
+        return [Decision(e.alert.id, e.alert.type, e.key, "review", None, None, [], "none", 1.0, 0.0) for e in envelopes]
+
+    async def run_query(self, query: object) -> list[object]:
+        self.entered += 1
+        await self.gate.wait()
+        return []
+
+
+def api_alert(i: int) -> dict[str, object]:
+    alert = Workload("typical", seed=i).alerts(1)[0]
+    alert["id"] = f"q{i}"
+    return alert
+
+
+async def started(runtime: Runtime, held: Held) -> Runtime:
+    runtime.decide = held.decide  # type: ignore[method-assign]
+    runtime.run_query = held.run_query  # type: ignore[method-assign]
+    runtime.decision_log = DecisionLog(MemorySink(), "w")
+    runtime.started = True
+    return runtime
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_request_bytes_past_the_bound_get_429_with_retry_after_and_the_rest_are_answered(tmp_path: Path) -> None:
+    held = Held()
+    bodies = [orjson.dumps([api_alert(2 * i), api_alert(2 * i + 1)]) for i in range(4)]
+    limit = sum(len(b) for b in bodies[:3])  # room for exactly three of them
+    settings = Settings(data_dir=tmp_path, api_max_request_bytes=limit, batch_concurrency=1)
+    runtime = await started(Runtime(settings, sink=MemorySink()), held)
+    post = lambda c, body: c.post("/api/v1/alerts/process", data=body, headers={"Content-Type": "application/json"})  # noqa: E731
+    try:
+        async with TestClient(TestServer(create_api_app(runtime))) as c:
+            admitted = [asyncio.create_task(post(c, b)) for b in bodies[:3]]
+            await wait_for(lambda: held.entered == 1)  # one drain holds the only slot; two requests queue behind it
+            refused = await post(c, bodies[3])
+            assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+            assert (await refused.json())["error"] == "busy"
+            stats = await (await c.get("/api/v1/stats")).json()
+            assert stats["api"]["request_bytes_in_progress"] == limit and stats["api"]["refused"]["requests"] == 1
+            held.gate.set()
+            assert [r.status for r in await asyncio.gather(*admitted)] == [200, 200, 200]
+            assert (await post(c, bodies[3])).status == 200  # room again
+        assert runtime.monitor.api_requests[("/api/v1/alerts/process", 429)] == 1
+    finally:
+        await runtime.stop()
+
+
+async def test_alerts_past_the_queue_bound_get_429(tmp_path: Path) -> None:
+    held = Held()
+    settings = Settings(data_dir=tmp_path, api_max_queued_alerts=5, batch_concurrency=1)
+    runtime = await started(Runtime(settings, sink=MemorySink()), held)
+    try:
+        async with TestClient(TestServer(create_api_app(runtime))) as c:
+            first = asyncio.create_task(c.post("/api/v1/alerts/process", json=[api_alert(i) for i in range(4)]))
+            await wait_for(lambda: held.entered == 1)
+            refused = await c.post("/api/v1/alerts/process", json=[api_alert(i) for i in range(10, 12)])  # 4 + 2 > 5
+            assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+            assert "api_max_queued_alerts=5" in (await refused.json())["detail"]
+            held.gate.set()
+            assert (await first).status == 200
+    finally:
+        await runtime.stop()
+
+
+async def test_one_analytics_query_at_a_time_and_limits_are_a_422(tmp_path: Path) -> None:
+    held = Held()
+    runtime = await started(Runtime(Settings(data_dir=tmp_path, api_max_queries=1), sink=MemorySink()), held)
+    try:
+        async with TestClient(TestServer(create_api_app(runtime))) as c:
+            running = asyncio.create_task(c.get("/api/v1/analytics/modes"))
+            await wait_for(lambda: held.entered == 1)
+            refused = await c.get("/api/v1/analytics/latency")
+            assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+            held.gate.set()
+            assert (await running).status == 200
+
+            async def too_big(query: object) -> None:
+                raise QueryLimitExceeded("modes: stopped by the analytics limits (max_rows_to_read)")
+
+            runtime.run_query = too_big  # type: ignore[method-assign]
+            limited = await c.get("/api/v1/analytics/modes")
+            assert limited.status == 422 and (await limited.json())["error"] == "query_limit"
+    finally:
+        await runtime.stop()

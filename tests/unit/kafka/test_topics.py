@@ -26,22 +26,24 @@ def by_setting(settings: Settings) -> dict[str, object]:
 
 
 def test_every_topic_setting_has_one_definition_named_from_settings() -> None:
-    s = Settings(topic_alerts="a1", topic_decisions="d1", topic_dlq="q1", topic_updates="u1")
+    s = Settings(topic_alerts="a1", topic_decisions="d1", topic_dlq="q1", topic_updates="u1", topic_outcomes="o1")
     definitions = load_topic_definitions(s)
     assert sorted(d.name_setting for d in definitions) == sorted(TOPIC_SETTINGS)
-    assert sorted(d.name for d in definitions) == ["a1", "d1", "q1", "u1"]
+    assert sorted(d.name for d in definitions) == ["a1", "d1", "o1", "q1", "u1"]
     assert all(d.replication_factor == 1 for d in definitions)
 
 
 def test_partitions_and_retention_follow_the_design() -> None:
     d = by_setting(Settings())
-    alerts, decisions, dlq, updates = (d[n] for n in TOPIC_SETTINGS)
+    alerts, decisions, dlq, updates, outcomes = (d[n] for n in TOPIC_SETTINGS)
     assert (alerts.partitions, alerts.config["retention.ms"]) == (6, str(7 * DAY_MS))  # type: ignore[attr-defined]
     assert (decisions.partitions, decisions.config["retention.ms"]) == (6, str(7 * DAY_MS))  # type: ignore[attr-defined]
     assert 1 <= dlq.partitions <= 3 and dlq.config["retention.ms"] == str(30 * DAY_MS)  # type: ignore[attr-defined]
     # Every worker reads all of proposition-updates: one partition, short-lived events.
     assert updates.partitions == 1 and updates.config["cleanup.policy"] == "delete"  # type: ignore[attr-defined]
     assert int(updates.config["retention.ms"]) > Settings().lru_ttl_s * 1000  # type: ignore[attr-defined]
+    # Verdicts older than the outcome window find no decision record: keeping them longer is useless.
+    assert outcomes.config["retention.ms"] == str(Settings().outcome_window_s * 1000)  # type: ignore[attr-defined]
     # A 1 MiB alert base64-encoded still fits in the DLQ.
     assert int(dlq.config["max.message.bytes"]) >= 4 * 1_048_576 // 3 + 1024  # type: ignore[attr-defined]
 
@@ -98,7 +100,9 @@ def test_invalidations_match_the_update_schema() -> None:
 
 def test_prefixed_settings_prefix_every_topic_and_nothing_else() -> None:
     s = prefixed_settings(Settings(), "t-1.")
-    assert [getattr(s, n) for n in TOPIC_SETTINGS] == ["t-1.alerts", "t-1.decisions", "t-1.alerts.dlq", "t-1.proposition-updates"]
+    assert [getattr(s, n) for n in TOPIC_SETTINGS] == [
+        "t-1.alerts", "t-1.decisions", "t-1.alerts.dlq", "t-1.proposition-updates", "t-1.outcomes",
+    ]  # fmt: skip
     assert s.app_id == Settings().app_id
 
 

@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 import pytest
 from multidict import MultiDict
 
-from stream_engine.sinks.clickhouse.analytics import BadParams, build_query
+from stream_engine.settings import Settings
+from stream_engine.sinks.clickhouse.analytics import BadParams, QueryLimits, build_query
 
 NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
+LIMITS = QueryLimits.from_settings(Settings())
 
 
 @pytest.mark.parametrize(
@@ -28,13 +30,13 @@ NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
 )
 def test_bad_analytics_params_are_refused_with_the_reason(name: str, params: dict[str, str], complaint: str) -> None:
     with pytest.raises(BadParams, match=complaint):
-        build_query(name, MultiDict(params), now=NOW)
+        build_query(name, MultiDict(params), LIMITS, now=NOW)
 
 
 def test_good_analytics_params_build_a_query() -> None:
-    assert callable(build_query("latency", MultiDict({"from": "1893456000", "interval": "5m", "exact": "false"}), now=NOW))
-    assert callable(build_query("logs", MultiDict([("ids", "a,b"), ("ids", "c")]), now=NOW))
-    assert callable(build_query("slowest", MultiDict({"limit": "5", "type": "scam"}), now=NOW))
+    assert callable(build_query("latency", MultiDict({"from": "1893456000", "interval": "5m", "exact": "false"}), LIMITS, now=NOW))
+    assert callable(build_query("logs", MultiDict([("ids", "a,b"), ("ids", "c")]), LIMITS, now=NOW))
+    assert callable(build_query("slowest", MultiDict({"limit": "5", "type": "scam"}), LIMITS, now=NOW))
 
 
 def test_the_cli_flags_reach_the_same_checks(capsys: pytest.CaptureFixture[str]) -> None:

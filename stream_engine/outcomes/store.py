@@ -18,7 +18,7 @@ flush after the decision: the hot window is at least ten flush intervals (``Sett
 so a just-decided alert is always in one of the two.
 
 **Records** are written for every decision of a batch by ONE script per bucket (one Redis: one
-call, one round trip), concurrently with the batch's ClickHouse rows (``DecisionLog.write``); a
+call, one round trip, one argument holding the batch's records), concurrently with the batch's ClickHouse rows (``DecisionLog.write``); a
 Redis outage skips them (counted, ``records_failed``: ClickHouse still resolves those decisions
 once their rows are in). Memory: one record costs ~216 bytes of Redis
 (``benchmarks/outcomes_cost.py`` measures it with ``MEMORY USAGE``), times alerts/s times the hot
@@ -50,10 +50,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# KEYS: the records. ARGV[1]: TTL ms, then one value per record.
+# KEYS[1]: the bucket's record prefix "{B}:a:" (it routes the call; every record shares its hash
+# tag, so its slot). ARGV[1]: TTL ms; ARGV[2]: ONE JSON array of [alert id, key, type, action,
+# mode, decided_at ms]. One argument for the whole batch rather than a key and a value per record:
+# redis-py packs every argument in Python, which cost the worker about three times the CPU (the
+# commit that made this change says how much); Redis does the per-record work. Values keep the
+# form _record() reads (cjson writes integers below 1e14 exactly).
 RECORD_SCRIPT = """
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1]) end
-return #KEYS
+local prefix, ttl = KEYS[1], ARGV[1]
+local records = cjson.decode(ARGV[2])
+for _, r in ipairs(records) do
+  redis.call('SET', prefix .. r[1], cjson.encode({r[2], r[3], r[4], r[5], r[6]}), 'PX', ttl)
+end
+return #records
 """
 
 # KEYS: m markers, then the evidence keys. ARGV: TTL ms, m, then per marker: the index of its
@@ -158,15 +167,14 @@ class OutcomeStore:
         if self.tier.degraded:
             self.counters.records_failed += len(decisions)
             return False
-        groups: dict[str, tuple[list[str], list[bytes]]] = {}
+        groups: dict[str, list[tuple[str, str, str, str | None, str, int]]] = {}
         bucket_of = self.tier.bucket_of
-        dumps = orjson.dumps
         for d in decisions:
-            bucket = bucket_of(d.alert_id)
-            names, values = groups.setdefault(bucket, ([], []))
-            names.append(f"{bucket}:a:{d.alert_id}")
-            values.append(dumps((d.key, d.alert_type, d.action, d.mode, int(d.decided_at * 1000))))
-        calls = [(self._record, names, [self.record_ttl_ms, *values]) for names, values in groups.values()]
+            groups.setdefault(bucket_of(d.alert_id), []).append(
+                (d.alert_id, d.key, d.alert_type, d.action, d.mode, int(d.decided_at * 1000))
+            )
+        dumps = orjson.dumps
+        calls = [(self._record, [f"{bucket}:a:"], [self.record_ttl_ms, dumps(records)]) for bucket, records in groups.items()]
         try:
             await self.tier.run(calls)
         except OUTAGE_ERRORS as exc:

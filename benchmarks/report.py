@@ -586,7 +586,22 @@ def outcomes_section(r: Results) -> list[str]:
                          f"{m['wall_change_pct']:+.1f}%" if "wall_change_pct" in m else "–"])  # fmt: skip
     out += [result.params["what"], "", table(["path", "learning", "CPU µs/alert", "wall µs/alert", "CPU change", "wall change"], rows), ""]
     out += [f"One decision record: {_num(result.metrics['record_bytes'])} bytes of Redis (`MEMORY USAGE`).", ""]
-    return out + provenance_lines(result)
+    out += provenance_lines(result)
+    e2e = r.get("outcomes_e2e")
+    if e2e is None:
+        return out + ["Worker end to end, learning off against on: not measured yet (`python -m benchmarks.outcomes_e2e`).", ""]
+    p = e2e.params
+    out += [f"Worker end to end (`benchmarks/outcomes_e2e.py`): backlog of {_num(p['backlog'])} `{p['profile']}` alerts, "
+            f"{p['rounds']} interleaved rounds ({p['order']}), service {p['service']}.", ""]  # fmt: skip
+    rows = [[str(x["round"] + 1), x["side"], _num(x["msgs_per_s"]), _num(x["cpu_us_per_alert"], 1), _num(x["worker_cpu_s"], 2),
+             f"{x['load1_before']:.2f} → {x['load1_after']:.2f}", "yes" if x["complete"] else "**no**"] for x in e2e.runs]  # fmt: skip
+    out += [table(["round", "learning", "alerts/s", "worker CPU µs/alert", "worker CPU s", "load (1 min)", "complete"], rows), ""]
+    m = e2e.metrics
+    out += [f"Medians: CPU per alert {_num(m['off']['cpu_us_per_alert'], 1)} → {_num(m['on']['cpu_us_per_alert'], 1)} µs "
+            f"({m['cpu_change_pct']:+.1f}%; per round {', '.join(f'{c:+.1f}%' for c in m['cpu_change_pct_per_round'])}), "
+            f"throughput {_num(m['off']['msgs_per_s'])} → {_num(m['on']['msgs_per_s'])} alerts/s "
+            f"({m['throughput_change_pct']:+.1f}%).", ""]  # fmt: skip
+    return out + provenance_lines(e2e)
 
 
 SECTIONS: tuple[Callable[[Results], list[str]], ...] = (
@@ -830,9 +845,26 @@ def block_outcomes(r: Results) -> str:
         parts.append(f"{label}: {_num(off['cpu_us_per_alert'], 1)} µs of CPU per alert off, {_num(on['cpu_us_per_alert'], 1)} µs on "
                      f"({on['cpu_change_pct']:+.1f}%), {_num(ev['cpu_us_per_alert'], 1)} µs with verdicts on every key "
                      f"({ev['cpu_change_pct']:+.1f}%)")
-    return (f"In-process, triage core plus the decision records (`benchmarks/outcomes_cost.py`, medians of "
+    ttl_s = Settings().outcome_record_ttl_s
+    text = (f"In-process, triage core plus the decision records (`benchmarks/outcomes_cost.py`, medians of "
             f"{result.params['rounds']} alternated rounds): {'; '.join(parts)}. One decision record holds "
-            f"{_num(m['record_bytes'])} bytes of Redis ({_source(result)}).\n")
+            f"{_num(m['record_bytes'])} bytes of Redis ({_source(result)}): at 1,000 alerts/s the default hot window "
+            f"({_num(ttl_s)} s) holds {_num(m['record_bytes'] * 1000 * ttl_s / 1e6)} MB of records, where keeping them for "
+            f"the whole outcome window ({_num(Settings().outcome_window_s / 86400)} days) would take "
+            f"{_num(m['record_bytes'] * 1000 * Settings().outcome_window_s / 1e9)} GB.")
+    e2e = r.get("outcomes_e2e")
+    if e2e is None:
+        return text + " The worker's end-to-end cost: " + PENDING + ".\n"
+    em, p = e2e.metrics, e2e.params
+    return text + (
+        f" **End to end**, a worker draining a backlog of {_num(p['backlog'])} `{p['profile']}` alerts, learning off and on "
+        f"interleaved ({p['rounds']} rounds each, the load average between {em['load1'][0]:.1f} and {em['load1'][1]:.1f} on "
+        f"{p['cores']} shared cores): the worker's CPU per alert {_num(em['off']['cpu_us_per_alert'], 1)} → "
+        f"{_num(em['on']['cpu_us_per_alert'], 1)} µs (**{em['cpu_change_pct']:+.1f}%**, per round "
+        f"{', '.join(f'{c:+.1f}%' for c in em['cpu_change_pct_per_round'])}: median {em['cpu_change_pct_paired_median']:+.1f}%), "
+        f"throughput {_num(em['off']['msgs_per_s'])} → "
+        f"{_num(em['on']['msgs_per_s'])} alerts/s ({em['throughput_change_pct']:+.1f}%, wall time on a loaded machine) "
+        f"({_source(e2e)}).\n")
 
 
 def block_api_isolation(r: Results) -> str:

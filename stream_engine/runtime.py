@@ -32,7 +32,7 @@ from stream_engine.validation import AlertDecoder
 
 if TYPE_CHECKING:
     from stream_engine.models import Alert, Decision, Envelope, StageTimes
-    from stream_engine.outcomes import Outcome, OutcomeBook, OutcomeLearning, OutcomeStore
+    from stream_engine.outcomes import DecisionRecord, Outcome, OutcomeBook, OutcomeLearning, OutcomeStore
     from stream_engine.propositions.updates import Invalidation, UpdatesListener
     from stream_engine.sinks import Sink
     from stream_engine.sinks.clickhouse.rows import OutcomeRow
@@ -83,7 +83,7 @@ class Runtime:
             from stream_engine.outcomes import OutcomeBook, OutcomeStore
 
             self.book = OutcomeBook(self.lru)
-            self.outcome_store = OutcomeStore(self.redis, settings.outcome_window_s)
+            self.outcome_store = OutcomeStore(self.redis, settings.outcome_window_s, settings.outcome_record_ttl_s)
             policy.type_evidence = self.book.types
         self.triage = Triage(keys, self.lru, self.redis, self.client, policy, self.book)
         self._api_triage = Triage(keys, self.lru, ReadOnlyTier(self.redis), self.api_client, policy, self.book)
@@ -120,7 +120,7 @@ class Runtime:
 
             self.outcomes = OutcomeLearning(
                 self.settings, self.outcome_store, self.book, self.pipeline.dead_letter, self._write_outcome_rows,
-                self.monitor, self.worker_name,
+                self.monitor, self.worker_name, self._find_decisions,
             )  # fmt: skip
             await self.outcomes.start()
         self.started = True
@@ -217,6 +217,27 @@ class Runtime:
         from stream_engine.sinks.clickhouse.rows import insert_outcome_rows
 
         await self.run_query(lambda client: insert_outcome_rows(client, list(rows), token))
+
+    async def _find_decisions(self, alert_ids: Sequence[str], since: float) -> dict[str, DecisionRecord]:
+        """Decisions older than Redis's hot window: ClickHouse's ``decision_lookup``, one query, under
+        the analytics limits (``NotImplementedError`` without ClickHouse)."""
+        from stream_engine.outcomes import DecisionRecord
+        from stream_engine.sinks.clickhouse.analytics import LimitedClient, QueryLimitExceeded, QueryLimits, limit_hit
+        from stream_engine.sinks.clickhouse.queries import decision_records
+
+        ids, since_ms = list(alert_ids), int(since * 1000)
+        limits = QueryLimits.from_settings(self.settings).clickhouse_settings()
+
+        def query(client: Any) -> list[tuple[str, str, str, str | None, str, int]]:
+            try:
+                return decision_records(LimitedClient(client, limits), ids, since_ms)  # type: ignore[arg-type]
+            except Exception as exc:
+                if limit_hit(exc):
+                    raise QueryLimitExceeded(f"decision lookup of {len(ids)} alert ids: stopped by the analytics limits") from exc
+                raise
+
+        rows = await self.run_query(query)
+        return {a: DecisionRecord(key, alert_type, action, mode, ms / 1000) for a, key, alert_type, action, mode, ms in rows}
 
     async def consumer_positions(self) -> Positions | None:
         """(topic, partition, high-watermark, position) per assigned partition; None without a consumer."""

@@ -144,8 +144,8 @@ class Settings(TypedSettings):
     # --- learning from outcomes (README, "Learning from outcomes") ---------------------
     outcome_learning: bool = Field(
         True,
-        description="Learn from operators' verdicts on the outcomes topic: keep a record of every decision in Redis for "
-        "outcome_window_s, count verdicts per key and action, and adjust confidences with them. Off: none of that.",
+        description="Learn from operators' verdicts on the outcomes topic: keep a record of every decision (Redis for "
+        "outcome_record_ttl_s, then ClickHouse), count verdicts per key and action, and adjust confidences with them. Off: none of that.",
     )
     outcome_prior_weight: float = Field(
         10.0,
@@ -156,8 +156,15 @@ class Settings(TypedSettings):
     outcome_window_s: int = Field(
         604_800,
         ge=60,
-        description="How long a decision can be judged (its Redis record's TTL; also the counts' TTL since their last "
-        "verdict). Redis holds one record per decided alert: see the README for the bytes per alert.",
+        description="How long a decision can be judged (also the counts' TTL since their last verdict). A verdict on "
+        "a decision older than outcome_record_ttl_s is resolved from ClickHouse's decision_lookup table.",
+    )
+    outcome_record_ttl_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long Redis keeps a decision's record (the hot window): Redis holds one record's bytes x "
+        "alerts/s x this (README, 'Learning from outcomes'). At least ten sink_flush_interval_s, so a decision is in "
+        "ClickHouse before its record expires (checked at start); capped at outcome_window_s.",
     )
     outcome_grace_s: float = Field(
         5.0, ge=0, description="An outcome naming an alert id not found yet is looked up again once it is this old."
@@ -240,6 +247,17 @@ class Settings(TypedSettings):
         description="Attribute names (any depth, any case) masked wherever an alert leaves the worker: service "
         "requests, DLQ, logs, error details.",
     )
+
+    @model_validator(mode="after")
+    def _decision_records_outlive_the_sink_flush(self) -> Settings:
+        # A verdict on a decision whose Redis record expired is resolved from ClickHouse: the record
+        # must outlive the time its row takes to get there (a flush interval, plus the insert).
+        if self.outcome_record_ttl_s < 10 * self.sink_flush_interval_s:
+            raise ValueError(
+                f"outcome_record_ttl_s ({self.outcome_record_ttl_s:g}) must be at least 10 x sink_flush_interval_s "
+                f"({self.sink_flush_interval_s:g}): a decision must reach ClickHouse before Redis forgets it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secrets_are_not_key_fields(self) -> Settings:

@@ -2,7 +2,7 @@
 every worker's LRU.
 
     outcomes ──▶ consumer group "<app_id>.outcomes" (one worker per partition): decode ── invalid ──▶ alerts.dlq
-      (keyed        resolve the alert id (Redis decision record) ── unknown / expired ──▶ alerts.dlq unknown_alert
+      (keyed        resolve the alert id (Redis record; else ClickHouse) ── unknown / expired ──▶ alerts.dlq unknown_alert
       by alert id)  count the verdict once (Redis script) ─▶ ClickHouse ``outcomes`` row ─▶ commit
             └────▶ every worker's listener (no group membership, from the group's committed offsets):
                     resolve + count (the same idempotent script) ─▶ its LRU entry and type evidence
@@ -18,6 +18,14 @@ returns into its LRU entry for the key and its type evidence. A worker that owns
 partition therefore decides that key with a verdict from the moment its listener has read it
 (tens of ms after it is published); a batch already deciding meanwhile uses what it had.
 
+An alert id is resolved from Redis's decision records first: they live for the hot window
+(``outcome_record_ttl_s``, minutes), which bounds Redis's memory. The ids Redis does not know are
+looked up in ClickHouse, ONE ``alert_id IN (...)`` query per batch of verdicts on
+``decision_lookup`` (ordered by alert id) under the analytics limits, for decisions within the
+outcome window (days). A decision's row reaches ClickHouse one sink flush after it is decided,
+long before its record expires (the hot window is at least ten flush intervals), so a verdict on a
+just-decided alert finds the record and one on an older alert finds the row.
+
 A verdict published within ``outcome_grace_s`` of its decision may arrive before the decision's
 record is in Redis (it is written beside the batch's ClickHouse rows, after the decisions are
 acknowledged): an unknown alert id is looked up again (after 50 ms, 100 ms, … up to 1 s apart)
@@ -31,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +51,7 @@ from stream_engine.cache.redis_tier import OUTAGE_ERRORS
 from stream_engine.outcomes.decoder import UNKNOWN_ALERT, Outcome, OutcomeDecoder
 from stream_engine.outcomes.store import Applied, DecisionRecord, OutcomeStore, Verdict
 from stream_engine.pipeline import RawMessage
+from stream_engine.sinks.clickhouse.analytics import QueryLimitExceeded
 from stream_engine.sinks.clickhouse.rows import OutcomeRow, outcome_row
 from stream_engine.sinks.clickhouse.sink import SinkStopped
 from stream_engine.validation import InvalidAlert
@@ -57,6 +66,8 @@ log = logging.getLogger(__name__)
 
 DeadLetterFactory = Callable[[RawMessage, str, str, float], "DeadLetter"]
 RowWriter = Callable[[Sequence[OutcomeRow], str], Any]  # async (rows, dedup token) -> None; raises NotImplementedError without ClickHouse
+# async (alert ids, decided since: epoch s) -> {alert id: record} from ClickHouse; raises NotImplementedError without it
+DecisionFinder = Callable[[Sequence[str], float], Awaitable[dict[str, DecisionRecord]]]
 MAX_BATCH = 500
 ATTEMPTS_BEFORE_GIVING_UP = 3
 # What may pass by itself: waited out. ClickHouse's errors come as OSError (HTTP) or as its own
@@ -73,6 +84,8 @@ class LearningCounters:
     dead_lettered: int = 0
     rows_written: int = 0
     retries: int = 0  # Redis/Kafka/ClickHouse outages waited out
+    resolved_hot: int = 0  # alert ids resolved from Redis's records (the hot window)
+    resolved_clickhouse: int = 0  # ... from ClickHouse (decided before the hot window, or records Redis lost)
 
 
 @dataclass(slots=True)
@@ -93,6 +106,7 @@ class OutcomeLearning:
         write_rows: RowWriter,
         monitor: Monitor | None = None,
         worker_name: str = "",
+        find_decisions: DecisionFinder | None = None,
     ) -> None:
         self.settings = settings
         self.topic = settings.topic_outcomes
@@ -104,6 +118,7 @@ class OutcomeLearning:
         self.write_rows = write_rows
         self.monitor = monitor
         self.worker_name = worker_name
+        self.find_decisions = find_decisions
         self.grace_s = settings.outcome_grace_s
         self.retry_s = settings.redis_retry_after_s
         self.counters = LearningCounters()
@@ -291,7 +306,7 @@ class OutcomeLearning:
             except InvalidAlert as exc:
                 if not listener:
                     dead.append(self.dead_letter(message, exc.reason, exc.detail, received_at))
-        found = await self._until_done("lookup", lambda: self.store.resolve(o.alert_id for _, o, _ in decoded))
+        found = await self._resolve([o.alert_id for _, o, _ in decoded])
         unknown = [(m, o, ts) for m, o, ts in decoded if o.alert_id not in found]
         delay = 0.05
         while unknown:
@@ -302,7 +317,7 @@ class OutcomeLearning:
                 break
             await asyncio.sleep(min(wait, delay))
             delay = min(delay * 2, 1.0)
-            found.update(await self._until_done("lookup", lambda: self.store.resolve(o.alert_id for _, o, _ in unknown)))
+            found.update(await self._resolve([o.alert_id for _, o, _ in unknown]))
             unknown = [(m, o, ts) for m, o, ts in unknown if o.alert_id not in found]
         outcomes: list[tuple[RawMessage, Outcome, DecisionRecord, float]] = []
         verdicts: list[Verdict] = []
@@ -325,6 +340,27 @@ class OutcomeLearning:
         for part, evidence in applied.types.items():
             self.book.saw_type(part, evidence)
         return _Handled(outcomes, verdicts, applied, dead)
+
+    async def _resolve(self, alert_ids: Sequence[str]) -> dict[str, DecisionRecord]:
+        """Each id's decision: Redis's record (the hot window), else ClickHouse's row within the
+        outcome window, one query for all the misses; absent from both: unknown."""
+        found = await self._until_done("lookup", lambda: self.store.resolve(alert_ids))
+        self.counters.resolved_hot += len(found)
+        missing = [i for i in dict.fromkeys(alert_ids) if i not in found]
+        if missing and self.find_decisions is not None:
+            since = time.time() - self.settings.outcome_window_s
+            try:
+                # ClickHouse errors are waited out like the rows' (the group holds its offsets
+                # meanwhile); a query its limits stop is not retried: the group isolates it.
+                older = await self._until_done("ClickHouse lookup", lambda: self.find_decisions(missing, since),  # type: ignore[misc]
+                                               give_up=(NotImplementedError, QueryLimitExceeded), forever=True)  # fmt: skip
+            except NotImplementedError:
+                self.find_decisions = None  # a sink without ClickHouse (tests): the hot window only
+                log.warning("outcomes: this worker's sink has no ClickHouse; verdicts resolve within the hot window only")
+            else:
+                self.counters.resolved_clickhouse += len(older)
+                found.update(older)
+        return found
 
     async def _until_done(
         self, what: str, call: Callable[[], Any], give_up: tuple[type[BaseException], ...] = (), *, forever: bool = False

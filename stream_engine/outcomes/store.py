@@ -3,22 +3,25 @@
 Same client, namespace and hash-tag buckets as the proposition cache (``{B}`` = a key's bucket,
 ``{ns}`` = the namespace's own tag; :mod:`stream_engine.cache.redis_tier`)::
 
-    {B(alert id)}:a:<alert id>     decision record: orjson [key, alert type, action, mode, decided_at ms]
+    {B(alert id)}:a:<alert id>     decision record: orjson [key, alert type, action, mode, decided_at ms] (hot window)
     {B(key)}:o:<prop key>          the key's evidence {"n": applied, "a": {action: [acc, rej, fp, resolved]}}
     {B(key)}:od:[id,action,verdict]  "this verdict was counted for the key" (deduplication)
     {ns}:ot:<type part>            the alert type's evidence, same form
     {ns}:otd:[id,action,verdict]   "this verdict was counted for the type"
     {ns}:otypes                    the type parts that have evidence (read once at start)
 
-Everything has the outcome window as its TTL (``STREAM_ENGINE_OUTCOME_WINDOW_S``; evidence's is
-renewed by each new verdict), so a ``volatile-*`` maxmemory policy may evict it: the oldest-expiring
-first, i.e. proposition values (hours) before decision records (days). An evicted record turns a
-late verdict into ``unknown_alert`` (dead-lettered, not lost).
+Decision records live for the hot window only (``STREAM_ENGINE_OUTCOME_RECORD_TTL_S``, default 10
+minutes); everything else has the outcome window as its TTL (``STREAM_ENGINE_OUTCOME_WINDOW_S``;
+evidence's is renewed by each new verdict). A verdict on an older decision is resolved from
+ClickHouse (``decision_lookup``, :meth:`OutcomeLearning._resolve`), whose rows arrive one sink
+flush after the decision: the hot window is at least ten flush intervals (``Settings`` checks it),
+so a just-decided alert is always in one of the two.
 
 **Records** are written for every decision of a batch by ONE script per bucket (one Redis: one
-call), concurrently with the batch's ClickHouse rows (``DecisionLog.write``); a Redis outage skips
-them (counted, ``records_failed``), like any other Redis write. Memory: one record costs ~N bytes
-of Redis (``benchmarks/outcomes.py`` measures it with ``MEMORY USAGE``), times alerts/s times the
+call, one round trip, one argument holding the batch's records), concurrently with the batch's ClickHouse rows (``DecisionLog.write``); a
+Redis outage skips them (counted, ``records_failed``: ClickHouse still resolves those decisions
+once their rows are in). Memory: one record costs ~216 bytes of Redis
+(``benchmarks/outcomes_cost.py`` measures it with ``MEMORY USAGE``), times alerts/s times the hot
 window: README, "Learning from outcomes".
 
 **Verdicts are counted once.** A verdict (alert id, action, outcome) is counted for the key and for
@@ -47,10 +50,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# KEYS: the records. ARGV[1]: TTL ms, then one value per record.
+# KEYS[1]: the bucket's record prefix "{B}:a:" (it routes the call; every record shares its hash
+# tag, so its slot). ARGV[1]: TTL ms; ARGV[2]: ONE JSON array of [alert id, key, type, action,
+# mode, decided_at ms]. One argument for the whole batch rather than a key and a value per record:
+# redis-py packs every argument in Python, which cost the worker about three times the CPU (the
+# commit that made this change says how much); Redis does the per-record work. Values keep the
+# form _record() reads (cjson writes integers below 1e14 exactly).
 RECORD_SCRIPT = """
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1]) end
-return #KEYS
+local prefix, ttl = KEYS[1], ARGV[1]
+local records = cjson.decode(ARGV[2])
+for _, r in ipairs(records) do
+  redis.call('SET', prefix .. r[1], cjson.encode({r[2], r[3], r[4], r[5], r[6]}), 'PX', ttl)
+end
+return #records
 """
 
 # KEYS: m markers, then the evidence keys. ARGV: TTL ms, m, then per marker: the index of its
@@ -127,9 +139,11 @@ class StoreCounters:
 
 
 class OutcomeStore:
-    def __init__(self, tier: RedisTier, window_s: int) -> None:
+    def __init__(self, tier: RedisTier, window_s: int, record_ttl_s: float | None = None) -> None:
         self.tier = tier
         self.window_ms = int(window_s * 1000)
+        # The records' hot window (older decisions are looked up in ClickHouse), never past the window.
+        self.record_ttl_ms = max(1, min(self.window_ms, int((record_ttl_s if record_ttl_s is not None else window_s) * 1000)))
         self._record = tier.register_script(RECORD_SCRIPT)
         self._apply = tier.register_script(APPLY_SCRIPT)
         ns = tier.namespace_tag
@@ -153,15 +167,14 @@ class OutcomeStore:
         if self.tier.degraded:
             self.counters.records_failed += len(decisions)
             return False
-        groups: dict[str, tuple[list[str], list[bytes]]] = {}
+        groups: dict[str, list[tuple[str, str, str, str | None, str, int]]] = {}
         bucket_of = self.tier.bucket_of
-        dumps = orjson.dumps
         for d in decisions:
-            bucket = bucket_of(d.alert_id)
-            names, values = groups.setdefault(bucket, ([], []))
-            names.append(f"{bucket}:a:{d.alert_id}")
-            values.append(dumps((d.key, d.alert_type, d.action, d.mode, int(d.decided_at * 1000))))
-        calls = [(self._record, names, [self.window_ms, *values]) for names, values in groups.values()]
+            groups.setdefault(bucket_of(d.alert_id), []).append(
+                (d.alert_id, d.key, d.alert_type, d.action, d.mode, int(d.decided_at * 1000))
+            )
+        dumps = orjson.dumps
+        calls = [(self._record, [f"{bucket}:a:"], [self.record_ttl_ms, dumps(records)]) for bucket, records in groups.items()]
         try:
             await self.tier.run(calls)
         except OUTAGE_ERRORS as exc:
@@ -172,8 +185,9 @@ class OutcomeStore:
         return True
 
     async def resolve(self, alert_ids: Iterable[str]) -> dict[str, DecisionRecord]:
-        """The records of the ids that have one (absent: never decided, or longer ago than the
-        window). Raises on an outage: the caller retries, a verdict is never dropped on a guess."""
+        """The records of the ids that have one in Redis (absent: never decided, or longer ago than
+        the hot window: ClickHouse knows those). Raises on an outage: the caller retries, a verdict
+        is never dropped on a guess."""
         ids = list(dict.fromkeys(alert_ids))
         if not ids:
             return {}

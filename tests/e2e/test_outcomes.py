@@ -207,16 +207,70 @@ async def test_two_workers_each_see_verdicts_on_the_keys_they_own_whoever_applie
     assert_demoted(after, rejected=10)
 
 
-async def test_records_and_counts_survive_a_restart_and_verdicts_published_meanwhile_are_applied_once(
+# The hot window at its smallest (10 x the sink's flush interval): records expire within seconds.
+TINY_TTL = {"sink_flush_interval_s": 0.2, "outcome_record_ttl_s": 2.0}
+
+
+def redis_records(settings: Settings, alert_ids: list[str]) -> int:
+    """How many of the alerts' decision records Redis still holds (one Redis: one bucket, ``{ns}``)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+    try:
+        return int(client.exists(*(f"{{{settings.redis_namespace}}}:a:{i}" for i in alert_ids)))
+    finally:
+        client.close()
+
+
+def expired_and_in_clickhouse(settings: Settings, alert_ids: list[str]) -> None:
+    """Wait until Redis forgot the alerts' records and ClickHouse's decision_lookup has them: only
+    the ClickHouse fallback can resolve a verdict on them now."""
+    sql = "SELECT count() FROM decision_lookup WHERE alert_id IN {ids:Array(String)}"
+    wait_until(lambda: clickhouse_query(settings, sql, {"ids": alert_ids})[0][0] == len(alert_ids), 60, "their decision_lookup rows")
+    wait_until(lambda: redis_records(settings, alert_ids) == 0, 60, "their Redis records to expire")
+
+
+async def test_a_verdict_on_a_decision_redis_forgot_resolves_from_clickhouse_and_unknown_ids_are_still_dead_lettered(
     e2e_settings: Settings, propositions: Proc, tmp_path: Path
 ) -> None:
-    s = e2e_settings
+    s = e2e_settings.with_overrides(outcome_grace_s=0.5, **TINY_TTL)
+    worker = start_worker(s, tmp_path)
+    try:
+        url = api_url(worker)
+        async with Tail(s.kafka_bootstrap, s.topic_decisions) as tail:
+            first = await decide(s, alerts_of("acme/cold", "k", 10), tail)
+            assert {(d["mode"], d["action"]) for d in first.values()} == {("auto", ACTION)}
+            expired_and_in_clickhouse(s, list(first))
+            verdicts = [{"alert_id": i, "outcome": "rejected"} for i in first]
+            kcat_publish(s, [*verdicts, {"alert_id": "never-decided-k", "outcome": "rejected"}])
+            async with Tail(s.kafka_bootstrap, s.topic_dlq, decode=DeadLetter.from_json) as dlq:
+                (dead,) = await dlq.wait_for(lambda r: len(r) >= 1, 60, "the unknown verdict dead-lettered")
+            wait_until(learned(url, 10, "processed"), 60, "the 10 outcomes applied", worker)
+            outcomes = stats(url)["outcomes"]
+            after = await decide(s, alerts_of("acme/cold", "l", 3), tail)
+        wait_until(lambda: clickhouse_query(s, "SELECT count() FROM outcomes FINAL")[0][0] == 10, 60, "10 outcome rows", worker)
+        (row,) = clickhouse_query(s, "SELECT uniqExact(alert_id), any(key), any(decision_mode), any(decision_action) FROM outcomes FINAL")
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    assert (dead.reason, orjson.loads(dead.original)["alert_id"]) == ("unknown_alert", "never-decided-k")
+    assert outcomes["resolved_clickhouse"] >= 10 and outcomes["counted"] == 10, outcomes
+    assert row == [10, next(iter(first.values()))["key"], "auto", ACTION]  # the decision as ClickHouse logged it
+    assert_demoted(after, rejected=10)
+
+
+@pytest.mark.parametrize("overrides", [{}, TINY_TTL], ids=["records-in-redis", "records-expired-meanwhile"])
+async def test_records_and_counts_survive_a_restart_and_verdicts_published_meanwhile_are_applied_once(
+    e2e_settings: Settings, propositions: Proc, tmp_path: Path, overrides: dict[str, float]
+) -> None:
+    s = e2e_settings.with_overrides(**overrides)
     first_worker = start_worker(s, tmp_path, "before")
     try:
         async with Tail(s.kafka_bootstrap, s.topic_decisions) as tail:
             first = await decide(s, alerts_of("acme/restart", "r", 10), tail)
     finally:
         assert first_worker.stop() == 0, first_worker.log()[-3000:]
+    if overrides:  # no worker runs while Redis forgets the records: the next one finds them in ClickHouse
+        expired_and_in_clickhouse(s, list(first))
     verdicts = [{"alert_id": i, "outcome": "rejected"} for i in first]
     kcat_publish(s, verdicts)  # no worker runs: the group applies them when one starts
     kcat_publish(s, verdicts)  # and a verdict published twice counts once
@@ -224,7 +278,9 @@ async def test_records_and_counts_survive_a_restart_and_verdicts_published_meanw
     try:
         url = api_url(worker)
         wait_until(learned(url, 20, "processed"), 60, "the group applied the 20 messages", worker)
-        assert stats(url)["outcomes"]["counted"] == 10
+        outcomes = stats(url)["outcomes"]
+        assert outcomes["counted"] == 10
+        assert (outcomes["resolved_clickhouse"] >= 10) == bool(overrides), outcomes  # the group resolved them there, when expired
         async with Tail(s.kafka_bootstrap, s.topic_decisions) as tail:
             after = await decide(s, alerts_of("acme/restart", "s", 3), tail)
         wait_until(lambda: clickhouse_query(s, "SELECT count() FROM outcomes FINAL")[0][0] == 10, 60, "10 rows", worker)

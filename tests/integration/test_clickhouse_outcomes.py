@@ -3,6 +3,7 @@ done here on the rows inserted."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from stream_engine.settings import Settings
 from stream_engine.sinks.clickhouse import queries
-from stream_engine.sinks.clickhouse.analytics import BadParams, QueryLimits, build_query
+from stream_engine.sinks.clickhouse.analytics import BadParams, LimitedClient, QueryLimits, build_query
 from stream_engine.sinks.clickhouse.client import connect
 from stream_engine.sinks.clickhouse.rows import LogRow, OutcomeRow, insert_outcome_rows
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
@@ -112,3 +113,33 @@ def test_stream_engine_query_outcomes_prints_them(
     assert "auto_precision" in table[0].split() and len(table) == 2 + 3
     assert main([*base, "recent", *window, "--modes", "review", "--limit", "1", "--json"]) == 0
     assert [r["alert_id"] for r in orjson.loads(capsys.readouterr().out)] == ["r9"]
+
+
+async def test_decision_records_finds_each_ids_latest_decision_within_the_window_in_one_primary_key_lookup(
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path
+) -> None:
+    """What resolves a verdict once Redis's record of its decision expired (migration 7's
+    decision_lookup, fed by decision_audit as the sink writes it)."""
+    old = decision_row("old", 0, "auto", "retry_job")  # decided at T0: outside a window starting after it
+    first = decision_row("again", 1, "auto", "retry_job")
+    latest = decision_row("again", 5, "review", "notify_owner")._replace(origin="api", topic="")  # a later decision of it
+    escalated = decision_row("esc", 2, "escalate", "")._replace(action=None, confidence=None)
+    sink = ClickHouseSink(lambda: connect(ch_url, ch_database), tmp_path / "j", flush_rows=1000, flush_interval_s=0.05)
+    await sink.start()
+    await sink.write([old, first, escalated], [])
+    await sink.write([latest], [])
+    await sink.write([decision_row(f"x{i}", 10 + i, "auto", "retry_job") for i in range(5000)], [])  # granules to skip
+    await sink.stop()
+    limited = LimitedClient(ch_client, LIMITS.clickhouse_settings())
+    found = queries.decision_records(limited, ["again", "esc", "old", "never"], since_ms=old.decided_at_ms + 1)  # type: ignore[arg-type]
+    assert sorted(found) == [
+        ("again", "ci_failure|k", "ci_failure", "notify_owner", "review", latest.decided_at_ms),
+        ("esc", "ci_failure|k", "ci_failure", None, "escalate", escalated.decided_at_ms),
+    ]
+    assert [r[0] for r in queries.decision_records(limited, ["old"], since_ms=old.decided_at_ms)] == ["old"]  # type: ignore[arg-type]
+    # The IN is a primary-key lookup: a few 1024-row granules, not the table's.
+    plan = "\n".join(r[0] for r in ch_client.query(
+        "EXPLAIN indexes = 1 SELECT key FROM decision_lookup WHERE alert_id IN ['again', 'esc']").result_rows)  # fmt: skip
+    pk = plan[plan.index("PrimaryKey"):]
+    selected, total = map(int, re.search(r"Granules: (\d+)/(\d+)", pk).groups())  # type: ignore[union-attr]
+    assert total >= 5 and selected <= 2, plan

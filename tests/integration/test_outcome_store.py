@@ -37,6 +37,13 @@ async def test_records_resolve_on_every_worker_for_the_window_and_unknown_ids_ar
     assert WEEK * 1000 - 60_000 < ttl_ms <= WEEK * 1000
 
 
+async def test_records_live_for_the_hot_window_only_and_never_past_the_outcome_window(workers: Workers) -> None:
+    hot = OutcomeStore(workers(), WEEK, record_ttl_s=600)
+    assert await hot.record([decision("hot-1")]) is True
+    assert 590_000 < await hot.tier.client.pttl(hot.record_key("hot-1")) <= 600_000
+    assert OutcomeStore(workers(), 3600, record_ttl_s=7200).record_ttl_ms == 3_600_000
+
+
 async def test_a_verdict_counts_once_for_its_key_and_type_whoever_applies_it_and_however_often(workers: Workers) -> None:
     group, listener = OutcomeStore(workers(), WEEK), OutcomeStore(workers(), WEEK)
     other_key = KEY.replace("repo=a", "repo=z")

@@ -30,3 +30,13 @@ def test_tokens_are_masked_in_reprs_and_handed_whole_to_subprocesses(monkeypatch
     assert Settings() == settings  # what a child process reads back
     defaults = {name: default for name, default, _ in settings_table()}
     assert defaults["STREAM_ENGINE_API_TOKEN"] == "''"
+
+
+def test_decision_records_outlive_ten_sink_flushes() -> None:
+    # A verdict on a just-decided alert must find its Redis record until ClickHouse has its row.
+    with pytest.raises(SettingsError, match=r"outcome_record_ttl_s \(5\) must be at least 10 x sink_flush_interval_s \(1\)"):
+        Settings(outcome_record_ttl_s=5)
+    with pytest.raises(SettingsError, match="outcome_record_ttl_s"):
+        Settings(outcome_record_ttl_s=600, sink_flush_interval_s=61)
+    assert Settings(outcome_record_ttl_s=2, sink_flush_interval_s=0.2).outcome_record_ttl_s == 2
+    assert Settings().outcome_record_ttl_s == 600 <= Settings().outcome_window_s

@@ -110,8 +110,7 @@ def build_query(name: str, params: Mapping[str, str], limits: QueryLimits, now: 
         try:
             return query(LimitedClient(client, settings))  # type: ignore[arg-type]
         except Exception as exc:
-            code = _CODE.search(str(exc))
-            if code is None or int(code.group(1)) not in LIMIT_CODES:
+            if not limit_hit(exc):
                 raise
             reason = str(exc).strip().splitlines()[0][:300]
             raise QueryLimitExceeded(
@@ -120,6 +119,12 @@ def build_query(name: str, params: Mapping[str, str], limits: QueryLimits, now: 
             ) from exc
 
     return run
+
+
+def limit_hit(exc: BaseException) -> bool:
+    """Whether ClickHouse stopped a query at one of the limits (its error code says so)."""
+    code = _CODE.search(str(exc))
+    return code is not None and int(code.group(1)) in LIMIT_CODES
 
 
 def _query(name: str, params: Mapping[str, str], now: datetime | None) -> Query:

@@ -156,6 +156,21 @@ def get_proposition_logs_batch(client: Client, alert_ids: list[str]) -> dict[str
     return out
 
 
+def decision_records(client: Client, alert_ids: list[str], since_ms: int) -> list[tuple[str, str, str, str | None, str, int]]:
+    """(alert_id, key, alert_type, action, mode, decided_at ms) of each id's latest decision made
+    at or after ``since_ms`` (the outcome window), in ONE query on ``decision_lookup``, whose order
+    (alert_id first) makes the ``IN`` a primary-key lookup. Ids without one are absent."""
+    if not alert_ids:
+        return []
+    sql = """
+        SELECT alert_id, key, alert_type, action, mode, toUnixTimestamp64Milli(decided_at) AS decided_ms
+        FROM decision_lookup
+        WHERE alert_id IN {ids:Array(String)} AND decided_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')
+        ORDER BY alert_id, decided_at DESC LIMIT 1 BY alert_id"""
+    rows = client.query(sql, parameters={"ids": list(alert_ids), "since": int(since_ms)}).result_rows
+    return [(str(a), str(k), str(t), None if act is None else str(act), str(m), int(ms)) for a, k, t, act, m, ms in rows]
+
+
 def slowest_alerts(
     client: Client, start: datetime, end: datetime, limit: int = 20, alert_type: str | None = None
 ) -> list[dict[str, Any]]:

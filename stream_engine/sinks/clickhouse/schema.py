@@ -276,6 +276,38 @@ SETTINGS $dedup
 """,
         ),
     ),
+    Migration(
+        7,
+        "decision_lookup: a decision's key, type, mode and action by alert id (outcomes older than Redis's hot window)",
+        (
+            # Ordered by alert_id, small granules: a batch of verdicts' ``alert_id IN (...)`` reads
+            # about one 1024-row granule per id and day partition (decision_audit's bloom filter
+            # would read 4 x 8192 rows per id). Fed by decision_audit, like proposition_log, so the
+            # sink's dedup token covers it. No backfill: records written before this migration
+            # still carry the outcome window as their Redis TTL.
+            """
+CREATE TABLE IF NOT EXISTS $db.decision_lookup
+(
+    alert_id   String,
+    decided_at DateTime64(3, 'UTC'),
+    key        String,
+    alert_type LowCardinality(String),
+    mode       LowCardinality(String),
+    action     Nullable(String)
+)
+ENGINE = MergeTree
+PARTITION BY toDate(decided_at)
+ORDER BY (alert_id, decided_at)
+TTL toDateTime(decided_at) + INTERVAL $ttl_days DAY
+SETTINGS index_granularity = 1024, $dedup
+""",
+            """
+CREATE MATERIALIZED VIEW IF NOT EXISTS $db.decision_lookup_mv TO $db.decision_lookup AS
+SELECT alert_id, decided_at, key, alert_type, mode, action
+FROM $db.decision_audit
+""",
+        ),
+    ),
 )
 
 
@@ -302,8 +334,7 @@ def migrate(client: Client, database: str, ttl_days: int) -> list[int]:
         for statement in migration.statements:
             client.command(Template(statement).substitute(db=db, ttl_days=ttl_days, dedup=dedup_setting()))
         client.command(
-            f"INSERT INTO {db}.schema_migrations (version, name, applied_at) "
-            "VALUES ({version:UInt32}, {name:String}, now64(3))",
+            f"INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES ({{version:UInt32}}, {{name:String}}, now64(3))",
             parameters={"version": migration.version, "name": migration.name},
         )
         applied.append(migration.version)

@@ -17,6 +17,7 @@ from harness.drills import RESULTS_ENV
 from stream_engine.engines import ENGINES
 from stream_engine.settings import Settings
 
+
 @pytest.fixture(scope="session", autouse=True)
 def drill_results() -> Path:
     """Where each drill writes its row (set by tests/conftest.py's pytest_configure, shared by every

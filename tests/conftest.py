@@ -25,6 +25,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +41,28 @@ if TYPE_CHECKING:
     from harness.procs import Proc
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One directory for the drills' accounting rows, made before pytest-xdist starts its test
+    processes (they inherit the environment), so the session's table has every process's rows."""
+    from harness.drills import RESULTS_ENV
+
+    if not os.environ.get(RESULTS_ENV):
+        os.environ[RESULTS_ENV] = tempfile.mkdtemp(prefix="stream-engine-drills-")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    from harness.drills import RESULTS_ENV, format_table, load_rows
+
+    if hasattr(config, "workerinput"):  # an xdist test process: the controller prints the table
+        return
+    path = Path(os.environ[RESULTS_ENV])
+    rows = load_rows(path)
+    if rows:
+        terminalreporter.section("reliability drills")
+        terminalreporter.write_line(format_table(rows))
+        terminalreporter.write_line(f"(rows in {path})")
 
 
 @pytest.fixture(scope="session")

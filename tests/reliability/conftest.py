@@ -9,38 +9,24 @@ drills that break a service start a private one, never the shared stack's Kafka 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from harness.drills import RESULTS_ENV, format_table, load_rows
+from harness.drills import RESULTS_ENV
 from stream_engine.engines import ENGINES
 from stream_engine.settings import Settings
 
 # make_topics(partitions=…, configs={"topic_decisions": {"max.message.bytes": "2048"}}) -> Settings
 MakeTopics = Callable[..., Settings]
 
-_results: list[Path] = []
-
 
 @pytest.fixture(scope="session", autouse=True)
 def drill_results() -> Path:
-    """Where each drill writes its row; printed as one table when the session ends."""
-    if not os.environ.get(RESULTS_ENV):
-        os.environ[RESULTS_ENV] = tempfile.mkdtemp(prefix="stream-engine-drills-")
-    path = Path(os.environ[RESULTS_ENV])
-    _results.append(path)
-    return path
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    rows = load_rows(_results[0]) if _results else []
-    if rows:
-        terminalreporter.section("reliability drills")
-        terminalreporter.write_line(format_table(rows))
-        terminalreporter.write_line(f"(rows in {_results[0]})")
+    """Where each drill writes its row (set by tests/conftest.py's pytest_configure, shared by every
+    test process); printed as one table when the session ends."""
+    return Path(os.environ[RESULTS_ENV])
 
 
 @pytest.fixture(params=ENGINES)

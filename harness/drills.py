@@ -164,13 +164,16 @@ class Publisher:
 class Tail:
     """Everything on ``topic`` from the beginning, read by a background task."""
 
-    def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], Any] = orjson.loads) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, decode: Callable[[bytes], Any] = orjson.loads, isolation_level: str = "read_uncommitted"
+    ) -> None:
         self.records: list[Any] = []
         self.arrivals: list[float] = []  # time.monotonic() per record, for recovery times
         self._decode = decode
         self._consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
-        )
+            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+            isolation_level=isolation_level,
+        )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Tail:

@@ -4,10 +4,12 @@ consume one record → decode and validate (the engine's AlertDecoder) → ``POS
 (single endpoint, no cache, no batching) → the engine's DecisionPolicy → produce the decision
 and await its ack → next. Offsets auto-commit, as a hand-written consumer usually does.
 
-Run against the same proposition service as the engine (simulated latency median 20 ms,
-p99 50 ms by default); with ``--latency-median-ms 0`` it shows the CPU-bound naive rate.
+Run against the same simulated proposition service as the engine (``benchmarks.services.SERVICE``:
+per request median 20 / p99 50 ms, plus a per-item cost — one item here); ``--no-latency`` gives
+the CPU-bound naive rate. The producer is the engine's (``create_producer``).
 
-    python -m benchmarks.baseline_naive --messages 500 --runs 3
+    python -m benchmarks.baseline_naive --messages 300 --runs 3
+    python -m benchmarks.baseline_naive --messages 2000 --runs 3 --no-latency
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from benchmarks.common import (
     BenchResult,
@@ -34,7 +36,8 @@ from benchmarks.common import (
     median_of,
     require_kafka,
 )
-from benchmarks.services import proposition_service, with_private_service_and_data, workspace
+from benchmarks.services import NO_LATENCY, SERVICE, ServiceModel, proposition_service, with_private_service_and_data, workspace
+from stream_engine.engines.emitter import create_producer
 from stream_engine.keys import KeyBuilder
 from stream_engine.models import Envelope, Proposition
 from stream_engine.policy import DecisionPolicy
@@ -57,7 +60,7 @@ async def naive_loop(settings: Settings, group: str, expected: int, progress: Pr
         session_timeout_ms=int(settings.session_timeout_s * 1000),
         heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0, acks="all")
+    producer = create_producer(settings)
     http = httpx.AsyncClient(base_url=settings.propositions_url, timeout=settings.service_timeout_s * 4)
     await producer.start()
     await consumer.start()
@@ -113,8 +116,7 @@ async def run(
     settings: Settings | None = None,
     messages: int = 500,
     runs: int = 3,
-    latency_median_ms: float = 20.0,
-    latency_p99_ms: float = 50.0,
+    service: ServiceModel = SERVICE,
     profile: str = "typical",
     log_dir: Path | None = None,
 ) -> BenchResult:
@@ -126,17 +128,16 @@ async def run(
             records = encoded_alerts(Workload(profile, seed=12).alerts(messages))
             await fill_topic(s.kafka_bootstrap, s.topic_alerts, records)
             per_run = []
-            with proposition_service(s, work, latency_median_ms, latency_p99_ms):
+            with proposition_service(s, work, service):
                 for i in range(runs):
                     with Progress(f"naive run {i + 1}/{runs}", messages) as bar:
                         per_run.append(await naive_loop(s, f"{s.app_id}-run{i}", messages, bar))
         finally:
             await drop_topics(s)
     result = BenchResult(
-        name="baseline_naive" if latency_median_ms else "baseline_naive_nolatency",
+        name="baseline_naive_nolatency" if service.off else "baseline_naive",
         command="",
-        params={"messages": messages, "runs": runs, "latency_median_ms": latency_median_ms,
-                "latency_p99_ms": latency_p99_ms if latency_median_ms else 0, "profile": profile},
+        params={"messages": messages, "runs": runs, "service": service.describe(), "profile": profile},
         metrics={
             "msgs_per_s_median": median_of(per_run, "msgs_per_s"),
             "per_alert_p50_ms_median": median_of(per_run, "per_alert_p50_ms"),
@@ -144,22 +145,21 @@ async def run(
         runs=per_run,
         notes=["One record at a time: getone, decode, POST /v1/propositions, decide, send_and_wait."],
     )
-    return watch.finish(result)
+    return watch.finish(result, settings=s)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--latency-median-ms", type=float, default=20.0)
-    parser.add_argument("--latency-p99-ms", type=float, default=50.0)
+    parser.add_argument("--no-latency", action="store_true", help="a service without simulated latency (CPU-bound rate)")
     parser.add_argument("--profile", default="typical")
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     settings = Settings()
     require_kafka(settings)
     result = asyncio.run(
-        run(settings, args.messages, args.runs, args.latency_median_ms, args.latency_p99_ms, args.profile)
+        run(settings, args.messages, args.runs, NO_LATENCY if args.no_latency else SERVICE, args.profile)
     )
     path = result.write(args.results_dir)
     print(f"naive: {result.metrics['msgs_per_s_median']:.0f} msg/s (median of {args.runs}) -> {path}")

@@ -1,7 +1,8 @@
 """What every benchmark shares: the result record, machine facts, percentiles, topics, filling.
 
-Results are plain JSON so they can be diffed between commits; each one carries the exact
-command that produced it and the machine it ran on (numbers mean nothing without those).
+Results are plain JSON so they can be diffed between commits; each one carries what a number
+means nothing without: the exact command, the commit (and whether the tree was dirty), every
+setting that differs from ``Settings``' defaults, and the machine with its load before and after.
 """
 
 from __future__ import annotations
@@ -13,20 +14,31 @@ import platform
 import re
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from stream_engine.settings import Settings
+from stream_engine.settings import PROJECT_ROOT, Settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Settings that only keep a run apart from every other (fresh names, ports, directories, tokens):
+# their values say nothing about performance, so a result lists their names, not their values.
+ISOLATION_SETTINGS = frozenset({
+    "data_dir", "stack_dir", "topics_dir", "topic_alerts", "topic_decisions", "topic_dlq", "topic_updates", "app_id",
+    "redis_namespace", "clickhouse_database", "propositions_url", "propositions_port", "admin_token", "api_token",
+    "api_port", "worker_name",
+})  # fmt: skip
+SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET")
 
 
 # --- results --------------------------------------------------------------------------------
@@ -41,6 +53,10 @@ class BenchResult:
     machine: dict[str, Any] = field(default_factory=dict)
     started_at: str = ""
     duration_s: float = 0.0
+    # {"commit", "dirty", "dirty_paths"}: the code that ran ({} in results older than issue 17).
+    git: dict[str, Any] = field(default_factory=dict)
+    # {"non_default": {name: value}, "isolation": [names]}: the worker's settings against the defaults.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
@@ -59,33 +75,84 @@ class BenchResult:
 
 
 class Stopwatch:
-    """Fills ``started_at``/``duration_s``/``machine``/``command`` of a result being built."""
+    """Fills ``started_at``/``duration_s``/``machine``/``command``/``git``/``settings`` of a result."""
 
     def __init__(self) -> None:
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.t0 = time.monotonic()
         self.load_before = os.getloadavg()
+        self.git = git_state()  # before the run writes its own result files
 
-    def finish(self, result: BenchResult, command: str | None = None) -> BenchResult:
+    def finish(self, result: BenchResult, command: str | None = None, settings: Settings | None = None) -> BenchResult:
+        """``settings``: what the benchmark's workers ran with (default: ``Settings()``, i.e. the environment)."""
         result.started_at = self.started_at
         result.duration_s = round(time.monotonic() - self.t0, 2)
         result.command = command or result.command or current_command()
         result.machine = machine_info()
         result.machine["loadavg_at_start"] = [round(x, 2) for x in self.load_before]
+        result.git = self.git
+        result.settings = settings_record(settings or Settings())
         return result
 
 
 def current_command() -> str:
-    """How this process was started, as a copy-pasteable command (module form when -m was used)."""
+    """How this process was started, as a copy-pasteable command (module form when -m was used),
+    with every STREAM_ENGINE_* variable of the environment in front (secrets masked)."""
     argv = list(sys.argv)
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name:
         argv = ["python", "-m", spec.name.removesuffix(".__main__"), *argv[1:]]
     env = " ".join(
-        f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k in ("STREAM_ENGINE_KAFKA_BOOTSTRAP", "STREAM_ENGINE_REDIS_URL")
+        f"{k}={shlex.quote(mask(k, v))}" for k, v in sorted(os.environ.items()) if k.startswith("STREAM_ENGINE_")
     )
     return (env + " " if env else "") + shlex.join(argv)
+
+
+def mask(name: str, value: str) -> str:
+    """A value fit for a result file: secrets replaced, passwords cut out of URLs."""
+    if any(marker in name.upper() for marker in SECRET_MARKERS):
+        return "***" if value else ""
+    if "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
+    return value
+
+
+# --- provenance ----------------------------------------------------------------------------------
+@cache
+def git_state() -> dict[str, Any]:
+    """The commit that runs and whether the tree differs from it (``benchmarks/results`` aside:
+    a run writes there itself). ``commit`` is None outside a git checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=10).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain", "--untracked-files=normal", "--", ".", ":(exclude)benchmarks/results")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "dirty_paths": []}
+    paths = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"commit": commit, "dirty": bool(paths), "dirty_paths": paths[:20]}
+
+
+def settings_record(settings: Settings) -> dict[str, Any]:
+    """Every setting that differs from its default in ``Settings`` (not from the environment: a
+    STREAM_ENGINE_* variable is a non-default too). Isolation settings are listed by name only."""
+    defaults = Settings.model_construct().model_dump(mode="json")
+    actual = settings.model_dump(mode="json")
+    changed = {name for name, value in actual.items() if defaults.get(name) != value}
+    data_dir = str(settings.data_dir.resolve())
+
+    def shown(name: str) -> Any:
+        value = actual[name]  # a run's own data directory is a scratch path: named, not spelled out
+        return mask(name, value.replace(data_dir, "$DATA_DIR")) if isinstance(value, str) else value
+
+    return {"non_default": {name: shown(name) for name in sorted(changed - ISOLATION_SETTINGS)},
+            "isolation": sorted(changed & ISOLATION_SETTINGS)}
 
 
 # --- machine ----------------------------------------------------------------------------------
@@ -175,12 +242,14 @@ def median_of(runs: Sequence[dict[str, Any]], key: str) -> float:
 
 # --- Kafka -------------------------------------------------------------------------------------
 def bench_settings(base: Settings | None = None, tag: str = "bench") -> Settings:
-    """Unique topics (prefix), consumer group and Redis namespace for one benchmark run."""
+    """Unique topics (prefix), consumer group, Redis namespace and ClickHouse database for one
+    benchmark run (a shared ClickHouse server must not mix runs)."""
     from stream_engine.kafka import prefixed_settings
 
     base = base or Settings()
     run = f"{tag}-{uuid.uuid4().hex[:8]}"
-    return prefixed_settings(base, run + ".").with_overrides(app_id=run, redis_namespace=f"se:{run}")
+    return prefixed_settings(base, run + ".").with_overrides(
+        app_id=run, redis_namespace=f"se:{run}", clickhouse_database="bench_" + re.sub(r"\W", "_", run))
 
 
 async def create_topics(settings: Settings) -> None:

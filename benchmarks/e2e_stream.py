@@ -1,5 +1,6 @@
-"""Streaming end to end on the real stack: a worker subprocess, the proposition service with a
-realistic simulated latency (median 20 ms, p99 50 ms), real Kafka and Redis, embedded ClickHouse.
+"""Streaming end to end on the real stack: a worker subprocess at its default settings, the
+proposition service with the shared simulated latency (``benchmarks.services.SERVICE``: per request
+median 20 / p99 50 ms plus a per-item cost), real Kafka and Redis, embedded ClickHouse.
 
 Two measurements:
 
@@ -38,7 +39,7 @@ from benchmarks.common import (
     median_of,
     require_kafka,
 )
-from benchmarks.services import cpu_seconds, proposition_service, with_private_service_and_data, worker, workspace
+from benchmarks.services import SERVICE, ServiceModel, cpu_seconds, proposition_service, with_private_service_and_data, worker, workspace
 from benchmarks.streamio import DecisionCollector, publish_paced
 from benchmarks.trace import TraceSpec, make_trace
 from harness.procs import Proc
@@ -46,10 +47,12 @@ from stream_engine.engines import ENGINES
 from stream_engine.keys import message_key
 from stream_engine.settings import Settings
 
-SERVICE_MEDIAN_MS = 20.0
-SERVICE_P99_MS = 50.0
-
 WorkerObserver = Callable[[Proc], contextlib.AbstractContextManager[Any]]
+
+
+def engine_result_name(name: str, engine: str) -> str:
+    """faust's results keep the bare names (``e2e_latency``); other engines' get a suffix."""
+    return name if engine == "faust" else f"{name}_{engine}"
 
 
 def _records(alerts: list[dict[str, Any]], settings: Settings) -> list[tuple[str, bytes, bytes]]:
@@ -107,8 +110,7 @@ async def latency(
     seconds: float = 10.0,
     profile: str = "typical",
     burst: float = 1.0,
-    service_median_ms: float = SERVICE_MEDIAN_MS,
-    service_p99_ms: float = SERVICE_P99_MS,
+    service: ServiceModel = SERVICE,
     work_dir: Path | None = None,
 ) -> BenchResult:
     watch = Stopwatch()
@@ -117,7 +119,7 @@ async def latency(
         s = with_private_service_and_data(bench_settings(settings, "lat"), work / "data")
         await create_topics(s)
         try:
-            with proposition_service(s, work, service_median_ms, service_p99_ms), worker(s, work):
+            with proposition_service(s, work, service), worker(s, work):
                 for rate in rates:
                     per_rate.append(await _latency_run(s, rate, seconds, profile, burst))
         finally:
@@ -125,9 +127,8 @@ async def latency(
     result = BenchResult(
         name="e2e_latency",
         command="",
-        params={"rates": list(rates), "seconds": seconds, "profile": profile, "burst": burst,
-                "service_median_ms": service_median_ms, "service_p99_ms": service_p99_ms,
-                "batch_max": s.batch_max, "batch_within_s": s.batch_within_s},
+        params={"rates": list(rates), "seconds": seconds, "profile": profile, "burst": burst, "engine": s.engine,
+                "service": service.describe()},
         metrics={f"p99_ms_at_{r['rate']}": r["record"].get("p99_ms") for r in per_rate}
         | {f"lru_p99_ms_at_{r['rate']}": r["by_tier"].get("lru", {}).get("p99_ms") for r in per_rate},
         runs=per_rate,
@@ -136,11 +137,10 @@ async def latency(
             "record = decision CreateTime - publish time; seen = when our consumer received it - publish time.",
         ],
     )
-    return watch.finish(result)
+    return watch.finish(result, settings=s)
 
 
-async def _throughput_run(base: Settings, work: Path, backlog: int, profile: str, run: int,
-                          service_median_ms: float, service_p99_ms: float,
+async def _throughput_run(base: Settings, work: Path, backlog: int, profile: str, run: int, service: ServiceModel,
                           observe: WorkerObserver | None = None) -> dict[str, Any]:
     s = with_private_service_and_data(bench_settings(base, f"tput{run}"), work / f"data-{run}")
     trace = make_trace(TraceSpec(profile, size=backlog, seed=100 + run), s)
@@ -151,7 +151,7 @@ async def _throughput_run(base: Settings, work: Path, backlog: int, profile: str
             await fill_topic(s.kafka_bootstrap, s.topic_alerts, [(k, v) for _, k, v in _records(trace.alerts, s)], bar.update)
         collector = DecisionCollector(s.kafka_bootstrap, s.topic_decisions)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(proposition_service(s, work, service_median_ms, service_p99_ms))
+            stack.enter_context(proposition_service(s, work, service))
             proc = stack.enter_context(worker(s, work, f"worker-tput{run}"))
             if observe is not None:  # e.g. a profiler attached while the backlog drains
                 stack.enter_context(observe(proc))
@@ -186,27 +186,26 @@ async def throughput(
     backlog: int = 100_000,
     runs: int = 3,
     profile: str = "ci_failures",
-    service_median_ms: float = SERVICE_MEDIAN_MS,
-    service_p99_ms: float = SERVICE_P99_MS,
+    service: ServiceModel = SERVICE,
     work_dir: Path | None = None,
 ) -> BenchResult:
     watch = Stopwatch()
+    settings = settings or Settings()
     per_run = []
     with workspace(work_dir) as work:
         for run in range(runs):
-            per_run.append(await _throughput_run(settings or Settings(), work, backlog, profile, run,
-                                                 service_median_ms, service_p99_ms))
+            per_run.append(await _throughput_run(settings, work, backlog, profile, run, service))
     result = BenchResult(
         name=f"e2e_throughput_{profile}",
         command="",
-        params={"backlog": backlog, "runs": runs, "profile": profile,
-                "service_median_ms": service_median_ms, "service_p99_ms": service_p99_ms},
+        params={"backlog": backlog, "runs": runs, "profile": profile, "engine": settings.engine,
+                "service": service.describe()},
         metrics={"msgs_per_s_median": median_of(per_run, "msgs_per_s")},
         runs=per_run,
         notes=["Backlog published before the worker starts; span = first to last decision CreateTime.",
                "Fresh topics, consumer group, Redis namespace and worker per run (cold caches)."],
     )
-    return watch.finish(result)
+    return watch.finish(result, settings=settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     tput.add_argument("--runs", type=int, default=3)
     tput.add_argument("--profile", default="ci_failures")
     for p in (lat, tput):
-        p.add_argument("--service-median-ms", type=float, default=SERVICE_MEDIAN_MS)
-        p.add_argument("--service-p99-ms", type=float, default=SERVICE_P99_MS)
+        p.add_argument("--service-median-ms", type=float, default=SERVICE.median_ms)
+        p.add_argument("--service-p99-ms", type=float, default=SERVICE.p99_ms)
+        p.add_argument("--service-per-item-ms", type=float, default=SERVICE.per_item_ms)
         p.add_argument("--results-dir", type=Path, default=None)
         p.add_argument("--keep", type=Path, default=None, help="keep logs and worker data here")
         p.add_argument("--engine", choices=ENGINES, default=None,
@@ -233,16 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine is not None:
         settings = settings.with_overrides(engine=args.engine)
     require_kafka(settings)
+    service = ServiceModel(args.service_median_ms, args.service_p99_ms, args.service_per_item_ms)
     t0 = time.monotonic()
     if args.what == "latency":
-        result = asyncio.run(latency(settings, tuple(args.rates), args.seconds, args.profile, args.burst,
-                                     args.service_median_ms, args.service_p99_ms, args.keep))
+        result = asyncio.run(latency(settings, tuple(args.rates), args.seconds, args.profile, args.burst, service, args.keep))
     else:
-        result = asyncio.run(throughput(settings, args.backlog, args.runs, args.profile,
-                                        args.service_median_ms, args.service_p99_ms, args.keep))
-    result.params["engine"] = settings.engine
-    if settings.engine != "faust":  # keep the faust results the report reads
-        result.name += f"_{settings.engine}"
+        result = asyncio.run(throughput(settings, args.backlog, args.runs, args.profile, service, args.keep))
+    result.name = engine_result_name(result.name, settings.engine)
     path = result.write(args.results_dir)
     print(f"{result.name}: {orjson.dumps(result.metrics).decode()} ({time.monotonic() - t0:.0f}s) -> {path}")
     return 0

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, BenchResult, Stopwatch, require_kafka
-from benchmarks.e2e_stream import SERVICE_MEDIAN_MS, SERVICE_P99_MS, _throughput_run
-from benchmarks.services import workspace
+from benchmarks.e2e_stream import _throughput_run
+from benchmarks.services import SERVICE, workspace
 from harness.procs import Proc
 from stream_engine.settings import Settings
 
@@ -132,19 +132,20 @@ async def run(settings: Settings | None = None, backlog: int = 100_000, profile:
     watch = Stopwatch()
     out_dir.mkdir(parents=True, exist_ok=True)
     collapsed = out_dir / "profile_worker.collapsed.txt"
+    settings = settings or Settings()
     with workspace(work_dir) as work, sampling(collapsed) as observe:
-        measured = await _throughput_run(settings or Settings(), work, backlog, profile, 0,
-                                         SERVICE_MEDIAN_MS, SERVICE_P99_MS, observe)
+        measured = await _throughput_run(settings, work, backlog, profile, 0, SERVICE, observe)
     summary = summarise(collapsed.read_text())
     result = BenchResult(
         name="profile_worker",
         command="",
-        params={"backlog": backlog, "profile": profile, "sampler": f"py-spy raw, {SAMPLE_RATE_HZ} Hz, --nonblocking"},
+        params={"backlog": backlog, "profile": profile, "engine": settings.engine, "service": SERVICE.describe(),
+                "sampler": f"py-spy raw, {SAMPLE_RATE_HZ} Hz, --nonblocking"},
         metrics={"msgs_per_s_while_sampled": measured.get("msgs_per_s"), "samples": summary["samples"]},
         runs=[measured, summary],
         notes=[f"Collapsed stacks: {collapsed.name}. Samples include the worker's idle time before and after the backlog."],
     )
-    return watch.finish(result)
+    return watch.finish(result, settings=settings)
 
 
 def main(argv: list[str] | None = None) -> int:

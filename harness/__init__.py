@@ -4,7 +4,8 @@
   "worker … ready" line), ``free_port``, ``wait_until``.
 * ``kafka``: plain aiokafka publishing and collecting, as a user's service would.
 * ``drills``: the reliability drills' publisher, background tail, accounting and chDB reads.
-* ``chdb_http_double``: a TEST DOUBLE of ClickHouse's HTTP interface over chDB.
+* ``clickhouse``: a private ``stream-engine clickhouse serve`` (the stack's ClickHouse endpoint) on
+  its own directory and port, for tests and benchmarks that stop, kill or restart it.
 
 Nothing here imports ``tests``; tests and ``benchmarks`` import from here.
 """

@@ -22,13 +22,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream_engine.keys import message_key
 from stream_engine.settings import Settings
+
+if TYPE_CHECKING:
+    from stream_engine.stack.redis_cluster import LocalRedisCluster
 
 RESULTS_ENV = "STREAM_ENGINE_DRILL_RESULTS"
 # Drills run at scale 1 in CI (`./run test`); `STREAM_ENGINE_DRILL_SCALE=4` runs them full size
@@ -125,6 +128,7 @@ class Publisher:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
         self.positions: dict[str, Position] = {}
+        self.sent_at: dict[str, float] = {}  # time.time() just before the alert went to the producer
         self.sent = 0
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
 
@@ -147,6 +151,8 @@ class Publisher:
             if until is not None and until.is_set():
                 return
             part = alerts[start : start + chunk]
+            at = time.time()
+            self.sent_at.update((a["id"], at) for a in part)
             futures = [await self._producer.send(self.topic, orjson.dumps(a), key=message_key(a)) for a in part]
             for alert, meta in zip(part, await asyncio.gather(*futures)):
                 self.positions[alert["id"]] = (meta.partition, meta.offset)
@@ -241,7 +247,8 @@ print(orjson.dumps([list(r) for r in rows], default=str).decode())
 
 
 def clickhouse_query(settings: Settings, sql: str, parameters: dict[str, Any] | None = None, timeout: float = 120.0) -> list[list[Any]]:
-    """Rows of ``sql`` on a *stopped* worker's embedded chDB (its lock is held while it runs)."""
+    """Rows of ``sql`` on the settings' ClickHouse, from another process (so a ``chdb://`` URL works too
+    once its worker stopped: the engine's directory lock is held while it runs)."""
     result = subprocess.run(
         [sys.executable, "-c", _QUERY, settings.effective_clickhouse_url, settings.clickhouse_database, sql,
          json.dumps(parameters or {})],
@@ -262,6 +269,20 @@ class LogCount:
 def clickhouse_rows(settings: Settings) -> LogCount:
     ids = [r[0] for r in clickhouse_query(settings, "SELECT alert_id FROM proposition_log FINAL")]
     return LogCount(len(ids), frozenset(ids))
+
+
+def audit_rows(settings: Settings) -> Counter[str]:
+    """``decision_audit`` rows per alert id, WITHOUT FINAL: every block the sink stored."""
+    rows = clickhouse_query(settings, "SELECT alert_id, count() FROM decision_audit GROUP BY alert_id")
+    return Counter({str(r[0]): int(r[1]) for r in rows})
+
+
+def assert_no_row_beyond_the_topics_copies(audit: Counter[str], decisions: Sequence[dict[str, Any]]) -> None:
+    """An alert has no more ``decision_audit`` rows than the decisions topic has copies of it: a
+    redelivery may add a row (at least once), a retried or replayed insert block never does."""
+    on_topic = Counter(d["alert_id"] for d in decisions)
+    extra = {i: (n, on_topic[i]) for i, n in audit.items() if n > on_topic[i]}
+    assert not extra, f"{len(extra)} alerts have more ClickHouse rows than decisions (rows, decisions): {dict(list(extra.items())[:5])}"
 
 
 def journal_segments(settings: Settings) -> int:
@@ -356,3 +377,31 @@ def assert_crash_redelivery_is_the_uncommitted_suffix(
     assert interrupted <= duplicated, f"{len(interrupted - duplicated)} uncommitted alerts were not redone"
     assert duplicated <= interrupted, f"{len(duplicated - interrupted)} alerts below a committed offset were decided again"
     return interrupted
+
+
+def free_cluster_ports(n: int = 3, low: int = 20000, high: int = 30000) -> list[int]:
+    """``n`` ports that are free, and so is each one's cluster bus port (+10000)."""
+    import random
+    import socket
+
+    ports: list[int] = []
+    for port in random.sample(range(low, high), 500):
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise AssertionError("no free ports for a private Redis Cluster")
+
+
+def private_redis_cluster(directory: Path) -> LocalRedisCluster:
+    """A 3-master cluster of the drill's own (it may kill nodes without touching the shared one)."""
+    from stream_engine.stack.redis_cluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster(free_cluster_ports(), directory)
+    cluster.start()
+    return cluster

@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from stream_engine.settings import Settings
+from stream_engine.settings import Settings, SettingsError
 
 # Modules exposing ``register(subparsers)``; each subcommand sets ``func(args, settings) -> int``.
 COMMAND_MODULES = (
@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "stream_engine.propositions.cli",
     "stream_engine.engines.cli",
     "stream_engine.sinks.clickhouse.cli",
+    "stream_engine.sinks.clickhouse.sql",
     "stream_engine.demo",
 )
 
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)
-    except Exception as exc:  # pydantic's ValidationError names the field and the reason
+    except SettingsError as exc:  # names the setting and the reason
         parser.error(str(exc))
     return int(args.func(args, settings) or 0)
 

@@ -51,7 +51,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     console = Console()
     from stream_engine.kafka import apply_topics
-    from stream_engine.stack import Stack, kafka_answers
+    from stream_engine.stack import Stack, clickhouse_answers, kafka_answers
 
     settings = settings.with_overrides(engine=args.engine or settings.engine)
     console.rule(f"[bold]stream_engine demo — {settings.engine} engine")
@@ -59,6 +59,10 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"using the Kafka at {settings.kafka_bootstrap}")
     else:  # nothing there yet: bring up the local stack on the configured ports
         for line in Stack(settings).up().lines():
+            console.print(f"stack: {line}")
+    url = settings.effective_clickhouse_url
+    if url.startswith("http") and not clickhouse_answers(url):  # the worker writes there
+        for line in Stack(settings, only=["clickhouse"]).up().lines():
             console.print(f"stack: {line}")
     asyncio.run(apply_topics(settings))
     worker = start_worker(settings, console)

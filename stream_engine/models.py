@@ -39,6 +39,7 @@ class Envelope:
     partition: int
     offset: int
     received_ns: int  # time.time_ns() when the batch was taken off the stream
+    topic: str = ""  # the topic it was consumed from; "" = not from a topic (the HTTP API)
 
 
 @dataclass(slots=True, frozen=True)

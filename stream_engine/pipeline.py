@@ -148,9 +148,12 @@ class Triage:
         self.redis = redis
         self.service = service
         self.policy = policy
+        if redis.coherence is not lru.coherence:
+            raise ValueError("the LRU and the Redis tier must share one Coherence (one set of invalidation floors)")
+        self.coherence = lru.coherence
 
-    def envelope(self, alert: Alert, partition: int, offset: int, received_ns: int) -> Envelope:
-        return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns)
+    def envelope(self, alert: Alert, partition: int, offset: int, received_ns: int, topic: str = "") -> Envelope:
+        return Envelope(alert, self.keys.key_for(alert), partition, offset, received_ns, topic)
 
     async def decide(self, envelopes: Sequence[Envelope], times: StageTimes | None = None) -> list[Decision]:
         """Every envelope's decision, in order (the HTTP API's path)."""
@@ -204,25 +207,27 @@ class Triage:
             misses.setdefault(env.key, []).append(i)
         t1 = time.perf_counter_ns()
 
-        # Answers fetched under these generations must not land in newer ones (invalidations).
-        generation, type_generations = self.redis.generation, self.redis.type_generations
-        for key, props in (await self.redis.get_many(list(misses))).items():
-            self._fill(out, envelopes, misses.pop(key), props, "redis")
-        t2 = time.perf_counter_ns()
-        times.redis += t2 - t1
-        if not misses:
-            return out
+        # What is fetched from here on is tagged with the invalidations applied so far: neither
+        # tier keeps it if one covering it lands before it is stored (cache.invalidation).
+        tag = self.coherence.begin()
+        try:
+            for key, (props, fetched_under, ttl_s) in (await self.redis.get_many(list(misses))).items():
+                self._fill(out, envelopes, key, misses.pop(key), props, "redis", fetched_under, ttl_s)
+            t2 = time.perf_counter_ns()
+            times.redis += t2 - t1
+            if not misses:
+                return out
 
-        result = await self.service.fetch_many({key: envelopes[idx[0]].alert for key, idx in misses.items()})
-        t3 = time.perf_counter_ns()
-        times.service += t3 - t2
-        for key, props in result.found.items():
-            self._fill(out, envelopes, misses.pop(key), props, "service")
-        if result.found:
-            await self.redis.put_many(
-                result.found, generation=generation, type_generations=type_generations, version=result.version
-            )
-            times.redis += time.perf_counter_ns() - t3
+            result = await self.service.fetch_many({key: envelopes[idx[0]].alert for key, idx in misses.items()}, epoch=tag)
+            t3 = time.perf_counter_ns()
+            times.service += t3 - t2
+            for key, props in result.found.items():
+                self._fill(out, envelopes, key, misses.pop(key), props, "service", tag)
+            if result.found:
+                await self.redis.put_many(result.found, tag, version=result.version)
+                times.redis += time.perf_counter_ns() - t3
+        finally:
+            self.coherence.end(tag)
         for key, idx in misses.items():
             reason = result.failed.get(key, "no_response")
             for i in idx:
@@ -230,12 +235,24 @@ class Triage:
         return out
 
     def _fill(
-        self, out: list[Resolved], envelopes: Sequence[Envelope], idx: list[int], props: list[Proposition], tier: CacheTier
+        self,
+        out: list[Resolved],
+        envelopes: Sequence[Envelope],
+        key: str,
+        idx: list[int],
+        props: list[Proposition],
+        tier: CacheTier,
+        tag: int,
+        ttl_s: float | None = None,
     ) -> None:
+        stored = -1
         for i in idx:
             out[i] = Resolved(props, tier)
             # Every partition the key appears in gets it: keyed publishing makes that one partition.
-            self.lru.for_partition(envelopes[i].partition).put(envelopes[i].key, props)
+            partition = envelopes[i].partition
+            if partition != stored:
+                self.lru.put(partition, key, props, tag, ttl_s)
+                stored = partition
 
 
 class DecisionLog:
@@ -338,7 +355,9 @@ class Pipeline:
                     dead.append(self.dead_letter(m, exc.reason, exc.detail, progress.received_ns / 1e9))
                     progress.dead[position] = dead[-1]
                     continue
-                env = progress.envelopes[position] = self.triage.envelope(alert, m.partition, m.offset, progress.received_ns)
+                env = progress.envelopes[position] = self.triage.envelope(
+                    alert, m.partition, m.offset, progress.received_ns, m.topic
+                )
             envelopes.append(env)
         times.decode = time.perf_counter_ns() - t0
         return envelopes, dead

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from stream_engine.cache.invalidation import Coherence, Invalidations
 from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier
 from stream_engine.keys import KeyBuilder
@@ -41,8 +41,10 @@ class Runtime:
         self.settings = settings
         self.worker_name = settings.worker_name or default_worker_name()
         self.decoder = AlertDecoder(settings.max_alert_bytes, settings.topics_dir / "schemas" / "alert.schema.json")
-        self.lru = PartitionedLRU(settings.lru_size, settings.lru_ttl_s)
-        self.redis = RedisTier.from_settings(settings)
+        coherence = Coherence()  # one set of invalidation floors for both tiers
+        self.lru = PartitionedLRU(settings.lru_size, settings.lru_ttl_s, coherence=coherence)
+        self.redis = RedisTier.from_settings(settings, coherence=coherence)
+        self.invalidations = Invalidations(coherence, self.lru, self.redis, settings.redis_retry_after_s)
         self.client = PropositionClient.from_settings(settings)
         self.triage = Triage(
             KeyBuilder.from_settings(settings), self.lru, self.redis, self.client, DecisionPolicy.from_settings(settings)
@@ -68,7 +70,10 @@ class Runtime:
         from stream_engine.propositions.updates import UpdatesListener
 
         await self.sink.start()
-        self._listener = UpdatesListener(self.settings.kafka_bootstrap, self.settings.topic_updates, self.on_invalidation)
+        await self.invalidations.start()
+        self._listener = UpdatesListener(
+            self.settings.kafka_bootstrap, self.settings.topic_updates, self.on_invalidation, resume=self.invalidations.resume
+        )
         await self._listener.start()
         self.decision_log = DecisionLog(self.sink, self.worker_name)
         self.pipeline = Pipeline(self.decoder, self.triage, emitter, self.decision_log, self.settings.redact_fields)
@@ -91,31 +96,16 @@ class Runtime:
         self.started = False
         if self._listener is not None:
             await self._listener.stop()
+        await self.invalidations.stop()
         await self.client.close()
         await self.redis.close()
         if self._sink is not None:
             await self._sink.stop()
 
-    async def on_invalidation(self, inv: Invalidation) -> None:
-        """Applied asynchronously: a batch already past its Redis lookup may still use the old
-        answer; "invalidation applied" marks the moment from which no batch of this worker does."""
-        started = time.perf_counter()
-        redis_result: int | None = None
-        lru_removed = 0
-        if inv.scope == "key" and inv.key:
-            lru_removed = self.lru.invalidate_key(inv.key)
-            redis_result = await self.redis.invalidate_key(inv.key)
-        elif inv.scope == "type" and inv.alert_type:
-            lru_removed = self.lru.invalidate_type(inv.alert_type)
-            redis_result = await self.redis.invalidate_type(inv.alert_type)
-        elif inv.scope == "all":
-            self.lru.clear()
-            redis_result = await self.redis.invalidate_all(inv.version)
-        log.info(
-            "invalidation applied scope=%s key=%s type=%s version=%s lru_removed=%s redis=%s in %.0f ms",
-            inv.scope, inv.key, inv.alert_type, inv.version, lru_removed, redis_result,
-            (time.perf_counter() - started) * 1000,
-        )  # fmt: skip
+    async def on_invalidation(self, inv: Invalidation, seq: int) -> None:
+        """Both tiers, at once for this worker's own lookups and until taken for Redis
+        (stream_engine.cache.invalidation); logs "invalidation applied …"."""
+        await self.invalidations.apply(inv, seq)
 
     # --- what the worker's HTTP API asks (besides settings, monitor, worker_name, started) ------
 
@@ -147,10 +137,11 @@ class Runtime:
         await self.decision_log.write(envelopes, decisions, times, received_ns, API_STAGES)
 
     def parts_stats(self) -> dict[str, dict[str, Any]]:
-        """Counters of the LRU, Redis, the proposition client and (once started) the sink."""
+        """Counters of the LRU, Redis, the invalidations, the proposition client and (once started) the sink."""
         return {
             "lru": self.lru.stats(),
             "redis": self.redis.stats(),
+            "invalidations": self.invalidations.stats(),
             "service": self.client.stats(),
             "sink": self.sink.stats() if self.started else {},
         }

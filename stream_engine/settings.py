@@ -10,8 +10,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from stream_engine._settings_model import Field, SecretStr, SettingsError, TypedSettings, model_validator
+
+__all__ = ["PROJECT_ROOT", "SecretStr", "Settings", "SettingsError", "settings_table"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,22 +23,25 @@ DEFAULT_KEY_FIELDS: dict[str, list[str]] = {
 }
 
 
-class Settings(BaseSettings):
-    # hide_input_in_errors: a rejected value may be (or sit next to) a password or a token.
-    model_config = SettingsConfigDict(
-        env_prefix="STREAM_ENGINE_", extra="forbid", frozen=True, hide_input_in_errors=True
-    )
+class Settings(TypedSettings):
+    # Errors name the setting, never its value: a rejected value may be (or sit next to) a secret.
+    env_prefix = "STREAM_ENGINE_"
 
     # --- where things live -------------------------------------------------------------
-    data_dir: Path = Field(PROJECT_ROOT / ".data", description="Worker state: chDB directory, sink journal.")
+    data_dir: Path = Field(PROJECT_ROOT / ".data", description="Worker state: sink journal (and the engine's directory for chdb:// URLs).")
     stack_dir: Path = Field(PROJECT_ROOT / ".stack", description="Local stack: Kafka jars, broker logs, pids.")
     topics_dir: Path = Field(PROJECT_ROOT / "topics", description="Topic definitions and JSON Schemas.")
 
     # --- services ----------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Shared proposition cache.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Shared proposition cache: redis://host:port/db, or a cluster as redis+cluster://host:port,host:port.",
+    )
     clickhouse_url: str = Field(
-        "", description="chdb://DIR (embedded, default DATA_DIR/clickhouse) or http(s)://user:pass@host:port."
+        "",
+        description="'' = the local stack's endpoint http://127.0.0.1:CLICKHOUSE_PORT; http(s)://user:pass@host:port "
+        "a ClickHouse server; chdb://DIR the engine embedded in the process (one process per directory).",
     )
     clickhouse_database: str = Field("stream_engine", description="ClickHouse database name.")
     propositions_url: str = Field("http://127.0.0.1:8700", description="Proposition service base URL.")
@@ -54,7 +58,11 @@ class Settings(BaseSettings):
         "kafka_controller_port + 2i), replication factor = nodes, min.insync.replicas = nodes - 1.",
     )
     redis_port: int = Field(6379, description="Redis port of the local stack.")
+    redis_cluster_port: int = Field(
+        7000, description="First of the 3 ports of the local stack's Redis Cluster (`stack up --only redis-cluster`)."
+    )
     propositions_port: int = Field(8700, description="Port of the reference proposition service.")
+    clickhouse_port: int = Field(8123, description="Port of the local stack's ClickHouse HTTP endpoint (chDB).")
 
     # --- topics ------------------------------------------------------------------------
     topic_alerts: str = Field("alerts", description="Input topic.")
@@ -143,10 +151,13 @@ class Settings(BaseSettings):
     sink_flush_rows: int = Field(10_000, ge=1, description="Flush when this many rows are buffered.")
     sink_flush_interval_s: float = Field(1.0, gt=0, description="Flush at least this often.")
     sink_max_buffer_rows: int = Field(100_000, ge=1, description="Backpressure above this many rows.")
+    # Off by default: on, a 500-row write() costs more than the 10% of a batch's publish->decision time
+    # we allow the sink (measured by benchmarks/sink.py; the figures are in the README and RESULTS.md).
     sink_fsync: bool = Field(
         False,
-        description="fsync the journal per batch (survives power loss, ~4+ ms/batch). Off: rows reach the OS "
-        "before offsets commit, which survives a worker crash, like Kafka's own unsynced log.",
+        description="fsync the journal on every write: survives power loss too, at a cost per batch measured by "
+        "benchmarks/sink.py (README, 'The journal never drops a row'). Off: rows reach the OS before offsets commit, "
+        "which survives a worker crash or kill -9, like Kafka's own unsynced log, not a power loss.",
     )
     clickhouse_ttl_days: int = Field(90, ge=1, description="proposition_log TTL.")
 
@@ -193,7 +204,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def effective_clickhouse_url(self) -> str:
-        return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+        return self.clickhouse_url or f"http://127.0.0.1:{self.clickhouse_port}"
 
     def threshold_for(self, alert_type: str) -> float:
         return self.auto_thresholds.get(alert_type, self.auto_threshold)

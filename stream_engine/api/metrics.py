@@ -99,10 +99,22 @@ class RuntimeCollector(Collector):
         runtime = self.runtime
         parts = runtime.parts_stats()
         redis = parts["redis"]
-        for name in ("hits", "misses", "errors", "skipped", "corrupt", "stale_generation", "stale_type"):
+        for name in ("hits", "misses", "errors", "skipped", "corrupt", "stale", "refused"):
             metric = _counter(f"redis_{name}", f"Redis tier {name.replace('_', ' ')}.")
             metric.add_metric([], redis[name])
             yield metric
+        invalidations = parts["invalidations"]
+        for name, doc in (
+            ("applied", "Invalidations applied (floors raised, LRU entries dropped)."),
+            ("redis_applied", "Invalidations Redis has taken."),
+            ("redis_failures", "Attempts to apply an invalidation Redis did not take (each is retried until taken)."),
+        ):
+            metric = _counter(f"invalidation_{name}", doc)
+            metric.add_metric([], invalidations[name])
+            yield metric
+        pending = _gauge("invalidation_redis_pending", "Invalidations waiting for Redis to take them.")
+        pending.add_metric([], invalidations["pending"])
+        yield pending
         degraded = _gauge("redis_degraded", "1 while the Redis tier is skipped after a failure.")
         degraded.add_metric([], 1 if redis["degraded"] else 0)
         yield degraded

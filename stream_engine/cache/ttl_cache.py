@@ -51,11 +51,13 @@ class TTLCache(Generic[K, V]):
         self.counters.hits += 1
         return value
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V, ttl_s: float | None = None) -> None:
+        """Store for ``ttl_s`` (at most the cache's own TTL: an entry from a slower tier keeps
+        only the lifetime it has left)."""
         entries = self._entries
         if key in entries:
             entries.move_to_end(key)
-        entries[key] = (self._clock() + self.ttl_s, value)
+        entries[key] = (self._clock() + (self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)), value)
         if len(entries) > self.maxsize:
             entries.popitem(last=False)
             self.counters.evicted += 1
@@ -71,8 +73,10 @@ class TTLCache(Generic[K, V]):
             del self._entries[key]
         return len(doomed)
 
-    def clear(self) -> None:
+    def clear(self) -> int:
+        removed = len(self._entries)
         self._entries.clear()
+        return removed
 
     def __len__(self) -> int:
         return len(self._entries)

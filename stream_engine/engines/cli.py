@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    # httpx imports its command-line client (click, rich, pygments: 4 MB of a worker's RSS)
+    # whenever those are installed, as they are here for the demo; a worker never runs it.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from stream_engine.api.auth import check_api_exposure
     from stream_engine.auth import TokenRequired
     from stream_engine.engines import run_worker

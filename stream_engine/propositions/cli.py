@@ -22,11 +22,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve = sub.add_parser("serve", help="Run the rule-based proposition service (HTTP).")
     serve.add_argument("--host", default="127.0.0.1", help="Bind address (default 127.0.0.1).")
     serve.add_argument("--port", type=int, default=None, help="Port (default: settings propositions_port).")
-    serve.add_argument("--rules", default=None, metavar="PATH", help="Rule book JSON (default: the shipped rules.json).")
+    serve.add_argument(
+        "--rules", default=None, metavar="PATH", help="Rule book JSON to start from (default: the shipped rules.json)."
+    )
+    serve.add_argument(
+        "--rules-store",
+        default=None,
+        metavar="PATH",
+        help="Where PUT /v1/rules keeps the live rules; when it exists it is loaded instead of --rules "
+        "(default: DATA_DIR/propositions/rules.json).",
+    )
     serve.add_argument("--latency-median-ms", type=float, default=None, metavar="X", help="Simulated latency median.")
     serve.add_argument("--latency-p99-ms", type=float, default=None, metavar="Y", help="Simulated latency p99 (default = median: fixed).")
+    serve.add_argument("--latency-per-item-ms", type=float, default=0.0, metavar="Z",
+                       help="Simulated latency added per item of a request (a batch of n costs n × Z more).")
     serve.add_argument("--seed", type=int, default=None, help="Seed of the simulated latency.")
-    serve.add_argument("--no-updates", action="store_true", help="Do not publish invalidations to Kafka.")
+    serve.add_argument(
+        "--no-updates",
+        action="store_true",
+        help="Do not publish invalidations to Kafka (PUT /v1/rules then answers published: false; invalidate yourself).",
+    )
     serve.set_defaults(func=serve_handler)
 
     invalidate = sub.add_parser("invalidate", help="Publish one cache invalidation to the updates topic.")
@@ -69,7 +84,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from stream_engine.propositions.admin import AdminTokenMissing, ensure_admin_token
-    from stream_engine.propositions.rules import DEFAULT_RULES_PATH, RuleBook, RuleBookError
+    from stream_engine.propositions.rules import DEFAULT_RULES_PATH, RuleBook, RuleBookError, RuleStore
     from stream_engine.propositions.service import LatencyModel, make_app
     from stream_engine.propositions.updates import UpdatesPublisher
 
@@ -80,15 +95,20 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     log.info("admin routes need the token %s %s", "generated in" if generated else "from", token.source)
 
+    store = RuleStore(args.rules_store or settings.data_dir / "propositions" / "rules.json")
     try:
-        rulebook = RuleBook.load(args.rules or DEFAULT_RULES_PATH)
+        rulebook = store.load(default=RuleBook.load(args.rules or DEFAULT_RULES_PATH))
     except (OSError, RuleBookError) as exc:
         print(f"cannot load rules: {exc}", file=sys.stderr)
         return 2
+    if store.path.exists():
+        log.info("rules %s from %s (stored by PUT /v1/rules; delete it to start from --rules)", rulebook.version, store.path)
     latency = None
-    if args.latency_median_ms:  # 0 means off, as in PUT /v1/admin/latency
+    if args.latency_median_ms or args.latency_per_item_ms:  # 0 means off, as in PUT /v1/admin/latency
         try:
-            latency = LatencyModel(args.latency_median_ms, args.latency_p99_ms, seed=args.seed)
+            latency = LatencyModel(
+                args.latency_median_ms or 0.0, args.latency_p99_ms, per_item_ms=args.latency_per_item_ms, seed=args.seed
+            )
         except ValueError as exc:
             print(f"bad latency: {exc}", file=sys.stderr)
             return 2
@@ -102,7 +122,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
             # The publisher retries its start on the first publish, so nothing else to do here.
             log.warning("Kafka at %s unreachable (%r): serving anyway; invalidations will retry", settings.kafka_bootstrap, exc)
 
-    app = make_app(rulebook, admin_token=token.value, latency=latency, updates_publisher=publisher)
+    app = make_app(rulebook, admin_token=token.value, latency=latency, updates_publisher=publisher, rule_store=store)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     port = args.port if args.port is not None else settings.propositions_port

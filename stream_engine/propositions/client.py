@@ -1,8 +1,10 @@
 """The worker's client for the proposition service: one batch request per call, never raises.
 
 * One ``POST /v1/propositions/batch`` per ``fetch_many`` with the distinct keys of the batch.
-* Single-flight: a key already being fetched by a concurrent ``fetch_many`` is not requested
-  again; the second caller awaits the first caller's answer.
+* Single-flight: a key already being fetched by a concurrent ``fetch_many`` of the same
+  ``epoch`` is not requested again; the second caller awaits the first caller's answer. Callers
+  pass the invalidation sequence their fetch is tagged with (stream_engine.cache.invalidation),
+  so a batch that starts after an invalidation never shares an answer fetched before it.
 * Retries (tenacity: exponential backoff + jitter) on transport errors, timeouts, 5xx and 429;
   never on other 4xx (retrying our own bad request cannot help).
 * A circuit breaker (:mod:`stream_engine.propositions.breaker`) so a dead service costs nothing
@@ -100,7 +102,7 @@ class PropositionClient:
         self.backoff_max_s = backoff_max_s
         self.breaker = CircuitBreaker(breaker_fail_max, breaker_reset_s, clock)
         self.counters = ClientCounters()
-        self._inflight: dict[str, asyncio.Future[Outcome]] = {}
+        self._inflight: dict[str, tuple[int, asyncio.Future[Outcome]]] = {}  # key -> (epoch, answer)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
@@ -125,9 +127,10 @@ class PropositionClient:
 
     # --- public -----------------------------------------------------------------------------
 
-    async def fetch_many(self, requests: dict[str, Alert]) -> FetchResult:
+    async def fetch_many(self, requests: dict[str, Alert], epoch: int = 0) -> FetchResult:
         """Propositions for each key (its alert is the example the service ranks). Never raises
-        for service problems; every requested key ends in exactly one of found / failed."""
+        for service problems; every requested key ends in exactly one of found / failed. Only
+        fetches of the same ``epoch`` are shared."""
         result = FetchResult()
         if not requests:
             return result
@@ -135,13 +138,15 @@ class PropositionClient:
         own: dict[str, Alert] = {}
         mine: dict[str, asyncio.Future[Outcome]] = {}
         shared: dict[str, asyncio.Future[Outcome]] = {}
+        inflight = self._inflight
         for key, alert in requests.items():
-            pending = self._inflight.get(key)
-            if pending is not None:
-                shared[key] = pending
+            pending = inflight.get(key)
+            if pending is not None and pending[0] == epoch:
+                shared[key] = pending[1]
             else:
                 own[key] = alert
-                mine[key] = self._inflight[key] = loop.create_future()
+                mine[key] = loop.create_future()
+                inflight[key] = (epoch, mine[key])
         self.counters.keys_shared += len(shared)
         try:
             if own:
@@ -149,8 +154,8 @@ class PropositionClient:
                     mine[key].set_result(outcome)
         finally:
             for key, future in mine.items():
-                if self._inflight.get(key) is future:
-                    del self._inflight[key]
+                if inflight.get(key, (0, None))[1] is future:
+                    del inflight[key]
                 if not future.done():  # we were cancelled: waiters must not hang
                     future.set_result(Outcome(None, "unavailable", None))
         for key, future in mine.items():

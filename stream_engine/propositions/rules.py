@@ -23,6 +23,8 @@ changed the answer would make a cached answer depend on which alert came first.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,3 +207,28 @@ def _validate_rule(rule: Any, where: str) -> None:
             raise RuleBookError(f"{at}.confidence must be a number in [0, 1]")
         if not isinstance(proposition.get("rationale", ""), str):
             raise RuleBookError(f"{at}.rationale must be a string")
+
+
+class RuleStore:
+    """Where ``PUT /v1/rules`` keeps the live rule book, so a restarted service answers with it:
+    one JSON document, replaced atomically (written beside, fsynced, renamed)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def load(self, default: RuleBook) -> RuleBook:
+        """The stored book, or ``default`` if none was stored yet (RuleBookError if it is bad)."""
+        return RuleBook.load(self.path) if self.path.exists() else default
+
+    def save(self, book: RuleBook) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".rules-", suffix=".json")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(orjson.dumps(book.to_dict(), option=orjson.OPT_INDENT_2))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

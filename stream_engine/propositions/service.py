@@ -10,15 +10,18 @@ Contract (the engine's client is written against it):
 * ``GET /healthz`` -> ``{"status": "ok", "version"}``.
 * ``GET /v1/rules`` -> the rule book document exactly as loaded (so it can be edited and PUT
   back); the effective version (label + content hash) is in the ``X-Rules-Version`` header.
-  ``PUT /v1/rules`` (a rule book document) -> validates, replaces, and publishes ONE invalidation:
-  scope ``type`` when exactly one alert type's rules changed, else scope ``all``; nothing is
-  published when the content did not change. Answer: ``{"version", "changed", "invalidation",
-  "published"}`` (``published`` is false when there is no publisher or the broker failed: the new
-  rules are live either way, and caches expire by TTL).
+  ``PUT /v1/rules`` (a rule book document) -> validates, publishes ONE invalidation (scope
+  ``type`` when exactly one alert type's rules changed, else scope ``all``) and only then makes
+  the new rules live and stores them (``rule_store``: they survive a restart). Publish-or-fail:
+  if the invalidation cannot be published the answer is 503 and nothing changed; proposition
+  requests arriving meanwhile wait for the outcome (see ``put_rules``). Nothing is published when
+  the content did not change. Answer: ``{"version", "changed", "invalidation", "published"}``;
+  a service without a publisher (``serve --no-updates``) changes the rules, answers
+  ``"published": false`` and a ``warning``: invalidating is then the caller's job.
 * ``POST /v1/admin/invalidate`` ``{"scope": "key"|"type"|"all", "key"?, "alert_type"?}`` ->
   publishes without changing rules (503 without a publisher, 502 if the broker fails).
-* ``PUT /v1/admin/latency`` ``{"median_ms", "p99_ms", "seed"?}`` (``{"median_ms": 0}`` or ``null``
-  turns it off); ``PUT /v1/admin/fault`` ``{"error_rate": 0..1, "status": 503}``. Both apply to
+* ``PUT /v1/admin/latency`` ``{"median_ms", "p99_ms", "per_item_ms"?, "seed"?}`` (``{"median_ms": 0}``
+  without ``per_item_ms``, or ``null``, turns it off); ``PUT /v1/admin/fault`` ``{"error_rate": 0..1, "status": 503}``. Both apply to
   the two proposition endpoints only, never to health/admin.
 * ``GET /v1/stats`` counters; ``DELETE /v1/stats`` resets them (between benchmark runs).
 
@@ -39,7 +42,7 @@ import orjson
 from aiohttp import web
 
 from stream_engine.auth import bearer_auth
-from stream_engine.propositions.rules import RuleBook, RuleBookError
+from stream_engine.propositions.rules import RuleBook, RuleBookError, RuleStore
 from stream_engine.propositions.updates import Invalidation, InvalidationPublisher, InvalidInvalidation
 
 log = logging.getLogger(__name__)
@@ -54,17 +57,22 @@ OPEN_PATHS = frozenset({"/healthz", "/v1/propositions/batch", "/v1/propositions"
 
 
 class LatencyModel:
-    """Simulated service time per request: lognormal through (median, p99), or fixed when equal.
+    """Simulated service time per request: lognormal through (median, p99), or fixed when equal,
+    plus ``per_item_ms`` for every item of the request (a real batch endpoint's work grows with
+    the batch; without it batching would look free).
 
     Seeded, so a benchmark or drill sees the same sequence of delays every run.
     """
 
-    def __init__(self, median_ms: float, p99_ms: float | None = None, *, seed: int | None = None) -> None:
+    def __init__(
+        self, median_ms: float, p99_ms: float | None = None, *, per_item_ms: float = 0.0, seed: int | None = None
+    ) -> None:
         p99_ms = median_ms if p99_ms is None else p99_ms
-        if median_ms < 0 or p99_ms < median_ms:
-            raise ValueError("need 0 <= median_ms <= p99_ms")
+        if median_ms < 0 or p99_ms < median_ms or per_item_ms < 0:
+            raise ValueError("need 0 <= median_ms <= p99_ms and per_item_ms >= 0")
         self.median_ms = float(median_ms)
         self.p99_ms = float(p99_ms)
+        self.per_item_ms = float(per_item_ms)
         self.seed = seed
         self._random = random.Random(seed)
         if median_ms == 0 or p99_ms == median_ms:
@@ -77,13 +85,15 @@ class LatencyModel:
     def fixed(cls, ms: float) -> LatencyModel:
         return cls(ms, ms)
 
-    def sample_ms(self) -> float:
-        if self._sigma == 0.0:
-            return self.median_ms
-        return self._random.lognormvariate(self._mu, self._sigma)
+    def sample_ms(self, items: int = 1) -> float:
+        per_request = self.median_ms if self._sigma == 0.0 else self._random.lognormvariate(self._mu, self._sigma)
+        return per_request + self.per_item_ms * items
 
     def describe(self) -> dict[str, Any]:
-        return {"median_ms": self.median_ms, "p99_ms": self.p99_ms, "seed": self.seed}
+        described: dict[str, Any] = {"median_ms": self.median_ms, "p99_ms": self.p99_ms, "seed": self.seed}
+        if self.per_item_ms:
+            described["per_item_ms"] = self.per_item_ms
+        return described
 
 
 @dataclass(slots=True)
@@ -191,19 +201,23 @@ class PropositionService:
         latency: LatencyModel | None = None,
         updates_publisher: InvalidationPublisher | None = None,
         fault: FaultInjector | None = None,
+        rule_store: RuleStore | None = None,
     ) -> None:
         self.rulebook = rulebook
         self.latency = latency
         self.updates_publisher = updates_publisher
         self.fault = fault
+        self.rule_store = rule_store
         self.stats = ServiceStats()
         self._rules_lock = asyncio.Lock()
+        self._answering = asyncio.Event()  # cleared while a rules change is being published
+        self._answering.set()
 
     # --- proposition endpoints --------------------------------------------------------------
-    async def _simulate(self) -> web.Response | None:
+    async def _simulate(self, items: int = 1) -> web.Response | None:
         """Injected delay and failure, in that order (a failing backend is slow too)."""
         if self.latency is not None:
-            delay_ms = self.latency.sample_ms()
+            delay_ms = self.latency.sample_ms(items)
             self.stats.simulated_latency_ms += delay_ms
             if delay_ms > 0:
                 await asyncio.sleep(delay_ms / 1000.0)
@@ -228,10 +242,14 @@ class PropositionService:
             return _error(str(exc))
         self.stats.items += len(items)
         self.stats.record_batch(len(items))
-        failure = await self._simulate()
+        if not self._answering.is_set():  # a rules change is being published
+            await self._answering.wait()
+        # The rules live when the request arrived answer it, even if PUT /v1/rules lands during
+        # the simulated latency: the answer of a slow backend reflects when it was computed.
+        rulebook = self.rulebook
+        failure = await self._simulate(len(items))
         if failure is not None:
             return failure
-        rulebook = self.rulebook  # one version for the whole batch, even if PUT /v1/rules lands
         propose = rulebook.propose
         results: dict[str, Any] = {}
         for item in items:
@@ -254,10 +272,12 @@ class PropositionService:
             return _error(str(exc))
         self.stats.single_requests += 1
         self.stats.items += 1
+        if not self._answering.is_set():
+            await self._answering.wait()
+        rulebook = self.rulebook  # as in batch: the rules live on arrival
         failure = await self._simulate()
         if failure is not None:
             return failure
-        rulebook = self.rulebook
         propositions = rulebook.propose(body["alert"])
         self.stats.unique_keys += 1
         self.stats.empty_results += not propositions
@@ -279,7 +299,7 @@ class PropositionService:
         except (_BadRequest, RuleBookError) as exc:
             return _error(str(exc))
         async with self._rules_lock:  # two concurrent PUTs must not publish out of order
-            old_book, self.rulebook = self.rulebook, new_book
+            old_book = self.rulebook
             if new_book.version == old_book.version:
                 return _json({"version": new_book.version, "changed": False, "invalidation": None, "published": False})
             changed = old_book.changed_types(new_book)
@@ -287,11 +307,41 @@ class PropositionService:
                 invalidation = Invalidation(scope="type", version=new_book.version, alert_type=next(iter(changed)))
             else:
                 invalidation = Invalidation(scope="all", version=new_book.version)
-            log.info("rules replaced: %s -> %s (%s)", old_book.version, new_book.version, invalidation.scope)
-            published = await self._publish(invalidation) is None
-        return _json(
-            {"version": new_book.version, "changed": True, "invalidation": invalidation, "published": published}
-        )
+            if self.updates_publisher is None:  # `serve --no-updates`: said, not silent
+                problem = self._commit(new_book)
+                if problem is not None:
+                    return _error(f"rules not changed: {problem}", 500)
+                return _json(
+                    {"version": new_book.version, "changed": True, "invalidation": invalidation, "published": False,
+                     "warning": "updates are off (--no-updates): caches keep the old answers until you invalidate "
+                                "them (stream-engine propositions invalidate) or they expire"}
+                )  # fmt: skip
+            # A worker may apply the invalidation before publish() returns here, and a fetch it
+            # sends then must get the new rules: proposition requests wait for the outcome
+            # (normally the few ms of one acknowledged send) and get the new rules if it was
+            # published, the old ones if not.
+            self._answering.clear()
+            try:
+                problem = await self._publish(invalidation)
+                if problem is None:
+                    problem = self._commit(new_book)
+            finally:
+                self._answering.set()
+        if problem is not None:
+            return _error(f"rules not changed: {problem}", 503)
+        log.info("rules replaced: %s -> %s (%s)", old_book.version, new_book.version, invalidation.scope)
+        return _json({"version": new_book.version, "changed": True, "invalidation": invalidation, "published": True})
+
+    def _commit(self, book: RuleBook) -> str | None:
+        """Store (if there is a store) and make live; None on success, else why not."""
+        if self.rule_store is not None:
+            try:
+                self.rule_store.save(book)
+            except OSError as exc:
+                log.error("cannot store the rules in %s: %s", self.rule_store.path, exc)
+                return f"cannot store them: {exc}"
+        self.rulebook = book
+        return None
 
     async def _publish(self, invalidation: Invalidation) -> str | None:
         """None on success, else why it was not published."""
@@ -326,16 +376,17 @@ class PropositionService:
     async def put_latency(self, request: web.Request) -> web.Response:
         try:
             body = await _read_json(request)
-            if body is None or (isinstance(body, dict) and not body.get("median_ms")):
+            if body is None or (isinstance(body, dict) and not body.get("median_ms") and not body.get("per_item_ms")):
                 self.latency = None
             elif isinstance(body, dict):
                 self.latency = LatencyModel(
-                    _number(body, "median_ms"),
+                    _number(body, "median_ms") if body.get("median_ms") is not None else 0.0,
                     _number(body, "p99_ms") if body.get("p99_ms") is not None else None,
+                    per_item_ms=_number(body, "per_item_ms") if body.get("per_item_ms") is not None else 0.0,
                     seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
                 )
             else:
-                raise _BadRequest("body must be {'median_ms': ms, 'p99_ms': ms, 'seed'?: int} or null")
+                raise _BadRequest("body must be {'median_ms': ms, 'p99_ms': ms, 'per_item_ms'?: ms, 'seed'?: int} or null")
         except (_BadRequest, ValueError) as exc:
             return _error(str(exc))
         return _json({"latency": self.latency.describe() if self.latency else None})
@@ -387,6 +438,7 @@ def make_app(
     latency: LatencyModel | None = None,
     updates_publisher: InvalidationPublisher | None = None,
     fault: FaultInjector | None = None,
+    rule_store: RuleStore | None = None,
 ) -> web.Application:
     """The service as an aiohttp app; ``app[SERVICE_KEY]`` is its state (tests, CLI).
 
@@ -394,7 +446,9 @@ def make_app(
     """
     if not admin_token:
         raise ValueError("the proposition service needs an admin token for its rule and admin routes")
-    service = PropositionService(rulebook, latency=latency, updates_publisher=updates_publisher, fault=fault)
+    service = PropositionService(
+        rulebook, latency=latency, updates_publisher=updates_publisher, fault=fault, rule_store=rule_store
+    )
     admin_only = bearer_auth(admin_token, protects=lambda request: request.path not in OPEN_PATHS)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[admin_only])
     app[SERVICE_KEY] = service

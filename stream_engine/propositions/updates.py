@@ -2,7 +2,10 @@
 
 Every worker keeps its own partition-local LRUs, so every worker must see every invalidation:
 the listener reads all partitions without a consumer group (no partition sharing, no commits)
-and starts at the end of the topic (an invalidation older than the worker's own cache is moot).
+and starts at the end of the topic (an invalidation older than the worker's own cache is moot
+for it), or where ``resume`` says (what Redis has not applied yet), and then hands every
+message on with its sequence, ``offset + 1``. The topic has one partition, so those sequences
+are one total order, the same on every worker (stream_engine.cache.invalidation).
 """
 
 from __future__ import annotations
@@ -141,7 +144,9 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
 
 
 class UpdatesListener:
-    """Calls ``on_invalidation`` for every valid invalidation published after ``start()``.
+    """Calls ``on_invalidation(invalidation, sequence)`` for every valid invalidation published
+    after ``start()`` (or after the offset ``resume(first, end)`` returns, given the topic's first
+    and end offsets; ``start()`` then returns once it has handed on everything up to the end).
 
     Bad messages and callback errors are logged and skipped; the loop never dies of them.
     aiokafka reconnects on its own after a broker hiccup.
@@ -151,14 +156,16 @@ class UpdatesListener:
         self,
         bootstrap: str,
         topic: str,
-        on_invalidation: Callable[[Invalidation], Awaitable[None]],
+        on_invalidation: Callable[[Invalidation, int], Awaitable[None]],
         *,
+        resume: Callable[[int, int], Awaitable[int]] | None = None,
         start_timeout_s: float = 30.0,
         fetch_max_wait_ms: int = 100,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.on_invalidation = on_invalidation
+        self.resume = resume
         self.start_timeout_s = start_timeout_s
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.received = 0
@@ -193,11 +200,26 @@ class UpdatesListener:
         while not consumer.assignment():
             await asyncio.sleep(0.05)
         partitions = sorted(consumer.assignment())
-        await consumer.seek_to_end(*partitions)
-        # position() resolves the lazy seek now, so a message published after start() is seen.
-        for tp in partitions:
-            await consumer.position(tp)
-        log.info("updates listener on %s: %d partitions at end", self.topic, len(partitions))
+        if self.resume is None:
+            await consumer.seek_to_end(*partitions)
+            # position() resolves the lazy seek now, so a message published after start() is seen.
+            for tp in partitions:
+                await consumer.position(tp)
+            log.info("updates listener on %s: %d partitions at end", self.topic, len(partitions))
+            return
+        if len(partitions) != 1:
+            raise ValueError(
+                f"{self.topic} has {len(partitions)} partitions; it must have exactly one: its offsets are the "
+                "invalidation sequence every worker must see in the same order (topics/proposition-updates.yaml)"
+            )
+        (tp,) = partitions
+        first, end = (await consumer.beginning_offsets([tp]))[tp], (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, await self.resume(first, end))
+        while await consumer.position(tp) < end:  # hand on what was not applied before we return
+            for messages in (await consumer.getmany(tp, timeout_ms=1000)).values():
+                for message in messages:
+                    await self._handle(message.value, message.partition, message.offset)
+        log.info("updates listener on %s: at offset %d", self.topic, end)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -235,7 +257,7 @@ class UpdatesListener:
             return
         self.received += 1
         try:
-            await self.on_invalidation(invalidation)
+            await self.on_invalidation(invalidation, offset + 1)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - one failing callback must not stop invalidations

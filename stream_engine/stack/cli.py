@@ -8,7 +8,7 @@ from stream_engine.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    stack = subparsers.add_parser("stack", help="Local Kafka + Redis + proposition service (STACK_DIR).")
+    stack = subparsers.add_parser("stack", help="Local Kafka + Redis + ClickHouse + proposition service (STACK_DIR).")
     actions = stack.add_subparsers(dest="stack_command", required=True)
     for name, handler, text in (
         ("up", _up, "Start what is not running (idempotent); prints time per part."),
@@ -16,7 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ("status", _status, "Health of each part; exit 1 if one is down."),
     ):
         parser = actions.add_parser(name, help=text)
-        parser.add_argument("--only", action="append", metavar="PART", help="kafka, redis, propositions (repeatable)")
+        parser.add_argument(
+            "--only",
+            action="append",
+            metavar="PART",
+            help="kafka, redis, clickhouse, propositions, redis-cluster (repeatable; redis-cluster only when named)",
+        )
         parser.add_argument(
             "--brokers",
             type=int,

@@ -42,6 +42,7 @@ class StackLayout:
 
 class Component(ABC):
     name: ClassVar[str]
+    default: ClassVar[bool] = True  # started by a plain `stack up`; False: only when named (--only)
     ready_timeout_s: ClassVar[float] = 60.0
     stop_timeout_s: ClassVar[float] = 15.0
 
@@ -66,6 +67,10 @@ class Component(ABC):
 
     def skip_reason(self) -> str | None:
         """Why this part cannot be run in this checkout (None = it can)."""
+        return None
+
+    def elsewhere(self) -> str | None:
+        """A service the settings name in place of this part (then nothing is started), else None."""
         return None
 
     def prepare(self) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from stream_engine.settings import Settings
+from stream_engine.stack.clickhouse import ClickHouseComponent
 from stream_engine.stack.component import Component, StackError, StackLayout
 from stream_engine.stack.kafka import KafkaComponent, recorded_kafka_nodes
 from stream_engine.stack.process import (
@@ -27,8 +28,15 @@ from stream_engine.stack.process import (
 )
 from stream_engine.stack.propositions import PropositionsComponent
 from stream_engine.stack.redis import RedisComponent
+from stream_engine.stack.redis_cluster import RedisClusterComponent
 
-COMPONENT_TYPES: tuple[type[Component], ...] = (KafkaComponent, RedisComponent, PropositionsComponent)
+COMPONENT_TYPES: tuple[type[Component], ...] = (
+    KafkaComponent,
+    RedisComponent,
+    ClickHouseComponent,
+    PropositionsComponent,
+    RedisClusterComponent,
+)
 
 UpState = Literal["started", "reused", "external", "skipped", "failed"]
 DownState = Literal["stopped", "killed", "not running", "external", "skipped"]
@@ -95,7 +103,8 @@ class StackUpError(StackError):
 class Stack:
     """The local development stack described by `settings` (ports, stack_dir, versions).
 
-    `only` restricts it to some parts by name, e.g. ``Stack(s, only=["kafka", "redis"])``.
+    `only` restricts it to some parts by name, e.g. ``Stack(s, only=["kafka", "redis"])``; parts
+    that are not ``default`` (the Redis Cluster) are only ever started when named there.
     """
 
     def __init__(self, settings: Settings, *, only: Iterable[str] | None = None) -> None:
@@ -105,19 +114,22 @@ class Stack:
         known = {t.name for t in COMPONENT_TYPES}
         if wanted is not None and wanted - known:
             raise StackError(f"unknown stack parts {sorted(wanted - known)}; known: {sorted(known)}")
-        self.components: list[Component] = [
+        self._all: list[Component] = [
             c for t in COMPONENT_TYPES if wanted is None or t.name in wanted for c in t.instances(settings, self.layout)
         ]
+        self.components: list[Component] = [c for c in self._all if wanted is not None or c.default]
+        # Parts started only when named (--only): `down` and `status` mention them only if they run.
+        self._on_request: list[Component] = [c for c in self._all if c not in self.components]
 
     def _pid_file(self, component: Component) -> PidFile:
         return PidFile(self.layout.pid_path(component.instance))
 
     def _recorded(self) -> list[Component]:
-        """``self.components`` plus Kafka nodes started with another ``--brokers`` (pid files):
+        """Every part plus Kafka nodes started with another ``--brokers`` (pid files):
         `down` and `status` must see them too."""
-        names = {c.instance for c in self.components}
+        names = {c.instance for c in self._all}
         extra = [c for c in recorded_kafka_nodes(self.settings, self.layout) if c.instance not in names]
-        return self.components + extra if any(c.name == "kafka" for c in self.components) else self.components
+        return self._all + extra if any(c.name == "kafka" for c in self._all) else self._all
 
     # --- up ------------------------------------------------------------------------------
     def up(self) -> StackReport:
@@ -141,6 +153,11 @@ class Stack:
         skip = component.skip_reason()
         if skip:
             return PartResult(component.instance, "skipped", detail=skip)
+        elsewhere = component.elsewhere()
+        if elsewhere is not None:
+            if component.healthy():
+                return PartResult(component.instance, "external", detail=f"using {elsewhere} (configured): nothing started")
+            raise StackError(f"{elsewhere} (configured) does not answer; nothing started in its place")
         pid_file = self._pid_file(component)
         record = pid_file.live_record()
         if record is not None:
@@ -200,6 +217,8 @@ class Stack:
         for component in reversed(components):
             if wanted is not None and component.name not in wanted:
                 continue
+            if component in self._on_request and self._pid_file(component).read() is None:
+                continue  # an on-request part that was not started: nothing to report
             started = time.monotonic()
             pid_file = self._pid_file(component)
             record = pid_file.read()
@@ -217,14 +236,21 @@ class Stack:
     def status(self) -> list[PartStatus]:
         statuses: list[PartStatus] = []
         for component in self._recorded():
+            if component in self._on_request and self._pid_file(component).live_record() is None:
+                continue  # an on-request part that is not running
             skip = component.skip_reason()
             if skip:
                 statuses.append(PartStatus(component.instance, "skipped", component.ports, detail=skip))
                 continue
+            elsewhere = component.elsewhere()
+            if elsewhere is not None:
+                health: Health = "external" if component.healthy() else "down"
+                statuses.append(PartStatus(component.instance, health, component.ports, detail=f"configured: {elsewhere}"))
+                continue
             record = self._pid_file(component).live_record()
             healthy = component.healthy()
             if record is not None:
-                health: Health = "running" if healthy else "down"
+                health = "running" if healthy else "down"
                 detail = "" if healthy else "process alive but not answering"
                 statuses.append(PartStatus(component.instance, health, component.ports, record.pid, detail))
             elif healthy:

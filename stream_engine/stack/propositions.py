@@ -9,9 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import orjson
-from pydantic import SecretStr
 
-from stream_engine.settings import Settings
+from stream_engine.settings import SecretStr, Settings
 from stream_engine.stack.component import Component
 
 

@@ -49,12 +49,14 @@ class RedisComponent(Component):
         ensure_redis_server()
         (self.home / "data").mkdir(parents=True, exist_ok=True)
         # It is a cache: no RDB snapshots or AOF (no fork pauses, nothing to recover).
+        # volatile-ttl: only entries with a TTL (answers, tombstones) are ever evicted, never the
+        # invalidation floors, which have none (stream_engine/cache/redis_tier.py).
         (self.home / "redis.conf").write_text(
             "# Rendered by `stream-engine stack up` on every start; edits are lost.\n"
             f"bind 127.0.0.1\nport {self.settings.redis_port}\n"
             f"dir {(self.home / 'data').resolve()}\n"
             'save ""\nappendonly no\ndaemonize no\nlogfile ""\n'
-            "maxmemory 256mb\nmaxmemory-policy allkeys-lru\n"
+            "maxmemory 256mb\nmaxmemory-policy volatile-ttl\n"
         )
         return ""
 

@@ -41,24 +41,24 @@ REAL_HTTP_SKIP_REASON = (
 
 
 @pytest.fixture(scope="module")
-def chdb_http_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The chDB-backed TEST DOUBLE of ClickHouse's HTTP interface, in its own process, any free port."""
-    from harness.chdb_http_double import start_double
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private `stream-engine clickhouse serve` (its own directory and port) for the module."""
+    from harness.clickhouse import start_server
 
-    double = start_double(tmp_path_factory.mktemp("chdb-http-double") / "data")
-    yield double
-    double.stop()
+    server = start_server(tmp_path_factory.mktemp("clickhouse-server") / "data")
+    yield server
+    server.stop()
 
 
-@pytest.fixture(scope="module", params=["real-server", "chdb-http-double"])
+@pytest.fixture(scope="module", params=["real-server", "chdb-server"])
 def http_clickhouse(request: pytest.FixtureRequest) -> str:
-    """An http(s) ClickHouse URL: the real server if configured (else SKIPPED), and the test double."""
+    """An http(s) ClickHouse URL: the real server if configured (else SKIPPED), and the chDB endpoint."""
     if request.param == "real-server":
         url = http_clickhouse_url()
         if url is None:
             pytest.skip(REAL_HTTP_SKIP_REASON)
         return url
-    return str(request.getfixturevalue("chdb_http_double").url)
+    return str(request.getfixturevalue("clickhouse_server").url)
 
 
 @pytest.fixture

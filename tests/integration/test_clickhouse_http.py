@@ -1,9 +1,9 @@
-"""The same client/schema/sink/query path over HTTP, against a real ClickHouse server and the double.
+"""The same client/schema/sink/query path over HTTP, against a real ClickHouse server and the chDB endpoint.
 
 ``real-server`` runs only when STREAM_ENGINE_CLICKHOUSE_URL is an http(s) URL (no modern server is
 installable on the dev machines, see shared notes); otherwise it is SKIPPED, which is not a pass.
-``chdb-http-double`` runs the same test through ``harness/chdb_http_double.py``, a TEST DOUBLE of the
-HTTP interface over chDB (not a ClickHouse server), so the HTTP code path runs everywhere.
+``chdb-server`` runs the same test against the local stack's endpoint (`stream-engine clickhouse
+serve`: ClickHouse's HTTP interface over chDB, not a clickhouse-server), so the HTTP path runs everywhere.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from stream_engine.sinks.clickhouse import queries
 from stream_engine.sinks.clickhouse.client import connect
-from stream_engine.sinks.clickhouse.schema import migrate
+from stream_engine.sinks.clickhouse.schema import MIGRATIONS, migrate
 from stream_engine.sinks.clickhouse.sink import ClickHouseSink
 from tests.integration.clickhouse_data import make_rows, unique_database
 
@@ -26,7 +26,7 @@ async def test_http_migrate_write_query(http_clickhouse: str, tmp_path: Path) ->
     database = unique_database("http")
     admin = connect(http_clickhouse, None)
     try:
-        assert migrate(admin, database, ttl_days=30) == [1, 2, 3]
+        assert migrate(admin, database, ttl_days=30) == [m.version for m in MIGRATIONS]
         assert migrate(admin, database, ttl_days=30) == []
         sink = ClickHouseSink(lambda: connect(http_clickhouse, database), tmp_path / "j", flush_interval_s=0.05)
         await sink.start()

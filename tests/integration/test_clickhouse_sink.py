@@ -211,7 +211,8 @@ async def test_torn_journal_tail_is_skipped_on_replay(ch_url: str, ch_database: 
     journal = Journal(journal_dir)
     journal.open()
     journal.append([encode_batch(make_rows(10), [])])
-    segment = journal.seal()[0]
+    segment = journal.seal()
+    assert segment is not None
     with open(segment, "ab") as f:
         f.write(b'{"r":[["torn')  # the crash hit mid-write; that write never returned
     sink = _sink(ch_url, ch_database, journal_dir)
@@ -261,7 +262,8 @@ async def test_from_settings_migrates_and_writes(ch_url: str, tmp_path: Path) ->
 def test_the_sinks_column_types_are_the_migrated_tables(ch_client: Any) -> None:
     from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS, LOG_TYPES, METRIC_COLUMNS, METRIC_TYPES
 
-    for table, names, types in (("proposition_log", LOG_COLUMNS, LOG_TYPES), ("latency_metrics", METRIC_COLUMNS, METRIC_TYPES)):
+    for table, names, types in (("decision_audit", LOG_COLUMNS, LOG_TYPES), ("proposition_log", LOG_COLUMNS, LOG_TYPES),
+                                ("latency_metrics", METRIC_COLUMNS, METRIC_TYPES)):  # fmt: skip
         described = [(r[0], r[1]) for r in ch_client.query(f"DESCRIBE TABLE {table}").result_rows]
         assert described == list(zip(names, types, strict=True)), table
 
@@ -304,3 +306,46 @@ async def test_a_running_sink_adopts_a_stopped_replicas_segments(
     await _eventually(lambda: _count(ch_client, "proposition_log", final=True) == 100)
     await survivor.stop()
     assert not list(root.glob("slot-*/seg-*"))
+
+
+async def test_a_segment_inserted_again_after_a_crash_is_stored_once(
+    ch_url: str, ch_database: str, ch_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kill between "inserted" and "segment deleted": the next run re-sends the same blocks, and
+    ClickHouse drops them by their deduplication tokens: one copy WITHOUT FINAL."""
+    import os
+
+    from tests.faults import failing_calls
+
+    journal_dir = tmp_path / "j"
+
+    def older_server() -> Any:
+        """Dependent views not deduplicated unless an insert asks: the default before the engine here (26.9)."""
+        client = connect(ch_url, ch_database)
+        client.set_client_setting("deduplicate_blocks_in_dependent_materialized_views", "0")
+        return client
+
+    crashed = ClickHouseSink(older_server, journal_dir, flush_rows=200, flush_interval_s=3600,
+                             retry_initial_s=0.01, retry_max_s=0.05)  # fmt: skip
+    now_us = int(time.time() * 1_000_000)
+    with monkeypatch.context() as m:  # the process dies after each insert, before its segment is deleted
+        m.setattr(os, "unlink", failing_calls(os.unlink, lambda p, *a: OSError(5, "killed") if str(journal_dir) in str(p) else None))
+        await crashed.start()
+        rows = make_rows(1000)
+        for i in range(0, 1000, 100):
+            await crashed.write(rows[i : i + 100], make_metrics(1, start_us=now_us + i))
+        await _eventually(lambda: crashed.stats()["rows_inserted"] == 1000)
+        await crashed.stop()
+    assert list(journal_dir.glob("slot-*/seg-*")), "the segments outlived their inserts"
+    assert _count(ch_client, "proposition_log") == 1000
+
+    again = ClickHouseSink(older_server, journal_dir, retry_initial_s=0.01, retry_max_s=0.05)
+    await again.start()
+    await _eventually(lambda: again.stats()["journal_segments"] == 0)
+    await again.stop()
+    assert again.stats()["replayed_rows"] == 1000  # every block really was sent a second time
+    for table in ("proposition_log", "decision_audit"):
+        duplicates = ch_client.query(f"SELECT count() - uniqExact(alert_id), count() FROM {table}").result_rows[0]
+        assert tuple(duplicates) == (0, 1000), table
+    assert _count(ch_client, "latency_metrics") == 10
+    assert int(ch_client.query("SELECT countMerge(decisions) FROM proposition_minute").result_rows[0][0]) == 1000

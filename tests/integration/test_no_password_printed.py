@@ -2,9 +2,9 @@
 
 The ClickHouse URL carries its password (``http://user:PASSWORD@host:8123``): ``clickhouse
 migrate`` used to print it. Every command that prints a URL or settings runs here with a URL
-whose password is unique, against the chDB-backed HTTP double (a server that accepts any
-password), and the sink's last error (shown by ``/api/v1/stats`` and logged) is checked with a
-client error that quotes the URL.
+whose password is unique, against the stack's ClickHouse endpoint (`clickhouse serve`) with that
+login, and the sink's last error (shown by ``/api/v1/stats`` and logged) is checked with a client
+error that quotes the URL.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,17 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_commands_that_print_a_url_or_settings_mask_the_password(chdb_http_double: Any, tmp_path: Path) -> None:
-    host = str(chdb_http_double.url).removeprefix("http://").split("@")[-1]
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Any]:
+    from harness.clickhouse import start_server
+
+    running = start_server(tmp_path / "clickhouse", user="analyst", password=PASSWORD)
+    yield running
+    running.stop()
+
+
+def test_commands_that_print_a_url_or_settings_mask_the_password(server: Any, tmp_path: Path) -> None:
+    host = f"{server.host}:{server.port}"
     env = {
         "STREAM_ENGINE_CLICKHOUSE_URL": f"http://analyst:{PASSWORD}@{host}",
         "STREAM_ENGINE_CLICKHOUSE_DATABASE": unique_database("pw"),
@@ -58,14 +68,20 @@ def test_commands_that_print_a_url_or_settings_mask_the_password(chdb_http_doubl
         ("clickhouse", "migrate"),  # again: "up to date on …"
         ("clickhouse", "info"),
         ("query", "latency", "--json"),
+        ("sql", "SELECT 1"),
+        ("sql", "SELECT * FROM no_such_table"),  # the server's error text
         ("--api-port", "not-a-port", "worker"),  # a settings error must not echo the other values
         ("--api-host", "0.0.0.0", "--api-token", "", "worker"),  # the refusal names no value
         ("stack", "status", "--only", "redis"),
     ):
         outputs.append(run(*command, env=env))
     # An unreachable server: the error a user sees must not carry the password either.
-    outputs.append(run("clickhouse", "migrate", env={**env, "STREAM_ENGINE_CLICKHOUSE_URL": f"http://analyst:{PASSWORD}@127.0.0.1:1"}))
+    unreachable = {**env, "STREAM_ENGINE_CLICKHOUSE_URL": f"http://analyst:{PASSWORD}@127.0.0.1:1"}
+    outputs.append(run("clickhouse", "migrate", env=unreachable))
     assert outputs[-1].returncode != 0
+    outputs.append(run("sql", "SELECT 1", env=unreachable))
+    assert outputs[-1].returncode == 1 and "analyst:***@127.0.0.1:1" in outputs[-1].stderr
+    assert PASSWORD not in server.log()  # nor the endpoint's request log
     for result in outputs:
         assert PASSWORD not in result.stdout + result.stderr, (result.args, result.stdout, result.stderr[-2000:])
 

@@ -41,10 +41,28 @@ def share_jar_cache(stack_dir: Path, version: str) -> None:
     target.symlink_to(shared, target_is_directory=True)
 
 
+def free_cluster_port() -> int:
+    """The first of 3 consecutive free ports whose cluster bus ports (+10000) are free too."""
+    for first in range(21000, 29000, 7):
+        try:
+            with socket.socket() as a, socket.socket() as b, socket.socket() as c:
+                for sock, port in ((a, first), (b, first + 1), (c, first + 2)):
+                    sock.bind(("127.0.0.1", port))
+            with socket.socket() as a, socket.socket() as b, socket.socket() as c:
+                for sock, port in ((a, first), (b, first + 1), (c, first + 2)):
+                    sock.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return first
+    raise AssertionError("no free ports for a Redis Cluster")
+
+
 def private_settings(stack_dir: Path) -> Settings:
-    kafka, controller, redis, props = free_port(), free_port(), free_port(), free_port()
+    kafka, controller, redis, props, clickhouse = free_port(), free_port(), free_port(), free_port(), free_port()
     return Settings(
+        redis_cluster_port=free_cluster_port(),
         stack_dir=stack_dir,
+        clickhouse_port=clickhouse,
         kafka_port=kafka,
         kafka_controller_port=controller,
         kafka_bootstrap=f"127.0.0.1:{kafka}",
@@ -130,7 +148,8 @@ def test_port_held_by_a_foreign_process_is_reported(tmp_path: Path) -> None:
 def test_up_starts_every_part(private: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     report = Stack(private).up()
     states = {p.name: p.state for p in report.parts}
-    assert states["kafka"] == "started" and states["redis"] == "started"
+    assert states["kafka"] == "started" and states["redis"] == "started" and states["clickhouse"] == "started"
+    assert "redis-cluster" not in states  # only when named
     assert states["propositions"] == "started"
     assert all(p.seconds > 0 for p in report.parts)
     assert kafka_answers(private.kafka_bootstrap)
@@ -156,6 +175,7 @@ def test_redis_answers(private: Settings) -> None:
     assert client.ping()
     client.set("stack-test", b"v")
     assert client.get("stack-test") == b"v"
+    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "volatile-ttl"}
     client.close()
 
 
@@ -215,6 +235,70 @@ def test_a_second_stack_on_the_same_ports_reuses_them_as_external(private: Setti
 
 
 @pytest.mark.integration
+def test_clickhouse_answers_sql_and_keeps_its_data_across_a_restart(private: Settings) -> None:
+    from stream_engine.sinks.clickhouse.client import connect
+
+    url = private.effective_clickhouse_url
+    assert url == f"http://127.0.0.1:{private.clickhouse_port}"  # workers' default: the stack's endpoint
+    client = connect(url, None)
+    assert client.command("EXISTS DATABASE stream_engine") == 1  # created at start, like CLICKHOUSE_DB
+    client.command("CREATE TABLE IF NOT EXISTS stream_engine.kept (a UInt8) ENGINE = MergeTree ORDER BY a")
+    client.command("INSERT INTO stream_engine.kept VALUES (7)")
+    clickhouse = Stack(private, only=["clickhouse"])
+    assert clickhouse.down().by_name()["clickhouse"].state == "stopped"  # SIGTERM was enough: a graceful stop
+    assert not port_is_open(private.clickhouse_port)
+    assert clickhouse.up().by_name()["clickhouse"].state == "started"
+    assert connect(url, None).command("SELECT sum(a) FROM stream_engine.kept") == 7
+    log = (private.stack_dir / "logs" / "clickhouse.log").read_text()
+    assert '"stopped"' in log and "ClickHouse HTTP interface on" in log
+
+
+@pytest.mark.integration
+def test_a_configured_clickhouse_is_used_instead_of_a_local_one(private: Settings, tmp_path: Path) -> None:
+    # The private stack's endpoint stands in for a real server the settings name.
+    server = f"http://default:not-shown@127.0.0.1:{private.clickhouse_port}"
+    configured = private.with_overrides(stack_dir=tmp_path / "other", clickhouse_url=server, clickhouse_port=free_port())
+    part = Stack(configured, only=["clickhouse"]).up().by_name()["clickhouse"]
+    assert part.state == "external" and f"127.0.0.1:{private.clickhouse_port}" in part.detail
+    assert "not-shown" not in part.detail and "***" in part.detail
+    assert not port_is_open(configured.clickhouse_port)  # nothing started
+    status = Stack(configured, only=["clickhouse"]).status()[0]
+    assert status.health == "external" and "not-shown" not in status.line()
+
+    nobody = configured.with_overrides(clickhouse_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StackUpError, match="does not answer; nothing started"):
+        Stack(nobody, only=["clickhouse"]).up()
+    embedded = configured.with_overrides(clickhouse_url=f"chdb://{tmp_path / 'chdb'}")
+    assert Stack(embedded, only=["clickhouse"]).up().by_name()["clickhouse"].state == "skipped"
+
+
+@pytest.mark.integration
+def test_redis_cluster_starts_when_named_and_serves_the_redis_tier(private: Settings) -> None:
+    from stream_engine.cache.redis_tier import RedisTier
+    from stream_engine.models import Proposition
+    from stream_engine.stack.redis_cluster import cluster_ok
+
+    report = Stack(private, only=["redis-cluster"]).up()
+    assert report.by_name()["redis-cluster"].state == "started"
+    ports = [private.redis_cluster_port + i for i in range(3)]
+    assert all(cluster_ok(port) for port in ports)
+    assert "redis-cluster" in {p.name for p in Stack(private).status()}  # listed while it runs
+    url = report.by_name()["redis-cluster"].detail
+    assert url == "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+
+    async def roundtrip() -> dict[str, object]:
+        tier = RedisTier.from_settings(private.with_overrides(redis_url=url))
+        try:
+            assert await tier.check_eviction_policy() == "volatile-ttl"
+            await tier.put_many({f"k|{i}": [Proposition("a", 0.5)] for i in range(100)}, 0)
+            return {k: props for k, (props, _, _) in (await tier.get_many([f"k|{i}" for i in range(100)])).items()}
+        finally:
+            await tier.close()
+
+    assert len(run_coroutine(roundtrip)) == 100
+
+
+@pytest.mark.integration
 def test_chdb_answers_select_1(tmp_path: Path) -> None:
     # One chDB path per process: run it in a child so this test process stays clean.
     code = textwrap.dedent(
@@ -260,7 +344,9 @@ def test_down_leaves_nothing_behind(private: Settings, capsys: pytest.CaptureFix
     for record in records:
         assert process_start_time(record.pid) is None
         assert group_members(record.pid) == []
-    for port in (private.kafka_port, private.kafka_controller_port, private.redis_port, private.propositions_port):
+    cluster = range(private.redis_cluster_port, private.redis_cluster_port + 3)  # stopped too, though on request only
+    for port in (private.kafka_port, private.kafka_controller_port, private.redis_port, private.propositions_port,
+                 private.clickhouse_port, *cluster):  # fmt: skip
         assert not port_is_open(port)
     assert list((private.stack_dir / "run").glob("*.pid")) == []
     capsys.readouterr()

@@ -85,12 +85,14 @@ async def topic(stack: Settings) -> AsyncIterator[str]:
 class Collector:
     def __init__(self, fail_first: int = 0) -> None:
         self.queue: asyncio.Queue[Invalidation] = asyncio.Queue()
+        self.sequences: list[int] = []
         self.fail_first = fail_first
 
-    async def __call__(self, invalidation: Invalidation) -> None:
+    async def __call__(self, invalidation: Invalidation, seq: int) -> None:
         if self.fail_first:
             self.fail_first -= 1
             raise RuntimeError("cache is on fire")
+        self.sequences.append(seq)
         await self.queue.put(invalidation)
 
     async def next(self) -> Invalidation:

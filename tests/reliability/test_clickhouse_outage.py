@@ -2,7 +2,7 @@
 
 First run: the worker points at an HTTP ClickHouse URL where nothing listens. Decisions still
 flow (the sink's contract is "durable in the journal", not "inserted"), the rows pile up in
-``data_dir/journal``. Second run: same data dir, the embedded chDB URL: the journal is replayed
+``data_dir/journal``. Second run: same data dir, the stack's ClickHouse: the journal is replayed
 at start (time to recover = worker start → journal empty) and every decision has its row.
 """
 
@@ -14,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from harness.drills import Publisher, Tail, account, clickhouse_rows, journal_segments, record
+from harness.drills import (
+    Publisher,
+    Tail,
+    account,
+    assert_no_row_beyond_the_topics_copies,
+    audit_rows,
+    clickhouse_query,
+    clickhouse_rows,
+    journal_segments,
+    record,
+)
 from harness.procs import Proc, free_port, start_worker, wait_until
 from stream_engine.settings import Settings
 from stream_engine.workload import Workload
@@ -26,7 +36,7 @@ async def test_rows_written_while_clickhouse_is_down_arrive_after_recovery(
     drill_settings: Settings, propositions: Proc, tmp_path: Path
 ) -> None:
     outage = drill_settings.with_overrides(clickhouse_url=f"http://127.0.0.1:{free_port()}")
-    healthy = drill_settings  # clickhouse_url "" = embedded chDB in the same data dir
+    healthy = drill_settings  # clickhouse_url "" = the stack's ClickHouse endpoint
     during, after = Workload("typical", seed=61).alerts(1000), Workload("typical", seed=62).alerts(200)
     ids = [a["id"] for a in during + after]
 
@@ -40,7 +50,10 @@ async def test_rows_written_while_clickhouse_is_down_arrive_after_recovery(
             assert "ClickHouse insert failed" in worker.log(), "the sink really could not insert"
             assert worker.stop() == 0
             assert journal_segments(outage) > 0, "the rows wait in the journal"
-            assert not (outage.data_dir / "clickhouse").exists(), "nothing reached the embedded engine"
+            databases = clickhouse_query(healthy.with_overrides(clickhouse_database="system"),
+                                         "SELECT count() FROM databases WHERE name = {db:String}",
+                                         {"db": healthy.clickhouse_database})  # fmt: skip
+            assert databases == [[0]], "nothing reached ClickHouse (the worker could not even migrate)"
 
             started = time.monotonic()
             worker = await asyncio.to_thread(start_worker, healthy, tmp_path, "worker-recovered")
@@ -57,3 +70,4 @@ async def test_rows_written_while_clickhouse_is_down_arrive_after_recovery(
     assert log.ids == set(ids), f"{len(set(ids) - log.ids)} decisions have no ClickHouse row"
     assert log.rows == len(ids)
     assert journal_segments(healthy) == 0
+    assert_no_row_beyond_the_topics_copies(audit_rows(healthy), decisions)

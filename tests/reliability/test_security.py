@@ -333,13 +333,14 @@ async def test_a_secret_planted_in_every_kind_of_input_never_appears_in_clear_te
 
 
 async def redis_contents(settings: Settings) -> bytes:
-    """Every key and value of the test's Redis namespace."""
+    """Every key and value of the test's Redis namespace: its keys start with the hash tag of a
+    bucket, ``{ns}`` (one Redis) or ``{ns:N}`` (a cluster; stream_engine/cache/redis_tier.py)."""
     import redis.asyncio as redis
 
     client = redis.Redis.from_url(settings.redis_url)
     try:
         out = []
-        async for key in client.scan_iter(match=f"{settings.redis_namespace}*", count=500):
+        async for key in client.scan_iter(match=f"{{{settings.redis_namespace}[}}:]*", count=500):
             kind = (await client.type(key)).decode()
             if kind == "string":
                 value = await client.get(key) or b""

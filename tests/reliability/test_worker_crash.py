@@ -25,6 +25,8 @@ from harness.drills import (
     Tail,
     account,
     assert_crash_redelivery_is_the_uncommitted_suffix,
+    assert_no_row_beyond_the_topics_copies,
+    audit_rows,
     clickhouse_rows,
     interrupted_work,
     journal_segments,
@@ -94,6 +96,7 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(drill_settings: Sett
     assert_crash_redelivery_is_the_uncommitted_suffix(decisions, first_run, pub.positions, committed)
     assert log.ids == set(ids), "every decision has its ClickHouse row"
     assert log.rows == len(ids), "duplicates collapse in proposition_log FINAL"
+    assert_no_row_beyond_the_topics_copies(audit_rows(s), decisions)
 
 
 async def test_kill_9_one_of_two_workers_the_other_takes_over(drill_settings: Settings, propositions: Proc, tmp_path: Path) -> None:

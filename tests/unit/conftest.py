@@ -40,10 +40,11 @@ def pipeline_parts(tmp_path: Path) -> PipelineParts:
     ) -> tuple[Pipeline, RecordingEmitter, MemorySink]:
         settings = Settings(data_dir=tmp_path, service_retries=0, redis_retry_after_s=60)
         dead_redis = redis_asyncio.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+        lru = PartitionedLRU(100, 60)
         triage = Triage(
             KeyBuilder.from_settings(settings),
-            PartitionedLRU(100, 60),
-            RedisTier(dead_redis, ttl_s=60, namespace="t", retry_after_s=60),
+            lru,
+            RedisTier(dead_redis, ttl_s=60, namespace="t", retry_after_s=60, coherence=lru.coherence),
             PropositionClient.from_settings(settings, transport=service_transport(calls, status)),
             DecisionPolicy.from_settings(settings),
         )

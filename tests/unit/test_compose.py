@@ -7,9 +7,11 @@ from typing import Any, NamedTuple
 
 import pytest
 import yaml
+from redis.asyncio.cluster import RedisCluster
 
 from stream_engine.api.auth import check_api_exposure
 from stream_engine.auth import TokenRequired, is_loopback
+from stream_engine.cache.redis_tier import client_from_url
 from stream_engine.cli import build_parser
 from stream_engine.settings import PROJECT_ROOT, Settings
 
@@ -17,6 +19,10 @@ COMPOSE_TEXT = (PROJECT_ROOT / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, Any] = COMPOSE["services"]
 LONG_RUNNING = ("kafka", "redis", "clickhouse", "propositions", "worker")
+# Every redis-server: the single Redis and the cluster profile's nodes.
+REDIS_SERVERS = sorted(
+    name for name, svc in SERVICES.items() if svc.get("image", "").startswith("redis:") and "redis-server" in str(svc.get("command"))
+)
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
 # Compose variable references: ${NAME}, ${NAME:?error}, ${NAME?error}, ${NAME:-default}, ${NAME-default}.
 VARIABLE = re.compile(r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[?-])(?P<arg>[^}]*))?\}")
@@ -204,15 +210,20 @@ def test_the_proposition_service_gets_its_admin_token_from_the_env_file() -> Non
     assert "STREAM_ENGINE_ADMIN_TOKEN" not in env_of("worker")  # the read path needs no admin token
 
 
-def test_redis_needs_a_password_and_evicts_only_keys_with_a_ttl() -> None:
-    redis = SERVICES["redis"]
-    command = " ".join(redis["command"])
+@pytest.mark.parametrize("service", REDIS_SERVERS)
+def test_every_redis_needs_a_password_and_evicts_only_keys_with_a_ttl(service: str) -> None:
+    """The invalidation floors have no TTL (stream_engine/cache/redis_tier.py): an allkeys-*
+    policy could evict them and bring old answers back."""
+    command = " ".join(SERVICES[service]["command"])
     # requirepass from the environment (here on stdin: `redis-server -` reads its config there)
     assert "requirepass" in command and ("$$REDIS_PASSWORD" in command or "${REDIS_PASSWORD:?" in command), command
     policy = re.search(r"--maxmemory-policy\s+(\S+)", command)
     assert policy and policy.group(1).startswith("volatile-"), command
-    env = env_of("redis", DOT_ENV)
+    env = env_of(service, DOT_ENV)
     assert env["REDIS_PASSWORD"] == DOT_ENV["REDIS_PASSWORD"] and env["REDISCLI_AUTH"] == DOT_ENV["REDIS_PASSWORD"]
+
+
+def test_the_engine_reaches_redis_with_its_password() -> None:
     for service in ("worker", "propositions", "topics-init"):
         assert env_of(service, DOT_ENV)["STREAM_ENGINE_REDIS_URL"].startswith("redis://:redis-password-from-env@")
 
@@ -265,3 +276,41 @@ def test_the_image_keeps_the_api_on_loopback_unless_told_otherwise() -> None:
 def dot_env_example() -> dict[str, str]:
     lines = ENV_EXAMPLE.read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+# --- the Redis Cluster profile ------------------------------------------------------------------
+
+CLUSTER_ENV = {
+    **DOT_ENV,
+    "REDIS_SCHEME": "redis+cluster",
+    "REDIS_NODES": "redis-cluster-1:6379,redis-cluster-2:6379,redis-cluster-3:6379",
+}
+
+
+def test_the_cluster_profile_is_three_masters_joined_by_a_one_shot() -> None:
+    nodes = [f"redis-cluster-{i}" for i in (1, 2, 3)]
+    for node in nodes:
+        assert SERVICES[node]["profiles"] == ["cluster"]
+        assert published(SERVICES[node]) == []  # like the single Redis: containers only
+        command = " ".join(SERVICES[node]["command"])
+        assert "--cluster-enabled yes" in command and "--cluster-require-full-coverage no" in command
+    init = SERVICES["redis-cluster-init"]
+    script = " ".join(init["command"])
+    assert "--cluster create" in script and "--cluster-replicas 0" in script
+    assert all(f"getent hosts {node}" in script for node in nodes)
+    assert set(init["depends_on"]) == set(nodes)
+    assert env_of("redis-cluster-init", DOT_ENV)["REDISCLI_AUTH"] == DOT_ENV["REDIS_PASSWORD"]
+    header = COMPOSE_TEXT.split("services:")[0]
+    assert "COMPOSE_PROFILES=cluster" in header and "REDIS_SCHEME=redis+cluster" in header
+
+
+@pytest.mark.parametrize("service", ["worker", "propositions", "topics-init"])
+def test_the_cluster_variables_give_the_engine_a_cluster_url(service: str) -> None:
+    url = env_of(service, CLUSTER_ENV)["STREAM_ENGINE_REDIS_URL"]
+    assert url == "redis+cluster://:redis-password-from-env@" + CLUSTER_ENV["REDIS_NODES"]
+    client = client_from_url(url, 1.0)  # what the worker builds from it
+    assert isinstance(client, RedisCluster)
+    assert [node.name for node in client.startup_nodes] == CLUSTER_ENV["REDIS_NODES"].split(",")
+    assert client.connection_kwargs["password"] == DOT_ENV["REDIS_PASSWORD"]
+    example = (PROJECT_ROOT / ".env.example").read_text()
+    assert all(f"# {k}={v}" in example for k, v in CLUSTER_ENV.items() if k.startswith("REDIS_") and k != "REDIS_PASSWORD")

@@ -32,6 +32,8 @@ async def test_a_batch_makes_one_service_call_per_distinct_key_and_decides_every
     assert set(calls[0]) == {d.key for d in emitter.decisions}
     assert {d.cache_tier for d in emitter.decisions} == {"service"}
     assert [r.alert_id for r in sink.rows] == [a["id"] for a in alerts]
+    assert [(r.topic, r.origin, r.offset) for r in sink.rows] == [("alerts", "stream", i) for i in range(200)]  # each row's source
+    assert len({r.attempt for r in sink.rows}) == 1  # one processing of the batch
     assert {m.stage for m in sink.metrics} >= {"decode", "lru", "service", "end_to_end"}
     assert report.tiers == {"service": 200}
 
@@ -125,9 +127,9 @@ async def test_lru_hits_are_sent_before_the_batch_waits_on_the_service(pipeline_
     sent_before_service: list[int] = []
     real_fetch = pipeline.triage.service.fetch_many
 
-    async def fetch_many(requests):  # type: ignore[no-untyped-def]
+    async def fetch_many(requests, epoch=0):  # type: ignore[no-untyped-def]
         sent_before_service.append(len(emitter.decisions))
-        return await real_fetch(requests)
+        return await real_fetch(requests, epoch)
 
     pipeline.triage.service.fetch_many = fetch_many  # type: ignore[method-assign]
     hits = [{**a, "id": "hit-" + a["id"]} for a in warm[:10]]
@@ -207,7 +209,7 @@ async def test_acks_already_sent_are_settled_before_a_later_failure_propagates(p
     hits = [{**a, "id": "hit-" + a["id"]} for a in warm]
     cold = Workload("scam", seed=9).alerts(2)
 
-    async def broken_fetch(requests):  # type: ignore[no-untyped-def]
+    async def broken_fetch(requests, epoch=0):  # type: ignore[no-untyped-def]
         raise RuntimeError("the service client broke")
 
     pipeline.triage.service.fetch_many = broken_fetch  # type: ignore[method-assign]

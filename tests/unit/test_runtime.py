@@ -55,7 +55,7 @@ async def test_what_the_api_asks_without_a_consumer_or_clickhouse(tmp_path: Path
         assert rt.health() == "waiting for a partition assignment"
         rt.monitor.partitions_assigned([])
         assert rt.health() is None and await rt.consumer_positions() == []
-        assert set(rt.parts_stats()) == {"lru", "redis", "service", "sink"}
+        assert set(rt.parts_stats()) == {"lru", "redis", "invalidations", "service", "sink"}
         with pytest.raises(NotImplementedError):
             await rt.run_query(lambda client: None)
         with pytest.raises(RuntimeError):  # no decision log before start()

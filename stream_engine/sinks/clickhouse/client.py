@@ -97,3 +97,5 @@ def _no_dataframes() -> None:
     if "pandas" not in sys.modules and "pd" not in vars(options):
         options.pd = None  # type: ignore[attr-defined]
         options.pd_time_test = None  # type: ignore[attr-defined]
+    if "numpy" not in sys.modules and "np" not in vars(options):
+        options.np = None  # type: ignore[attr-defined]

@@ -15,7 +15,13 @@ from stream_engine.models import Decision, Envelope
 
 
 class LogRow(NamedTuple):
-    """One decision = one row of ``proposition_log``."""
+    """One decision = one row of ``proposition_log`` (the newest per alert) and of
+    ``decision_audit`` (every published decision).
+
+    ``topic``/``partition``/``offset`` say where the alert was consumed (``origin`` ``stream``);
+    HTTP API rows have no source (``origin`` ``api``, topic ``""``). ``attempt`` names the
+    processing that published the decision: a redelivered alert gets another attempt.
+    """
 
     alert_id: str
     alert_type: str
@@ -36,6 +42,9 @@ class LogRow(NamedTuple):
     propositions: str  # JSON array of {action, confidence, rationale}
     reason: str | None
     engine_version: str
+    topic: str = ""
+    origin: str = "stream"  # stream | api
+    attempt: str = ""
 
 
 class MetricRow(NamedTuple):
@@ -58,7 +67,7 @@ class MetricRow(NamedTuple):
 LOG_COLUMNS: tuple[str, ...] = (
     "alert_id", "alert_type", "key", "severity", "source", "received_at", "decided_at", "mode", "action",
     "confidence", "cache_tier", "latency_ms", "batch_size", "partition", "offset", "worker", "propositions",
-    "reason", "engine_version",
+    "reason", "engine_version", "topic", "origin", "attempt",
 )  # fmt: skip
 METRIC_COLUMNS: tuple[str, ...] = ("ts", "stage", "alert_type", "worker", "count", "sum_ms", "max_ms")
 # The tables' column types (schema.py), so an insert needs no DESCRIBE round trip first;
@@ -67,7 +76,8 @@ LOG_TYPES: tuple[str, ...] = (
     "String", "LowCardinality(String)", "String", "LowCardinality(String)", "LowCardinality(String)",
     "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')", "LowCardinality(String)", "Nullable(String)",
     "Nullable(Float32)", "LowCardinality(String)", "Float32", "UInt32", "UInt16", "UInt64",
-    "LowCardinality(String)", "String", "Nullable(String)", "LowCardinality(String)",
+    "LowCardinality(String)", "String", "Nullable(String)", "LowCardinality(String)", "LowCardinality(String)",
+    "LowCardinality(String)", "String",
 )  # fmt: skip
 METRIC_TYPES: tuple[str, ...] = (
     "DateTime64(6, 'UTC')", "LowCardinality(String)", "LowCardinality(String)", "LowCardinality(String)",
@@ -76,8 +86,16 @@ METRIC_TYPES: tuple[str, ...] = (
 
 
 def log_row(
-    decision: Decision, envelope: Envelope, severity: str, source: str, batch_size: int, worker: str
+    decision: Decision,
+    envelope: Envelope,
+    severity: str,
+    source: str,
+    batch_size: int,
+    worker: str,
+    attempt: str | None = None,
 ) -> LogRow:
+    """``attempt`` defaults to this worker's processing of the batch (worker + receive time), so a
+    redelivery of the same alert, even by the same worker, is another attempt."""
     return LogRow(
         decision.alert_id,
         decision.alert_type,
@@ -98,6 +116,9 @@ def log_row(
         orjson.dumps(decision.propositions).decode(),
         decision.reason,
         decision.engine_version,
+        envelope.topic,
+        "stream" if envelope.topic else "api",
+        attempt if attempt is not None else f"{worker}@{envelope.received_ns}",
     )
 
 

@@ -1,16 +1,30 @@
 """Versioned, idempotent schema migrations (``stream-engine clickhouse migrate``).
 
-Each migration is a list of statements templated with ``$db`` and ``$ttl_days`` (DDL cannot take
-bound parameters; both values are validated). Applied versions are recorded in
+Each migration is a list of statements templated with ``$db``, ``$ttl_days`` and ``$dedup`` (DDL
+cannot take bound parameters; the values are validated or ours). Applied versions are recorded in
 ``schema_migrations``; re-running applies nothing. Statements use IF NOT EXISTS so a migration
 interrupted half way is safe to re-run.
 
-Deduplication: ingestion is at-least-once (Kafka redelivery after a crash, journal replay), so
-``proposition_log`` and ``latency_metrics`` are ReplacingMergeTrees whose ORDER BY is the identity
-of a row. Background merges collapse duplicates eventually, and only within a partition;
-readers that need exact answers use FINAL (which also collapses across partitions) or
-``LIMIT 1 BY alert_id``. The per-minute rollup is fed at insert time, so it counts a duplicate
-twice: it is the fast, approximate path.
+Deduplication, in two layers:
+
+* Inserts are exactly once. The sink inserts one block per sealed journal segment into
+  ``decision_audit`` (and ``latency_metrics``) with an ``insert_deduplication_token`` (the
+  segment's id): a retried insert, or a segment replayed after a crash between "inserted" and
+  "deleted", is dropped by ClickHouse. Materialized views carry each block on to
+  ``proposition_log`` and from there to the ``proposition_minute`` rollup; the sink sets
+  ``deduplicate_blocks_in_dependent_materialized_views`` so the view targets drop a re-sent block
+  too (without it ClickHouse feeds a view with the blocks its source table dropped), and a retry
+  after an insert that failed half way (source written, a view target not) completes the target.
+  Non-replicated MergeTrees only remember tokens with ``non_replicated_deduplication_window`` > 0
+  (default 0); ReplicatedMergeTree always does (``replicated_deduplication_window``). Both
+  settings come from :func:`dedup_setting`, the one place a cluster rendering takes them from.
+* Alerts are decided at least once unless the engine runs exactly-once: a Kafka redelivery after
+  a crash, or an HTTP API call with the same id, is another decision. ``decision_audit`` keeps
+  every one (append-only: what the decisions topic carried, with its attempt);
+  ``proposition_log`` is the one-row-per-alert view analysts query, a ReplacingMergeTree whose
+  ORDER BY is the alert's identity, so the newest decision wins when a merge collapses them
+  (exact reads before that use FINAL or ``LIMIT 1 BY alert_id``). The per-minute rollup is fed
+  at insert time, so it counts a redelivered alert twice: it is the fast, approximate path.
 """
 
 from __future__ import annotations
@@ -23,6 +37,18 @@ from stream_engine.sinks.clickhouse.client import check_identifier
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
+
+
+# How many recent insert blocks a table remembers the token of (per table; per partition for the
+# replicated engines). A replay re-sends a segment within minutes of its first insert, after at
+# most a few hundred other blocks; 10,000 leaves room for many workers and a long outage.
+DEDUP_WINDOW_BLOCKS = 10_000
+
+
+def dedup_setting(replicated: bool = False) -> str:
+    """The table setting that makes ``insert_deduplication_token`` work, for a table's SETTINGS."""
+    name = "replicated_deduplication_window" if replicated else "non_replicated_deduplication_window"
+    return f"{name} = {DEDUP_WINDOW_BLOCKS}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +166,65 @@ GROUP BY alert_type, minute
 """,
         ),
     ),
+    Migration(
+        4,
+        "exactly-once inserts: row source and attempt, dedup windows, decision_audit feeding proposition_log",
+        (
+            # Existing rows predate sources: topic '' and origin from the API's pseudo-partition.
+            """
+ALTER TABLE $db.proposition_log
+    ADD COLUMN IF NOT EXISTS topic   LowCardinality(String) DEFAULT '',
+    ADD COLUMN IF NOT EXISTS origin  LowCardinality(String) DEFAULT if(partition = 65535, 'api', 'stream'),
+    ADD COLUMN IF NOT EXISTS attempt String DEFAULT ''
+""",
+            "ALTER TABLE $db.proposition_log MODIFY SETTING $dedup",
+            "ALTER TABLE $db.latency_metrics MODIFY SETTING $dedup",
+            "ALTER TABLE $db.proposition_minute MODIFY SETTING $dedup",
+            """
+CREATE TABLE IF NOT EXISTS $db.decision_audit
+(
+    alert_id       String,
+    alert_type     LowCardinality(String),
+    key            String,
+    severity       LowCardinality(String),
+    source         LowCardinality(String),
+    received_at    DateTime64(3, 'UTC'),
+    decided_at     DateTime64(3, 'UTC'),
+    mode           LowCardinality(String),
+    action         Nullable(String),
+    confidence     Nullable(Float32),
+    cache_tier     LowCardinality(String),
+    latency_ms     Float32,
+    batch_size     UInt32,
+    partition      UInt16,
+    offset         UInt64,
+    worker         LowCardinality(String),
+    propositions   String,
+    reason         Nullable(String),
+    engine_version LowCardinality(String),
+    topic          LowCardinality(String),  -- '' for the HTTP API
+    origin         LowCardinality(String),  -- stream | api
+    attempt        String,                  -- the processing that published it
+    INDEX idx_alert_id alert_id TYPE bloom_filter GRANULARITY 4
+)
+-- Append-only: one row per published decision. A redelivery or an API call with the same id adds
+-- a row here (its own attempt) instead of replacing the one the decisions topic carried.
+ENGINE = MergeTree
+PARTITION BY toDate(received_at)
+ORDER BY (alert_type, alert_id, decided_at)
+TTL toDateTime(received_at) + INTERVAL $ttl_days DAY
+SETTINGS $dedup
+""",
+            # The sink inserts decision_audit only; ClickHouse copies each block into the view
+            # analysts query (and from there into the rollup), deduplicated with the same token.
+            """
+CREATE MATERIALIZED VIEW IF NOT EXISTS $db.decision_audit_mv TO $db.proposition_log AS
+SELECT alert_id, alert_type, key, severity, source, received_at, decided_at, mode, action, confidence, cache_tier, latency_ms,
+       batch_size, partition, offset, worker, propositions, reason, engine_version, topic, origin, attempt
+FROM $db.decision_audit
+""",
+        ),
+    ),
 )
 
 
@@ -164,7 +249,7 @@ def migrate(client: Client, database: str, ttl_days: int) -> list[int]:
         if migration.version in done:
             continue
         for statement in migration.statements:
-            client.command(Template(statement).substitute(db=db, ttl_days=ttl_days))
+            client.command(Template(statement).substitute(db=db, ttl_days=ttl_days, dedup=dedup_setting()))
         client.command(
             f"INSERT INTO {db}.schema_migrations (version, name, applied_at) "
             "VALUES ({version:UInt32}, {name:String}, now64(3))",

@@ -80,6 +80,9 @@ async def test_metrics_expose_the_monitor_as_prometheus_text(client: TestClient,
     assert buckets["0.001"] == 0 and buckets["0.0025"] == 1 and buckets["+Inf"] == 1
     assert families["stream_engine_dead_letters"].samples[0].labels == {"reason": "schema"}
     assert families["stream_engine_rss_bytes"].samples[0].value > 0
-    runtime.redis.counters.stale_type = 4
+    runtime.redis.counters.stale = 4
+    runtime.invalidations.counters.redis_failures = 2
     families = {f.name: f for f in text_string_to_metric_families(await (await client.get("/metrics")).text())}
-    assert families["stream_engine_redis_stale_type"].samples[0].value == 4
+    assert families["stream_engine_redis_stale"].samples[0].value == 4
+    assert families["stream_engine_invalidation_redis_failures"].samples[0].value == 2
+    assert families["stream_engine_invalidation_redis_pending"].samples[0].value == 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from stream_engine.cache.invalidation import Coherence
 from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.models import Proposition
+from stream_engine.propositions.updates import Invalidation
 from tests.unit.fakes import FakeClock
 
 P = [Proposition("rerun", 0.9, "flaky")]
@@ -53,7 +55,18 @@ def test_clear_and_stats(clock: FakeClock) -> None:
     clock.now += 11
     assert lru.for_partition(0).get("b") is None  # expired
     lru.for_partition(1).put("c", P)
-    assert lru.stats() == {"partitions": 2, "entries": 1, "hits": 0, "misses": 1, "expired": 1, "evicted": 1}
-    lru.clear()
+    assert lru.stats() == {"partitions": 2, "entries": 1, "hits": 0, "misses": 1, "expired": 1, "evicted": 1, "refused": 0}
+    assert lru.clear() == 1
     assert lru.stats()["entries"] == 0
     assert lru.partitions == [0, 1]
+
+
+def test_put_admits_only_values_fetched_after_the_invalidations_covering_them() -> None:
+    coherence = Coherence()
+    lru = PartitionedLRU(10, 10, coherence=coherence)
+    before = coherence.begin()  # a fetch starts ...
+    coherence.raise_floor(Invalidation("type", "v", alert_type="scam"), 1)  # ... an invalidation lands
+    assert lru.put(0, "scam|fp=1", P, before) is False  # its answer is refused
+    assert lru.put(0, "infra|fp=1", P, before) is True  # not covered: still current
+    assert lru.put(0, "scam|fp=1", P, coherence.begin()) is True  # fetched after: fine
+    assert lru.stats()["refused"] == 1

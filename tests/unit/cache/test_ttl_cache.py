@@ -72,8 +72,18 @@ def test_pop_drop_where_and_clear() -> None:
     assert cache.drop_where(lambda key: key.startswith("x|")) == 2
     assert len(cache) == 0
     cache.put("z", 1)
-    cache.clear()
+    assert cache.clear() == 1  # how many it dropped (an invalidation reports it)
     assert len(cache) == 0 and cache.get("z") is None
+
+
+def test_put_with_a_ttl_keeps_the_shorter_lifetime(clock: FakeClock) -> None:
+    cache: TTLCache[str, int] = TTLCache(5, 10, clock)
+    cache.put("from-redis", 1, ttl_s=3)  # what it has left in the slower tier
+    cache.put("longer", 2, ttl_s=60)  # never beyond the cache's own TTL
+    clock.now += 3
+    assert cache.get("from-redis") is None
+    clock.now += 7
+    assert cache.get("longer") is None
 
 
 @pytest.mark.parametrize(("maxsize", "ttl"), [(0, 1.0), (1, 0.0)])

@@ -146,6 +146,29 @@ async def test_concurrent_batches_sharing_a_key_make_one_request_for_it(client: 
     assert client.stats()["in_flight_keys"] == 0
 
 
+async def test_a_fetch_is_never_shared_across_an_invalidation(client: PropositionClient, service: Service) -> None:
+    """A batch tagged after an invalidation (a later epoch) asks again instead of joining."""
+    release = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return service.answer(request)
+
+    service.respond = slow
+    before = asyncio.create_task(client.fetch_many({"shared": alert("a1")}, epoch=4))
+    while not service.requests:
+        await asyncio.sleep(0)
+    after = asyncio.create_task(client.fetch_many({"shared": alert("a2")}, epoch=5))
+    same = asyncio.create_task(client.fetch_many({"shared": alert("a3")}, epoch=5))
+    while len(service.requests) < 2:
+        await asyncio.sleep(0)
+    release.set()
+    one, two, three = await asyncio.gather(before, after, same)
+    assert service.keys_per_request() == [["shared"], ["shared"]]
+    assert two.found["shared"] == three.found["shared"] == [Proposition("act:a2", 0.9, "r")] != one.found["shared"]
+    assert client.stats()["keys_shared"] == 1 and client.stats()["in_flight_keys"] == 0
+
+
 async def test_shared_key_failure_reaches_the_waiter(client: PropositionClient, service: Service) -> None:
     release = asyncio.Event()
 

@@ -5,8 +5,10 @@ The only stand-in is the invalidation publisher, at its typed seam (Invalidation
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -217,14 +219,78 @@ async def test_invalid_rules_are_rejected_and_nothing_changes(make_client: MakeC
     assert publisher.published == []
 
 
-async def test_rules_change_even_if_the_invalidation_cannot_be_published(make_client: MakeClient) -> None:
+async def test_put_rules_fails_and_changes_nothing_when_the_invalidation_cannot_be_published(make_client: MakeClient) -> None:
     document = BOOK.to_dict()
     document["types"]["infra"].pop()
-    for publisher in (RecordingPublisher(error=ConnectionError("broker down")), None):
-        client = await make_client(updates_publisher=publisher)
-        status, body = await post_json(client, "/v1/rules", document, method="PUT")
-        assert (status, body["changed"], body["published"]) == (200, True, False)
-        assert (await (await client.get("/healthz")).json())["version"] == body["version"] != BOOK.version
+    client = await make_client(updates_publisher=RecordingPublisher(error=ConnectionError("broker down")))
+    status, body = await post_json(client, "/v1/rules", document, method="PUT")
+    assert status == 503 and "broker down" in body["error"]
+    assert (await (await client.get("/healthz")).json())["version"] == BOOK.version
+    assert await (await client.get("/v1/rules")).json() == BOOK.to_dict()
+
+
+async def test_put_rules_without_updates_says_nothing_was_published(make_client: MakeClient) -> None:
+    """``serve --no-updates``: an explicit choice, answered explicitly (the caller invalidates)."""
+    document = BOOK.to_dict()
+    document["types"]["infra"].pop()
+    client = await make_client(updates_publisher=None)
+    status, body = await post_json(client, "/v1/rules", document, method="PUT")
+    assert (status, body["changed"], body["published"]) == (200, True, False)
+    assert "--no-updates" in body["warning"]
+    assert (await (await client.get("/healthz")).json())["version"] == body["version"] != BOOK.version
+
+
+class GatedPublisher(RecordingPublisher):
+    """Publishes when the test opens the gate (or fails, if told to)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__(error)
+        self.started = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def publish(self, invalidation: Invalidation) -> None:
+        self.started.set()
+        await self.gate.wait()
+        await super().publish(invalidation)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_requests_during_a_rules_change_wait_for_its_outcome(make_client: MakeClient, fails: bool) -> None:
+    """A worker may apply the invalidation before the service's publish call returns: a fetch it
+    sends then must already get the new rules. So proposition requests wait while the
+    invalidation is being published, and get the new rules if it was, the old ones if not."""
+    publisher = GatedPublisher(error=ConnectionError("broker down") if fails else None)
+    client = await make_client(updates_publisher=publisher)
+    document = BOOK.to_dict()
+    for rule in document["types"]["ci_failure"]:
+        if rule["match"] == {"error_class": "Timeout"}:
+            rule["propositions"][0]["confidence"] = 0.5
+    putting = asyncio.create_task(post_json(client, "/v1/rules", document, method="PUT"))
+    await publisher.started.wait()
+    asking = asyncio.create_task(post_json(client, "/v1/propositions/batch", {"items": [{"key": "k", "alert": TIMEOUT}]}))
+    await asyncio.sleep(0.05)
+    assert not asking.done(), "a proposition request was answered while the rules change was undecided"
+    publisher.gate.set()
+    status, _ = await putting
+    _, answer = await asking
+    assert status == (503 if fails else 200)
+    assert answer["results"]["k"][0]["confidence"] == (0.92 if fails else 0.5)
+
+
+async def test_put_rules_are_stored_and_loaded_by_the_next_service(make_client: MakeClient, tmp_path: Path) -> None:
+    from stream_engine.propositions.rules import RuleStore
+
+    store = RuleStore(tmp_path / "state" / "rules.json")
+    assert store.load(default=BOOK).version == BOOK.version  # nothing stored yet: the default
+    client = await make_client(store.load(default=BOOK), updates_publisher=RecordingPublisher(), rule_store=store)
+    document = BOOK.to_dict()
+    document["types"]["scam"].pop()
+    status, body = await post_json(client, "/v1/rules", document, method="PUT")
+    assert status == 200
+
+    restarted = await make_client(store.load(default=BOOK), rule_store=store)
+    assert (await (await restarted.get("/healthz")).json())["version"] == body["version"]
+    assert await (await restarted.get("/v1/rules")).json() == document
 
 
 async def test_admin_invalidate_publishes_with_the_current_version(make_client: MakeClient) -> None:
@@ -283,6 +349,28 @@ def test_latency_model_is_reproducible_by_seed_and_fixed_when_p99_equals_median(
 def test_latency_model_rejects_impossible_parameters(median: float, p99: float) -> None:
     with pytest.raises(ValueError):
         LatencyModel(median, p99)
+    with pytest.raises(ValueError):
+        LatencyModel(1, 2, per_item_ms=-0.1)
+
+
+def test_latency_model_charges_every_item_on_top_of_the_request() -> None:
+    model = LatencyModel.fixed(20)
+    assert model.sample_ms(1) == 20.0 and model.sample_ms(100) == 20.0  # per request only: batching is free
+    priced = LatencyModel(20, per_item_ms=0.25)
+    assert (priced.sample_ms(), priced.sample_ms(1), priced.sample_ms(100)) == (20.25, 20.25, 45.0)
+    assert LatencyModel(0, per_item_ms=0.5).sample_ms(10) == 5.0
+    assert priced.describe() == {"median_ms": 20.0, "p99_ms": 20.0, "seed": None, "per_item_ms": 0.25}
+
+
+async def test_the_batch_endpoint_is_delayed_per_item(make_client: MakeClient) -> None:
+    client = await make_client(latency=LatencyModel(0.1, per_item_ms=0.2))
+    items = [{"key": f"k{i}", "alert": TIMEOUT} for i in range(5)]
+    await post_json(client, "/v1/propositions/batch", {"items": items})
+    await post_json(client, "/v1/propositions", {"key": "k", "alert": TIMEOUT})
+    stats = await (await client.get("/v1/stats")).json()
+    assert stats["simulated_latency_ms"] == pytest.approx((0.1 + 5 * 0.2) + (0.1 + 0.2))
+    status, body = await post_json(client, "/v1/admin/latency", {"median_ms": 0, "per_item_ms": 0.3}, "PUT")
+    assert (status, body["latency"]) == (200, {"median_ms": 0.0, "p99_ms": 0.0, "seed": None, "per_item_ms": 0.3})
 
 
 async def test_latency_applies_per_proposition_request_and_can_be_changed_or_disabled(make_client: MakeClient) -> None:

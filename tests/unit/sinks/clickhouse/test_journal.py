@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream_engine.sinks.clickhouse.journal import Journal, encode_batch
+from stream_engine.sinks.clickhouse.journal import Journal, encode_batch, read_segment
 from stream_engine.sinks.clickhouse.rows import LogRow, MetricRow
 
 
@@ -21,8 +21,8 @@ def test_append_seal_read_round_trip(tmp_path: Path) -> None:
     journal.append([encode_batch([_row(1), _row(2)], [_metric(1)]), encode_batch([_row(3)], [])])
     assert journal.fsyncs == 1  # one fsync for the whole group
     sealed = journal.seal()
-    assert len(sealed) == 1
-    batches = list(journal.read(sealed[0]))
+    assert sealed is not None and journal.sealed_segments() == [sealed]
+    batches = list(journal.read(sealed))
     assert batches == [([_row(1), _row(2)], [_metric(1)]), ([_row(3)], [])]
     assert isinstance(batches[0][0][0], LogRow)
 
@@ -38,14 +38,16 @@ def test_left_over_segments_are_returned_and_numbering_continues(tmp_path: Path)
     left = second.open()
     assert [p.name for p in left] == ["seg-000000000000.jsonl", "seg-000000000001.jsonl"]
     second.append([encode_batch([_row(3)], [])])
-    assert [p.name for p in second.seal()][-1] == "seg-000000000002.jsonl"
+    sealed = second.seal()
+    assert sealed is not None and sealed.name == "seg-000000000002.jsonl"
 
 
-def test_torn_and_garbage_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+def test_a_torn_tail_is_skipped_and_garbage_is_returned_as_unreadable(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     journal.open()
     journal.append([encode_batch([_row(1)], [])])
-    path = journal.seal()[0]
+    path = journal.seal()
+    assert path is not None
     with open(path, "ab") as f:
         f.write(b'{"r": [["a2", "sc')  # a crash in the middle of a write
     with open(path, "rb") as f:
@@ -53,7 +55,9 @@ def test_torn_and_garbage_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     path.write_bytes(content.replace(b"\n", b"\nnot json\n", 1))
     batches = list(journal.read(path))
     assert batches == [([_row(1)], [])]
-    assert journal.torn_lines == 2
+    assert journal.torn_lines == 1  # the write that never returned
+    assert journal.unreadable_records == 1  # a whole line that does not decode: not "torn", kept aside
+    assert read_segment(path).unreadable == [b"not json\n"]
 
 
 def test_segments_rotate_by_size_and_delete(tmp_path: Path) -> None:
@@ -61,7 +65,8 @@ def test_segments_rotate_by_size_and_delete(tmp_path: Path) -> None:
     journal.open()
     for i in range(5):
         journal.append([encode_batch([_row(i)], [])])  # each batch is > 50 bytes
-    sealed = journal.seal()
+    journal.seal()
+    sealed = journal.sealed_segments()
     assert len(sealed) == 5
     assert journal.disk_usage()[1] == 5
     journal.delete(sealed[:3])

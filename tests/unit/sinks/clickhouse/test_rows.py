@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from stream_engine.models import Alert, Decision, Envelope, Proposition
 from stream_engine.sinks.clickhouse.rows import LOG_COLUMNS, log_row, metric_row
 
@@ -16,6 +18,10 @@ def test_log_row_from_decision_and_envelope() -> None:
     )  # fmt: skip
     row = log_row(decision, envelope, "high", "mail", batch_size=7, worker="w9")
     assert len(row) == len(LOG_COLUMNS)
+    assert (row.topic, row.origin, row.attempt) == ("", "api", "w9@1700000000123456789")  # no topic: the HTTP API
+    streamed = log_row(decision, replace(envelope, topic="alerts"), "high", "mail", batch_size=7, worker="w9")
+    assert (streamed.topic, streamed.origin, streamed.partition, streamed.offset) == ("alerts", "stream", 3, 42)
+    assert log_row(decision, envelope, "high", "mail", 7, "w9", attempt="txn-7").attempt == "txn-7"
     assert row.received_at_ms == 1_700_000_000_123
     assert row.decided_at_ms == 1_700_000_000_250
     assert (row.partition, row.offset, row.batch_size, row.worker) == (3, 42, 7, "w9")

@@ -271,6 +271,25 @@ def clickhouse_rows(settings: Settings) -> LogCount:
     return LogCount(len(ids), frozenset(ids))
 
 
+@dataclass(frozen=True, slots=True)
+class RowCount:
+    """One table read WITHOUT FINAL: every row ClickHouse holds (a duplicate not merged away counts)."""
+
+    table: str
+    rows: int
+    ids: int  # uniqExact(alert_id)
+
+    @property
+    def duplicates(self) -> int:  # count() - uniqExact(alert_id)
+        return self.rows - self.ids
+
+
+def rows_without_final(settings: Settings, table: str) -> RowCount:
+    """``count()`` and ``uniqExact(alert_id)`` of ``table`` (the drill's database holds only the drill's rows)."""
+    [[rows, ids]] = clickhouse_query(settings, f"SELECT count(), uniqExact(alert_id) FROM {table}")
+    return RowCount(table, int(rows), int(ids))
+
+
 def audit_rows(settings: Settings) -> Counter[str]:
     """``decision_audit`` rows per alert id, WITHOUT FINAL: every block the sink stored."""
     rows = clickhouse_query(settings, "SELECT alert_id, count() FROM decision_audit GROUP BY alert_id")

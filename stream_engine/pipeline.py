@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -263,6 +263,9 @@ class DecisionLog:
     def __init__(self, sink: Sink, worker_name: str) -> None:
         self.sink = sink
         self.worker_name = worker_name
+        # exactly_once: the Kafka transaction the calling batch publishes in (its rows are held
+        # until it is settled, and carry it as their attempt); None outside a transaction.
+        self.transaction_of: Callable[[], str | None] | None = None
 
     async def write(
         self,
@@ -274,13 +277,18 @@ class DecisionLog:
     ) -> None:
         """``envelopes`` aligned with ``decisions``; sets ``times.sink``."""
         t0 = time.perf_counter_ns()
-        await self.sink.write(self.rows(envelopes, decisions), self.metrics(times, decisions, received_ns, stages))
+        transaction = self.transaction_of() if self.transaction_of is not None else None
+        rows, metrics = self.rows(envelopes, decisions, transaction), self.metrics(times, decisions, received_ns, stages)
+        if transaction is None:
+            await self.sink.write(rows, metrics)
+        else:
+            await self.sink.write(rows, metrics, transaction=transaction)
         times.sink = time.perf_counter_ns() - t0
 
-    def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision]) -> list[LogRow]:
+    def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision], attempt: str | None = None) -> list[LogRow]:
         n = len(decisions)
         worker = self.worker_name
-        return [log_row(d, env, env.alert.severity, env.alert.source, n, worker) for d, env in zip(decisions, envelopes)]
+        return [log_row(d, env, env.alert.severity, env.alert.source, n, worker, attempt) for d, env in zip(decisions, envelopes)]
 
     def metrics(
         self, times: StageTimes, decisions: Sequence[Decision], received_ns: int, stages: Sequence[str]

@@ -160,19 +160,27 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
             # transactions (offsets included) are aborted; only then is the committed offset final.
             ours = [tp for tp in assigned if tp.topic == self.settings.topic_alerts]
             await emitter.assign(ours)
-            await self._seek_to_committed(ours)
-            emitter.resume(ours)
+            emitter.resume(await self._seek_to_committed(ours))
         self.runner.assigned()
         self.core.partitions_assigned(assigned)
 
-    async def _seek_to_committed(self, tps: Iterable[TopicPartition]) -> None:
-        """Fetch from the committed offset (from the beginning if none: auto_offset_reset earliest)."""
+    async def _seek_to_committed(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, str | None]:
+        """Fetch from the committed offset (from the beginning if none: auto_offset_reset earliest).
+        Returns the committed offsets' metadata (exactly_once: the partition's recent transactions)."""
+        tps = list(tps)
+        if not tps:
+            return {}
+        committed = await self.consumer._coordinator.fetch_committed_offsets(tps)  # offset and metadata in one call
+        metadata: dict[TopicPartition, str | None] = {}
         for tp in tps:
-            offset = await self.consumer.committed(tp)
-            if offset is None or offset < 0:
+            found = committed.get(tp)
+            if found is None or found.offset < 0:
                 await self.consumer.seek_to_beginning(tp)
+                metadata[tp] = None
             else:
-                self.consumer.seek(tp, offset)
+                self.consumer.seek(tp, found.offset)
+                metadata[tp] = found.metadata
+        return metadata
 
     def _partition_lost(self, tp: TopicPartition) -> None:
         """exactly_once: the partition's producer was fenced; if the partition is still ours (say,
@@ -189,8 +197,7 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
             while tp in self.consumer.assignment() and tp in emitter.partitions and not self._stopping.is_set():
                 try:
                     await emitter.restart(tp)
-                    await self._seek_to_committed([tp])
-                    emitter.resume([tp])
+                    emitter.resume(await self._seek_to_committed([tp]))
                     log.warning("partition %s: new transactional producer, reading again from the committed offset", tp)
                     return
                 except Exception as exc:

@@ -37,8 +37,11 @@ from stream_engine.engines.transactions import (
     TransactionalEmitter,
     Turn,
     _turn,
+    committed_transactions,
     current_turn,
+    group_offsets,
     split_by_partition,
+    transaction_of_this_batch,
 )
 from stream_engine.models import DeadLetter, StageTimes
 from stream_engine.pipeline import BatchProgress, BatchReport, DecisionsTooLarge, Position, RawMessage
@@ -148,11 +151,15 @@ class EngineCore:
         self.emitter = emitter
         if isinstance(emitter, KafkaEmitter):
             await emitter.start()
+        if isinstance(emitter, TransactionalEmitter):
+            # Rows of a transaction whose settle marker a crash lost: kept iff the group committed it.
+            if hasattr(self.runtime.sink, "replay_filter"):
+                self.runtime.sink.replay_filter = committed_transactions(group_offsets(self.settings))
         await self.runtime.start(emitter)
         if isinstance(emitter, TransactionalEmitter):
-            settle = getattr(self.runtime.sink, "settle", None)
-            if settle is not None:
-                emitter.settle = settle
+            emitter.settle = self.runtime.sink.settle
+            assert self.runtime.decision_log is not None
+            self.runtime.decision_log.transaction_of = transaction_of_this_batch
         await self._start_api()
         self.runtime.announce_ready()
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -47,10 +48,15 @@ if TYPE_CHECKING:
     from stream_engine.models import DeadLetter, Decision
     from stream_engine.pipeline import BatchProgress
     from stream_engine.settings import Settings
+    from stream_engine.sinks import LogRow
 
 log = logging.getLogger(__name__)
 
 SETTLE_BACKOFF_MAX_S = 5.0
+# The offset commit's metadata names the partition's last transactions that committed (newest
+# first): what a journal replay asks when a transaction's settle marker was lost (see
+# :func:`committed_transactions`). 64 x 17 bytes, well under the broker's offset.metadata.max.bytes (4096).
+RECENT_TRANSACTIONS = 64
 # At a revocation or stop, how long a commit already under way may still take.
 COMMIT_UNDER_WAY_S = 30.0
 
@@ -65,8 +71,15 @@ def current_turn() -> Turn | None:
     return _turn.get()
 
 
-def transactional_id(settings: Settings, partition: int) -> str:
-    return f"{settings.app_id}.{settings.topic_alerts}.{partition}"
+def transaction_of_this_batch() -> str | None:
+    """The open transaction of the batch this task runs, if any (for its ClickHouse rows)."""
+    turn = _turn.get()
+    return turn.transaction if turn is not None else None
+
+
+def transactional_id(group_id: str, tp: TopicPartition) -> str:
+    """The same on every worker: whoever owns the partition fences its previous owner."""
+    return f"{group_id}.{tp.topic}.{tp.partition}"
 
 
 class TransactionBroken(KafkaError):
@@ -101,6 +114,7 @@ class PartitionProducer:
         self.producer: AIOKafkaProducer | None = None
         self.generation = 0
         self.lost = True  # until started; then on fencing or revocation
+        self.recent: deque[str] = deque(maxlen=RECENT_TRANSACTIONS)  # committed transactions, newest first
         self._tail: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
@@ -113,7 +127,9 @@ class PartitionProducer:
         if old is not None:
             await stop_quietly(old)
 
-    def resume(self) -> None:
+    def resume(self, metadata: str | None) -> None:
+        """Accept new turns; ``metadata``: that of the partition's committed offset (its recent transactions)."""
+        self.recent = deque(recent_transactions(metadata), maxlen=RECENT_TRANSACTIONS)
         self.generation += 1
         self.lost = False
 
@@ -241,8 +257,10 @@ class Turn:
         assert producer is not None and transaction is not None
         if self.broken is not None:
             raise TransactionBroken(f"a record of the transaction failed: {self.broken!r}")
+        name = short_name(transaction)
+        metadata = " ".join([name, *list(self.owner.recent)[: RECENT_TRANSACTIONS - 1]])
         try:
-            await producer.send_offsets_to_transaction({self.tp: OffsetAndMetadata(next_offset, transaction)}, self._group_id)
+            await producer.send_offsets_to_transaction({self.tp: OffsetAndMetadata(next_offset, metadata)}, self._group_id)
             await producer.commit_transaction()
         except (KafkaError, IllegalOperation, AssertionError) as exc:
             self.failed(exc)
@@ -255,6 +273,7 @@ class Turn:
                 self._lose(exc)
             raise TransactionBroken(f"commit of the transaction of {self.tp} failed: {exc!r}") from exc
         self.transaction = None
+        self.owner.recent.appendleft(name)
         await self._settle_until_done(transaction, True)
 
     async def _abort(self) -> None:
@@ -311,17 +330,18 @@ class TransactionalEmitter(KafkaEmitter):
         before reading the partitions' committed offsets; then :meth:`resume` them."""
         new = [tp for tp in tps if tp not in self.partitions]
         for tp in new:
-            self.partitions[tp] = PartitionProducer(tp, f"{self.settings.app_id}.{tp.topic}.{tp.partition}", self._make)
+            self.partitions[tp] = PartitionProducer(tp, transactional_id(self.settings.app_id, tp), self._make)
         await asyncio.gather(*(self.partitions[tp].start() for tp in new))
 
     async def restart(self, tp: TopicPartition) -> None:
         """After a fencing, while the partition is still ours: a new producer (fencing in turn)."""
         await self.partitions[tp].start()
 
-    def resume(self, tps: Iterable[TopicPartition]) -> None:
-        for tp in tps:
+    def resume(self, committed: Mapping[TopicPartition, str | None]) -> None:
+        """Accept turns again for these partitions, given their committed offsets' metadata."""
+        for tp, metadata in committed.items():
             if tp in self.partitions:
-                self.partitions[tp].resume()
+                self.partitions[tp].resume(metadata)
 
     async def revoke(self, tps: Iterable[TopicPartition]) -> None:
         gone = [self.partitions.pop(tp) for tp in list(tps) if tp in self.partitions]
@@ -360,6 +380,53 @@ class TransactionalEmitter(KafkaEmitter):
             turn.failed(exc)
             raise TransactionBroken(f"the transaction of {turn.tp} is no longer open: {exc}") from exc
         return acks
+
+
+def short_name(transaction: str) -> str:
+    """The unique part of a transaction's name (after the transactional id)."""
+    return transaction.rpartition(":")[2]
+
+
+def recent_transactions(metadata: str | None) -> list[str]:
+    return (metadata or "").split()[:RECENT_TRANSACTIONS]
+
+
+def committed_transactions(
+    offsets: Callable[[Sequence[TopicPartition]], Awaitable[Mapping[TopicPartition, OffsetAndMetadata]]],
+) -> Callable[[Sequence[LogRow]], Awaitable[Sequence[LogRow]]]:
+    """The ClickHouse sink's replay filter for rows of a transaction whose settle marker a crash
+    lost: kept iff their transaction (the rows' ``attempt``) is among those the consumer group's
+    committed offset of their partition names. Exact while the partition has committed fewer than
+    :data:`RECENT_TRANSACTIONS` transactions since; an older one is taken for aborted (a worker
+    dies far more often with a transaction open than in the instant between a commit and its
+    marker). Rows without a source offset (API) are kept."""
+
+    async def keep(rows: Sequence[LogRow]) -> Sequence[LogRow]:
+        tps = sorted({TopicPartition(r.topic, r.partition) for r in rows if r.origin == "stream"})
+        committed = await offsets(tps) if tps else {}
+        named = {tp: set(recent_transactions(m.metadata)) for tp, m in committed.items()}
+        return [
+            r for r in rows
+            if r.origin != "stream" or short_name(r.attempt) in named.get(TopicPartition(r.topic, r.partition), ())
+        ]  # fmt: skip
+
+    return keep
+
+
+def group_offsets(settings: Settings) -> Callable[[Sequence[TopicPartition]], Awaitable[dict[TopicPartition, OffsetAndMetadata]]]:
+    """The workers' consumer group's committed offsets (with metadata), read with an admin client."""
+
+    async def read(tps: Sequence[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+        await admin.start()
+        try:
+            return await admin.list_consumer_group_offsets(settings.app_id, partitions=list(tps))
+        finally:
+            await admin.close()
+
+    return read
 
 
 def split_by_partition(messages: Sequence[Any]) -> dict[TopicPartition, list[Any]]:

@@ -5,12 +5,14 @@ the faust engine refuses the setting, tests/unit/test_settings_model.py).
 * E2: two workers; one is killed with ``kill -9``; the other takes its partitions over.
 * E3: the Kafka broker is killed (``kill -9``) mid-stream and restarted (a private broker).
 
-Each drill creates its condition and asserts that it happened: every decision-log write waits
-1 s (harness/faults.py), so a batch's decisions sit acknowledged in an open transaction for a
-second before it can commit, and the kill comes once a ``read_uncommitted`` consumer of
-``decisions`` shows decisions a ``read_committed`` one does not (an open transaction). After E1
-and E2, records of the killed worker's aborted transaction are in the log (the
-``read_uncommitted`` consumer sees them) and the ``read_committed`` one does not. Then, in every
+Each drill creates its condition and asserts that it happened: every transaction waits 1 s
+before it commits (E1, E2; E3: every decision-log write waits 1 s; harness/faults.py), so a
+batch's decisions sit acknowledged in an open transaction (and, E1 and E2, its rows journaled
+but held) for a second, and the kill comes once a ``read_uncommitted`` consumer of ``decisions``
+shows decisions a ``read_committed`` one does not (an open transaction). After E1 and E2,
+records of the killed worker's aborted transaction are in the log (the ``read_uncommitted``
+consumer sees them) and the ``read_committed`` one does not, and the restarted worker's journal
+replay found the aborted transaction's rows and dropped them. Then, in every
 drill: the ``read_committed`` consumer sees each published alert's decision exactly once (0
 duplicates, 0 missing), and ClickHouse ``count() - uniqExact(alert_id)`` WITHOUT FINAL is 0 in
 ``decision_audit`` and in ``proposition_log`` (every alert has its row).
@@ -36,6 +38,7 @@ from stream_engine.workload import Workload
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 
 SINK_DELAY_S = 1.0
+COMMIT_DELAY_S = 1.0
 ENGINE = "aiokafka exactly_once"
 TABLES = ("decision_audit", "proposition_log")
 
@@ -104,8 +107,8 @@ def assert_exactly_once(
 async def test_e1_kill_9_mid_stream_then_restart_exactly_once(eos_settings: Settings, propositions: Proc, tmp_path: Path) -> None:
     s = eos_settings
     warmup, stream = Workload("typical", seed=41).alerts(50), Workload("typical", seed=42).alerts(scaled(8000))
-    slow_log = fault_env(tmp_path, sink_delay_s=SINK_DELAY_S)
-    worker = await asyncio.to_thread(start_worker, s, tmp_path, "worker-1", slow_log)
+    slow_commit = fault_env(tmp_path, commit_delay_s=COMMIT_DELAY_S)
+    worker = await asyncio.to_thread(start_worker, s, tmp_path, "worker-1", slow_commit)
     restarted: Proc | None = None
     committed, raw = tails(s)
     try:
@@ -138,6 +141,7 @@ async def test_e1_kill_9_mid_stream_then_restart_exactly_once(eos_settings: Sett
 
     assert aborted, f"no record of an aborted transaction in the log ({len(open_at_kill)} decisions were uncommitted at the kill)"
     assert open_at_kill & aborted, "the decisions open at the kill were aborted, then published again"
+    assert_dropped_at_replay(restarted)
     assert_exactly_once("E1 worker kill -9 (exactly once)", ids, decisions, [s], recover_s)
 
 
@@ -145,9 +149,10 @@ async def test_e2_kill_9_one_of_two_workers_exactly_once(eos_settings: Settings,
     s1 = eos_settings.with_overrides(data_dir=tmp_path / "w1", worker_name="w1")
     s2 = eos_settings.with_overrides(data_dir=tmp_path / "w2", worker_name="w2")
     warmup, stream = Workload("typical", seed=43).alerts(60), Workload("typical", seed=44).alerts(scaled(8000))
-    slow_log = fault_env(tmp_path, sink_delay_s=SINK_DELAY_S)
+    slow_commit = fault_env(tmp_path, commit_delay_s=COMMIT_DELAY_S)
     w1, w2 = await asyncio.gather(
-        asyncio.to_thread(start_worker, s1, tmp_path, "w1", slow_log), asyncio.to_thread(start_worker, s2, tmp_path, "w2", slow_log)
+        asyncio.to_thread(start_worker, s1, tmp_path, "w1", slow_commit),
+        asyncio.to_thread(start_worker, s2, tmp_path, "w2", slow_commit),
     )
     committed, raw = tails(s1)
     try:
@@ -184,6 +189,7 @@ async def test_e2_kill_9_one_of_two_workers_exactly_once(eos_settings: Settings,
 
     assert aborted, f"no record of an aborted transaction in the log ({len(open_at_kill)} decisions were uncommitted at the kill)"
     assert {pub.positions[i][0] for i in aborted} <= w1_partitions, "only the killed worker's transactions were aborted"
+    assert_dropped_at_replay(w1)
     recover_s = takeover[0] - killed_at if takeover else None
     assert_exactly_once("E2 one of two workers kill -9 (exactly once)", ids, decisions, [s1, s2], recover_s)
 
@@ -242,6 +248,16 @@ async def test_e3_broker_kill_9_and_restart_exactly_once(
     assert open_at_crash and all(committed_ids[i] == 1 for i in open_at_crash), "the transactions open at the crash ended once"
     print(f"E3: {len(open_at_crash)} decisions uncommitted at the crash, {len(aborted)} alerts with records of aborted transactions")
     assert_exactly_once("E3 broker kill -9 (exactly once)", ids, decisions, [s], recover_s)
+
+
+def assert_dropped_at_replay(worker: Proc) -> None:
+    """The worker's journal replay met rows of a transaction without a settle marker (the killed
+    worker's open one) and dropped them: its group never committed that transaction."""
+    import re
+
+    found = [(int(k), int(n)) for k, n in re.findall(r"replay filter kept (\d+) of (\d+) undecided row", worker.log())]
+    assert found, "the replay met no rows of an unsettled transaction"
+    assert sum(n - k for k, n in found) > 0, f"no unsettled row was dropped at the replay: {found}"
 
 
 def last_assignment(worker: Proc) -> set[int]:

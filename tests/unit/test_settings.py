@@ -30,3 +30,10 @@ def test_tokens_are_masked_in_reprs_and_handed_whole_to_subprocesses(monkeypatch
     assert Settings() == settings  # what a child process reads back
     defaults = {name: default for name, default, _ in settings_table()}
     assert defaults["STREAM_ENGINE_API_TOKEN"] == "''"
+
+
+def test_exactly_once_is_refused_on_the_faust_engine_with_the_reason() -> None:
+    with pytest.raises(SettingsError, match=r"aiokafka engine only.*faust-streaming.*#517"):
+        Settings(engine="faust", delivery="exactly_once")
+    assert Settings().delivery == "at_least_once"
+    assert Settings(engine="aiokafka", delivery="exactly_once").delivery == "exactly_once"

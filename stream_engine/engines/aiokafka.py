@@ -158,9 +158,14 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
         if isinstance(emitter, TransactionalEmitter):
             # The partitions' producers first: they fence the previous owners, whose open
             # transactions (offsets included) are aborted; only then is the committed offset final.
+            # Paused meanwhile, so no fetch reads from a position taken before the fencing.
             ours = [tp for tp in assigned if tp.topic == self.settings.topic_alerts]
-            await emitter.assign(ours)
-            emitter.resume(await self._seek_to_committed(ours))
+            self.consumer.pause(*ours)
+            try:
+                await emitter.assign(ours)
+                emitter.resume(await self._seek_to_committed(ours))
+            finally:
+                self.consumer.resume(*ours)
         self.runner.assigned()
         self.core.partitions_assigned(assigned)
 
@@ -171,13 +176,16 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
         if not tps:
             return {}
         committed = await self.consumer._coordinator.fetch_committed_offsets(tps)  # offset and metadata in one call
+        never = [tp for tp in tps if tp not in committed or committed[tp].offset < 0]
+        beginning = await self.consumer.beginning_offsets(never) if never else {}
         metadata: dict[TopicPartition, str | None] = {}
         for tp in tps:
             found = committed.get(tp)
-            if found is None or found.offset < 0:
-                await self.consumer.seek_to_beginning(tp)
+            if tp in beginning:
+                self.consumer.seek(tp, beginning[tp])
                 metadata[tp] = None
             else:
+                assert found is not None
                 self.consumer.seek(tp, found.offset)
                 metadata[tp] = found.metadata
         return metadata

@@ -485,9 +485,27 @@ def cache_section(r: Results) -> list[str]:
 LAYOUTS = ("buckets_16", "buckets_64", "buckets_256", "per_slot", "single_redis")
 
 
+def delivery_section(r: Results) -> list[str]:
+    d = r.get("delivery_modes")
+    if d is None:
+        return ["## Delivery modes", "", "Not measured yet.", ""]
+    out = ["## Delivery modes: at_least_once and exactly_once (issue 13)", ""]
+    rows = []
+    for x in d.runs:
+        t, lat = x["throughput"], x["latency"]
+        rows.append([f"`{x['mode']}`", str(x["round"] + 1), _num(t.get("msgs_per_s")), _num(t.get("decided")),
+                     _num(lat["seen"].get("p50_ms"), 1), _num(lat["seen"].get("p99_ms"), 1), _num(lat["record"].get("p99_ms"), 1),
+                     _num(t.get("duplicates", 0) + lat.get("duplicates", 0))])
+    p = d.params
+    out.append(table(["delivery", "round", f"alerts/s (backlog {_num(p.get('backlog'))})", "decided",
+                      f"p50 ms seen at {_num(p.get('rate'))}/s", "p99 ms seen", "p99 ms by CreateTime", "duplicates"], rows))
+    out += ["", *(f"- {n}" for n in d.notes), ""]
+    return out + provenance_lines(d)
+
+
 SECTIONS: tuple[Callable[[Results], list[str]], ...] = (
     header, service_section, throughput_section, latency_section, hitratio_section, memory_section, sink_section,
-    api_section, profile_section, cache_section,
+    api_section, profile_section, cache_section, delivery_section,
 )
 
 

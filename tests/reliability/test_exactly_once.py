@@ -213,8 +213,7 @@ async def test_e3_broker_kill_9_and_restart_exactly_once(
     s = prefixed_settings(eos_settings.with_overrides(kafka_bootstrap=broker.bootstrap), unique("b") + ".")
     report = await apply_topics(s)
     assert report.in_sync, report.lines()
-    warmup, stream = Workload("typical", seed=45).alerts(50), Workload("typical", seed=46).alerts(scaled(1500))
-    ids = [a["id"] for a in warmup + stream]
+    warmup, stream = Workload("typical", seed=45).alerts(50), Workload("typical", seed=46).alerts(scaled(8000))
     service = start_propositions(s, tmp_path)
     worker: Proc | None = None
     committed, raw = tails(s)
@@ -223,15 +222,19 @@ async def test_e3_broker_kill_9_and_restart_exactly_once(
         async with committed, raw, Publisher(s.kafka_bootstrap, s.topic_alerts) as pub:
             await pub.send(warmup)
             await committed.wait_ids([a["id"] for a in warmup], 60, "warm-up decisions")
-            sending = asyncio.create_task(pub.send(stream, per_second=300))
-            await committed.wait_for(lambda r: len(r) >= len(warmup) + len(stream) // 5, 60, "decisions before the crash")
+            enough = asyncio.Event()
+            sending = asyncio.create_task(pub.send(stream, per_second=300, until=enough))
+            await committed.wait_for(lambda r: len(r) >= len(warmup) + 200, 60, "decisions before the crash")
             open_at_crash = await when_a_transaction_is_open(committed, raw, pub, None, lambda: broker.kill9(1))
             assert not sending.done(), "the crash must happen mid-stream"
             await asyncio.sleep(3)  # the worker's sends, commits and fetches fail meanwhile
             assert await asyncio.to_thread(broker.up) == ["started"]
             back_at = time.monotonic()
             seen_before_up = len(committed.records)
+            await asyncio.sleep(3)  # the stream goes on after the restart
+            enough.set()
             await sending
+            ids = [a["id"] for a in warmup + stream if a["id"] in pub.positions]
             decisions = await committed.wait_ids(ids, 150, "decisions after the broker restart")
             await raw.wait_ids(ids, 30, "the log read uncommitted")
             await asyncio.sleep(1)

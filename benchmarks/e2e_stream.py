@@ -55,6 +55,11 @@ def engine_result_name(name: str, engine: str) -> str:
     return name if engine == "faust" else f"{name}_{engine}"
 
 
+def isolation_level(settings: Settings) -> str:
+    """exactly_once: a decision counts (and its latency ends) when a read_committed consumer sees it."""
+    return "read_committed" if settings.delivery == "exactly_once" else "read_uncommitted"
+
+
 def _records(alerts: list[dict[str, Any]], settings: Settings) -> list[tuple[str, bytes, bytes]]:
     return [(a["id"], message_key(a, settings.key_fields), orjson.dumps(a)) for a in alerts]
 
@@ -67,7 +72,7 @@ async def _latency_run(settings: Settings, rate: int, seconds: float, profile: s
     trace = make_trace(TraceSpec(profile, size=max(1, int(rate * seconds)), rate=rate, burst=burst, seed=rate), settings)
     records = _records(trace.alerts, settings)
     ids = {a["id"] for a in trace.alerts}
-    collector = DecisionCollector(settings.kafka_bootstrap, settings.topic_decisions)
+    collector = DecisionCollector(settings.kafka_bootstrap, settings.topic_decisions, isolation_level(settings))
     await collector.start()
     try:
         with Progress(f"publish {rate}/s", len(records)) as bar:
@@ -149,7 +154,7 @@ async def _throughput_run(base: Settings, work: Path, backlog: int, profile: str
     try:
         with Progress("fill backlog", backlog) as bar:
             await fill_topic(s.kafka_bootstrap, s.topic_alerts, [(k, v) for _, k, v in _records(trace.alerts, s)], bar.update)
-        collector = DecisionCollector(s.kafka_bootstrap, s.topic_decisions)
+        collector = DecisionCollector(s.kafka_bootstrap, s.topic_decisions, isolation_level(s))
         with contextlib.ExitStack() as stack:
             stack.enter_context(proposition_service(s, work, service))
             proc = stack.enter_context(worker(s, work, f"worker-tput{run}"))

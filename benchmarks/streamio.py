@@ -84,10 +84,10 @@ class Collected:
 class DecisionCollector:
     """Reads the decisions topic from the start in the background until told to stop."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, isolation_level: str = "read_uncommitted") -> None:
         self.consumer = AIOKafkaConsumer(
             topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-            enable_auto_commit=False, fetch_max_wait_ms=5,
+            enable_auto_commit=False, fetch_max_wait_ms=5, isolation_level=isolation_level,
         )
         self.collected = Collected()
         self._task: asyncio.Task[None] | None = None

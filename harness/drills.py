@@ -170,13 +170,16 @@ class Publisher:
 class Tail:
     """Everything on ``topic`` from the beginning, read by a background task."""
 
-    def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], Any] = orjson.loads) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, decode: Callable[[bytes], Any] = orjson.loads, isolation_level: str = "read_uncommitted"
+    ) -> None:
         self.records: list[Any] = []
         self.arrivals: list[float] = []  # time.monotonic() per record, for recovery times
         self._decode = decode
         self._consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
-        )
+            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+            isolation_level=isolation_level,
+        )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Tail:
@@ -266,6 +269,25 @@ class LogCount:
 def clickhouse_rows(settings: Settings) -> LogCount:
     ids = [r[0] for r in clickhouse_query(settings, "SELECT alert_id FROM proposition_log FINAL")]
     return LogCount(len(ids), frozenset(ids))
+
+
+@dataclass(frozen=True, slots=True)
+class RowCount:
+    """One table read WITHOUT FINAL: every row ClickHouse holds (a duplicate not merged away counts)."""
+
+    table: str
+    rows: int
+    ids: int  # uniqExact(alert_id)
+
+    @property
+    def duplicates(self) -> int:  # count() - uniqExact(alert_id)
+        return self.rows - self.ids
+
+
+def rows_without_final(settings: Settings, table: str) -> RowCount:
+    """``count()`` and ``uniqExact(alert_id)`` of ``table`` (the drill's database holds only the drill's rows)."""
+    [[rows, ids]] = clickhouse_query(settings, f"SELECT count(), uniqExact(alert_id) FROM {table}")
+    return RowCount(table, int(rows), int(ids))
 
 
 def audit_rows(settings: Settings) -> Counter[str]:

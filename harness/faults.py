@@ -6,6 +6,8 @@ configured by ``SE_FAULT_*`` variables (never ``STREAM_ENGINE_*``: Settings forb
   (``processing_error``): no input reaches it otherwise, the decoder rejects everything else first.
 * ``sink_delay_s``: every decision-log write waits this long first, so a batch's decisions are
   acknowledged well before its offsets can be committed: a kill then lands in that window.
+* ``commit_delay_s`` (exactly_once): every transaction waits this long before it commits, its
+  records acknowledged and its rows journaled (held): a kill then leaves both behind, uncommitted.
 
     env = fault_env(tmp_path, poison_prefix="poison-")
     worker = start_worker(settings, tmp_path, env=env)
@@ -21,6 +23,7 @@ import os
 
 _poison = os.environ.get("SE_FAULT_POISON_PREFIX")
 _sink_delay = float(os.environ.get("SE_FAULT_SINK_DELAY_S") or 0)
+_commit_delay = float(os.environ.get("SE_FAULT_COMMIT_DELAY_S") or 0)
 
 if _poison:
     from stream_engine import policy
@@ -47,10 +50,23 @@ if _sink_delay:
         return await _write(self, *args, **kwargs)
 
     pipeline.DecisionLog.write = write
+
+if _commit_delay:
+    from stream_engine.engines import transactions
+
+    _commit = transactions.Turn.commit
+
+    async def commit(self, *args, **kwargs):
+        await asyncio.sleep(_commit_delay)
+        return await _commit(self, *args, **kwargs)
+
+    transactions.Turn.commit = commit
 '''
 
 
-def fault_env(directory: Path, *, poison_prefix: str | None = None, sink_delay_s: float | None = None) -> dict[str, str]:
+def fault_env(
+    directory: Path, *, poison_prefix: str | None = None, sink_delay_s: float | None = None, commit_delay_s: float | None = None
+) -> dict[str, str]:
     """Environment for a worker with these faults (``Proc(..., env=…)``); the hook lives in
     ``directory/faults``."""
     import os
@@ -63,4 +79,6 @@ def fault_env(directory: Path, *, poison_prefix: str | None = None, sink_delay_s
         env["SE_FAULT_POISON_PREFIX"] = poison_prefix
     if sink_delay_s:
         env["SE_FAULT_SINK_DELAY_S"] = str(sink_delay_s)
+    if commit_delay_s:
+        env["SE_FAULT_COMMIT_DELAY_S"] = str(commit_delay_s)
     return env

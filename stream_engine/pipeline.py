@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -280,6 +280,9 @@ class DecisionLog:
         self.sink = sink
         self.worker_name = worker_name
         self.records = records
+        # exactly_once: the Kafka transaction the calling batch publishes in (its rows are held
+        # until it is settled, and carry it as their attempt); None outside a transaction.
+        self.transaction_of: Callable[[], str | None] | None = None
 
     async def write(
         self,
@@ -291,17 +294,22 @@ class DecisionLog:
     ) -> None:
         """``envelopes`` aligned with ``decisions``; sets ``times.sink``."""
         t0 = time.perf_counter_ns()
-        writing = self.sink.write(self.rows(envelopes, decisions), self.metrics(times, decisions, received_ns, stages))
+        transaction = self.transaction_of() if self.transaction_of is not None else None
+        rows, metrics = self.rows(envelopes, decisions, transaction), self.metrics(times, decisions, received_ns, stages)
+        if transaction is None:
+            writing = self.sink.write(rows, metrics)
+        else:
+            writing = self.sink.write(rows, metrics, transaction=transaction)
         if self.records is None:
             await writing
         else:  # one Redis round trip beside the journal write (record() never raises an outage)
             await asyncio.gather(writing, self.records.record(decisions))
         times.sink = time.perf_counter_ns() - t0
 
-    def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision]) -> list[LogRow]:
+    def rows(self, envelopes: Sequence[Envelope], decisions: Sequence[Decision], attempt: str | None = None) -> list[LogRow]:
         n = len(decisions)
         worker = self.worker_name
-        return [log_row(d, env, env.alert.severity, env.alert.source, n, worker) for d, env in zip(decisions, envelopes)]
+        return [log_row(d, env, env.alert.severity, env.alert.source, n, worker, attempt) for d, env in zip(decisions, envelopes)]
 
     def metrics(
         self, times: StageTimes, decisions: Sequence[Decision], received_ns: int, stages: Sequence[str]

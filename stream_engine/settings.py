@@ -78,6 +78,13 @@ class Settings(TypedSettings):
         description="Stream engine: aiokafka (consumer group, pipelined batches, exact per-partition commits) "
         "or faust (a faust-streaming agent). Workers of the two cannot share a consumer group.",
     )
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: offsets committed after the batch's records are acknowledged (a crash may repeat "
+        "decisions). exactly_once (aiokafka engine only): decisions, dead letters and the consumed offsets committed in "
+        "one Kafka transaction per batch and partition, ClickHouse rows stored only for committed ones; read "
+        "`decisions` with isolation.level=read_committed.",
+    )
     worker_name: str = Field("", description="Worker name in logs and ClickHouse rows (default host:pid).")
     batch_max: int = Field(500, ge=1, description="Most alerts in one micro-batch.")
     # 10 ms: faust hit p99 at 1k alerts/s 55-57 ms (20 ms: 76-81, 5 ms: 64-68); max throughput unchanged.
@@ -256,6 +263,17 @@ class Settings(TypedSettings):
             raise ValueError(
                 f"outcome_record_ttl_s ({self.outcome_record_ttl_s:g}) must be at least 10 x sink_flush_interval_s "
                 f"({self.sink_flush_interval_s:g}): a decision must reach ClickHouse before Redis forgets it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _exactly_once_needs_aiokafka(self) -> Settings:
+        if self.delivery == "exactly_once" and self.engine != "aiokafka":
+            raise ValueError(
+                f"delivery=exactly_once is offered by the aiokafka engine only, not {self.engine}: faust-streaming's "
+                "own exactly-once has open bugs (duplicates after a kill #517 and a rebalance #323, sends outside the "
+                "transaction #177) and its consumer commits outside our transactions; run --engine aiokafka, or keep "
+                "delivery=at_least_once on faust"
             )
         return self
 

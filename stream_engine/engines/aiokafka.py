@@ -30,6 +30,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from stream_engine.engines.core import STOP_GRACE_S, EngineCore
 from stream_engine.engines.offsets import positions_probe
 from stream_engine.engines.runner import BatchRunner
+from stream_engine.engines.transactions import TransactionalEmitter
 from stream_engine.pipeline import RawMessage
 from stream_engine.runtime import Runtime
 from stream_engine.settings import Settings
@@ -47,6 +48,7 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
         self.settings = settings
         self.core = EngineCore(settings, runtime, positions_probe(lambda: self.consumer, settings.topic_alerts))
+        self.exactly_once = settings.delivery == "exactly_once"
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.app_id,
@@ -57,17 +59,24 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             session_timeout_ms=int(settings.session_timeout_s * 1000),
             heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
+            # exactly_once: alerts published in transactions count once they commit (and never if aborted)
+            isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
         )
         self.runner = BatchRunner(self.core, settings.batch_concurrency, settings.revoke_grace_s, self._commit_pending)
         self.tracker = self.runner.tracker
         self._commit_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._recover_lock = asyncio.Lock()
+        self._recovering: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Start everything, fetch until :meth:`stop`, then drain, commit and stop everything."""
         await self.core.start()
+        if isinstance(self.core.emitter, TransactionalEmitter):
+            self.core.emitter.on_lost = self._partition_lost
+            self.core.emitter.committed = self.consumer.committed
         try:
             self.consumer.subscribe([self.settings.topic_alerts], listener=self)
             await self.consumer.start()
@@ -114,9 +123,12 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _commit_pending(self) -> None:
         """Commit every finished offset not yet committed. Serialized, so offsets only move forward;
-        a commit that arrives while another runs is picked up by the next one."""
+        a commit that arrives while another runs is picked up by the next one. (exactly_once: each
+        batch committed its offsets in its own transactions.)"""
         async with self._commit_lock:
             pending = self.tracker.take()
+            if self.exactly_once:
+                return
             assigned = self.consumer.assignment()
             offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in pending.items() if tp in assigned}
             if not offsets:
@@ -136,12 +148,70 @@ class AiokafkaEngine(ConsumerRebalanceListener):  # type: ignore[misc]
         # Finish what we hold (bounded) and commit it, so the next owner starts right after it.
         kept = await self.runner.revoke(revoked, self._commit_pending)
         if kept:
-            await self.consumer.seek_to_committed(*kept)
+            await self._seek_to_committed(kept)
+        if isinstance(self.core.emitter, TransactionalEmitter):
+            await self.core.emitter.revoke(revoked)
         self.core.partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        emitter = self.core.emitter
+        if isinstance(emitter, TransactionalEmitter):
+            # The partitions' producers first: they fence the previous owners, whose open
+            # transactions (offsets included) are aborted; only then is the committed offset final.
+            # Paused meanwhile, so no fetch reads from a position taken before the fencing.
+            ours = [tp for tp in assigned if tp.topic == self.settings.topic_alerts]
+            self.consumer.pause(*ours)
+            try:
+                await emitter.assign(ours)
+                emitter.resume(await self._seek_to_committed(ours))
+            finally:
+                self.consumer.resume(*ours)
         self.runner.assigned()
         self.core.partitions_assigned(assigned)
+
+    async def _seek_to_committed(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, str | None]:
+        """Fetch from the committed offset (from the beginning if none: auto_offset_reset earliest).
+        Returns the committed offsets' metadata (exactly_once: the partition's recent transactions)."""
+        tps = list(tps)
+        if not tps:
+            return {}
+        committed = await self.consumer._coordinator.fetch_committed_offsets(tps)  # offset and metadata in one call
+        never = [tp for tp in tps if tp not in committed or committed[tp].offset < 0]
+        beginning = await self.consumer.beginning_offsets(never) if never else {}
+        metadata: dict[TopicPartition, str | None] = {}
+        for tp in tps:
+            found = committed.get(tp)
+            if tp in beginning:
+                self.consumer.seek(tp, beginning[tp])
+                metadata[tp] = None
+            else:
+                assert found is not None
+                self.consumer.seek(tp, found.offset)
+                metadata[tp] = found.metadata
+        return metadata
+
+    def _partition_lost(self, tp: TopicPartition) -> None:
+        """exactly_once: the partition's producer was fenced; if the partition is still ours (say,
+        its transaction timed out), a new producer fences in turn and we read from the committed offset."""
+        task = asyncio.ensure_future(self._recover(tp))
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
+
+    async def _recover(self, tp: TopicPartition) -> None:
+        emitter = self.core.emitter
+        assert isinstance(emitter, TransactionalEmitter)
+        async with self._recover_lock:
+            backoff = 0.5
+            while tp in self.consumer.assignment() and tp in emitter.partitions and not self._stopping.is_set():
+                try:
+                    await emitter.restart(tp)
+                    emitter.resume(await self._seek_to_committed([tp]))
+                    log.warning("partition %s: new transactional producer, reading again from the committed offset", tp)
+                    return
+                except Exception as exc:
+                    log.warning("partition %s: restarting its transactional producer failed (%r); retrying", tp, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
 
 
 def serve(settings: Settings) -> int:

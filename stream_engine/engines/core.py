@@ -32,7 +32,18 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from stream_engine.engines.emitter import KafkaEmitter
-from stream_engine.models import DeadLetter
+from stream_engine.engines.transactions import (
+    PartitionLost,
+    TransactionalEmitter,
+    Turn,
+    _turn,
+    committed_transactions,
+    current_turn,
+    group_offsets,
+    split_by_partition,
+    transaction_of_this_batch,
+)
+from stream_engine.models import DeadLetter, StageTimes
 from stream_engine.pipeline import BatchProgress, BatchReport, DecisionsTooLarge, Position, RawMessage
 from stream_engine.runtime import Runtime
 from stream_engine.sinks.clickhouse.sink import SinkStopped
@@ -135,11 +146,20 @@ class EngineCore:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        emitter = self.emitter or KafkaEmitter(self.settings)
+        exactly_once = self.settings.delivery == "exactly_once"
+        emitter = self.emitter or (TransactionalEmitter if exactly_once else KafkaEmitter)(self.settings)
         self.emitter = emitter
         if isinstance(emitter, KafkaEmitter):
             await emitter.start()
+        if isinstance(emitter, TransactionalEmitter):
+            # Rows of a transaction whose settle marker a crash lost: kept iff the group committed it.
+            if hasattr(self.runtime.sink, "replay_filter"):
+                self.runtime.sink.replay_filter = committed_transactions(group_offsets(self.settings))
         await self.runtime.start(emitter)
+        if isinstance(emitter, TransactionalEmitter):
+            emitter.settle = self.runtime.sink.settle
+            assert self.runtime.decision_log is not None
+            self.runtime.decision_log.transaction_of = transaction_of_this_batch
         await self._start_api()
         self.runtime.announce_ready()
 
@@ -180,7 +200,31 @@ class EngineCore:
         """One micro-batch, until it is done (decisions and dead letters acknowledged by the
         broker, log rows durable): the engine may then commit its offsets. Never raises but
         ``CancelledError``: a failure outside the pipeline's own retries (say, while
-        dead-lettering) is logged and the batch goes on from where it stopped."""
+        dead-lettering) is logged and the batch goes on from where it stopped.
+
+        With ``delivery=exactly_once`` the batch is split by partition, each part committed in its
+        own transaction together with its offset (engines/transactions.py): then the batch is done
+        once every part is committed (or abandoned: fenced or revoked)."""
+        emitter = self.emitter
+        if not isinstance(emitter, TransactionalEmitter):
+            return await self._process(messages)
+        # Turns are taken here, before any await: a batch's task starts in fetch order, so do its turns.
+        parts = [(emitter.ticket(tp), part) for tp, part in split_by_partition(messages).items()]
+        reports = await asyncio.gather(*(self._process_in_turn(turn, part) for turn, part in parts))
+        return merge_reports([r for r in reports if r is not None])
+
+    async def _process_in_turn(self, turn: Turn, messages: list[RawMessage]) -> BatchReport | None:
+        token = _turn.set(turn)
+        try:
+            return await self._process(messages)
+        except PartitionLost as exc:
+            log.warning("batch abandoned, not committed: %s", exc, extra=batch_context(messages))
+            return None
+        finally:
+            _turn.reset(token)
+            await asyncio.shield(turn.close())
+
+    async def _process(self, messages: list[RawMessage]) -> BatchReport:
         progress = BatchProgress()
         backoff = Backoff()
         while True:
@@ -207,9 +251,15 @@ class EngineCore:
         assert pipeline is not None, "process() before start()"
         backoff = Backoff()
         failures = 0
+        turn = current_turn()
         while True:
             try:
-                return await pipeline.process(messages, progress)
+                if turn is not None:
+                    await turn.ready(progress)  # a broken transaction is aborted: all of it is done again
+                report = await pipeline.process(messages, progress)
+                if turn is not None:
+                    await turn.commit(messages[-1].offset + 1)  # one partition, in offset order
+                return report
             except asyncio.CancelledError:
                 raise
             except DecisionsTooLarge as exc:  # a problem of those records: no retry can help them
@@ -249,8 +299,11 @@ class EngineCore:
         assert pipeline is not None
         backoff = Backoff()
         failures = 0
+        turn = current_turn()
         while True:
             try:
+                if turn is not None:
+                    await turn.ready(progress)
                 await pipeline.process([message], progress)
                 return None
             except asyncio.CancelledError:
@@ -307,6 +360,20 @@ class EngineCore:
     def _alerts_partitions(self, tps: Iterable[Any]) -> list[tuple[str, int]]:
         topic = self.settings.topic_alerts
         return sorted((tp.topic, tp.partition) for tp in tps if tp.topic == topic)
+
+
+def merge_reports(reports: Sequence[BatchReport]) -> BatchReport:
+    """One report of a batch processed in parts (one per partition)."""
+    if len(reports) == 1:
+        return reports[0]
+    merged = BatchReport([], [], reports[0].times if reports else StageTimes())
+    for r in reports:
+        merged.decisions += r.decisions
+        merged.dead += r.dead
+        merged.dropped += r.dropped
+        for tier, n in r.tiers.items():
+            merged.tiers[tier] = merged.tiers.get(tier, 0) + n
+    return merged
 
 
 def position(message: RawMessage) -> Position:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
@@ -120,18 +120,29 @@ class KafkaEmitter:
             acks.append(await self._send(self.dlq_topic, dl.to_json(), None, [("reason", dl.reason.encode())]))
         return acks
 
-    async def _send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None) -> asyncio.Future[Any]:
-        assert self.producer is not None, "send() before start()"
+    async def _send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        producer: AIOKafkaProducer | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> asyncio.Future[Any]:
+        """One record through ``producer`` (default: the emitter's own); ``on_failure`` hears of an
+        acknowledgement that failed (default: a broken producer is replaced before the next send)."""
+        producer = producer or self.producer
+        assert producer is not None, "send() before start()"
         limit = min(self.limits.get(topic, MAX_REQUEST_BYTES), MAX_REQUEST_BYTES)
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers or [])
         if size > limit:
             self._refresh_limits_soon()  # the operator may have raised it
             return refused(RecordTooLarge(topic, size, limit))
         try:
-            ack = await self.producer.send(topic, value, key, headers=headers)
+            ack = await producer.send(topic, value, key, headers=headers)
         except MessageSizeTooLargeError:  # the producer's own check (max_request_size)
             return refused(RecordTooLarge(topic, size, limit))
-        ack.add_done_callback(self._watch)
+        ack.add_done_callback(self._watch if on_failure is None else _on_failure(on_failure))
         return ack
 
     def _watch(self, ack: asyncio.Future[Any]) -> None:
@@ -176,6 +187,16 @@ class KafkaEmitter:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+
+def _on_failure(callback: Callable[[BaseException], None]) -> Callable[[asyncio.Future[Any]], None]:
+    def watch(ack: asyncio.Future[Any]) -> None:
+        if ack.cancelled():
+            callback(asyncio.CancelledError())
+        elif ack.exception() is not None:
+            callback(ack.exception())  # type: ignore[arg-type]
+
+    return watch
 
 
 def refused(exc: BaseException) -> asyncio.Future[Any]:

@@ -40,3 +40,10 @@ def test_decision_records_outlive_ten_sink_flushes() -> None:
         Settings(outcome_record_ttl_s=600, sink_flush_interval_s=61)
     assert Settings(outcome_record_ttl_s=2, sink_flush_interval_s=0.2).outcome_record_ttl_s == 2
     assert Settings().outcome_record_ttl_s == 600 <= Settings().outcome_window_s
+
+
+def test_exactly_once_is_refused_on_the_faust_engine_with_the_reason() -> None:
+    with pytest.raises(SettingsError, match=r"aiokafka engine only.*faust-streaming.*#517"):
+        Settings(engine="faust", delivery="exactly_once")
+    assert Settings().delivery == "at_least_once"
+    assert Settings(engine="aiokafka", delivery="exactly_once").delivery == "exactly_once"

@@ -159,7 +159,7 @@ def test_migrate_applies_then_nothing(http_url: str) -> None:
         assert migrate(admin, name, ttl_days=30) == []
         tables = {r[0] for r in admin.query(f"SELECT name FROM system.tables WHERE database = '{name}'").result_rows}
         assert tables == {"schema_migrations", "proposition_log", "latency_metrics", "proposition_minute", "proposition_minute_mv",
-                          "decision_audit", "decision_audit_mv"}  # fmt: skip
+                          "decision_audit", "decision_audit_mv", "outcomes", "decision_lookup", "decision_lookup_mv"}  # fmt: skip
         versions = admin.query(f"SELECT version, name FROM {name}.schema_migrations ORDER BY version").result_rows
         assert versions == [(m.version, m.name) for m in MIGRATIONS]
     finally:

@@ -230,7 +230,7 @@ async def test_a_redis_hit_lives_in_the_lru_no_longer_than_it_has_left_in_redis(
         [decision] = await triage.decide([envelope], StageTimes())
         assert decision.cache_tier == "redis"
         lru_clock.now += 9
-        assert lru.for_partition(0).get(envelope.key) == P1
+        assert lru.for_partition(0).get(envelope.key).propositions == P1
         lru_clock.now += 2  # 11 s later: past its Redis lifetime, well within lru_ttl_s (300 s)
         assert lru.for_partition(0).get(envelope.key) is None
     finally:

@@ -141,6 +141,20 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Starting a worker (imports, connecting, the group join) frees megabytes that glibc keeps
+    mapped; a worker then runs for days at that resident size. Called once, when it is ready."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
+
+
 class Monitor:
     def __init__(self, types: AlertTypes | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

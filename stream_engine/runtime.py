@@ -23,7 +23,7 @@ from stream_engine.cache.partitioned import PartitionedLRU
 from stream_engine.cache.redis_tier import RedisTier
 from stream_engine.keys import KeyBuilder
 from stream_engine.models import API_STAGES
-from stream_engine.monitor import AlertTypes, Monitor, Positions, PositionsProbe
+from stream_engine.monitor import AlertTypes, Monitor, Positions, PositionsProbe, release_free_memory
 from stream_engine.pipeline import DecisionLog, Emitter, Pipeline, Triage
 from stream_engine.policy import DecisionPolicy
 from stream_engine.propositions.client import PropositionClient
@@ -136,6 +136,7 @@ class Runtime:
             return
         self._announced = True
         log.info("worker %s ready", self.worker_name, extra={"partitions": sorted(p for _, p in self.monitor.assigned)})
+        release_free_memory()  # what starting freed (issue 16: idle RSS)
 
     async def stop(self) -> None:
         """Close the parts (the engine drained its batches first)."""

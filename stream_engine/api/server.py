@@ -14,7 +14,6 @@ from aiohttp import web
 from stream_engine.api.admission import ConnectionLimit
 from stream_engine.api.auth import api_auth
 from stream_engine.api.handlers import Handlers
-from stream_engine.api.metrics import build_registry
 
 if TYPE_CHECKING:
     from stream_engine.runtime import Runtime
@@ -29,8 +28,7 @@ CONNECTION_LIMIT_ROUTE = "(connection limit)"  # the route under which refused c
 
 
 def create_api_app(runtime: Runtime) -> web.Application:
-    registry, collector = build_registry(runtime)
-    handlers = Handlers(runtime, registry, collector)
+    handlers = Handlers(runtime)
 
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:

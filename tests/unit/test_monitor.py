@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stream_engine.models import DeadLetter, Decision, Proposition, StageTimes
-from stream_engine.monitor import HIGHEST_US, HISTOGRAMS, AlertTypes, Monitor, StageHistogram
+from stream_engine.monitor import HIGHEST_US, HISTOGRAMS, AlertTypes, Monitor, StageHistogram, release_free_memory, rss_bytes
 from stream_engine.pipeline import BatchReport, RawMessage
 
 # 3 significant digits: a reported value is within 0.1% of a sample of the same rank.
@@ -177,3 +177,19 @@ def test_series_per_alert_type_are_bounded_and_the_api_cannot_claim_them() -> No
     assert snap["decisions"]["by_type_and_tier"]["infra"] == {"lru": 2}
     assert set(snap["hit_ratio"]) == {"*", "scam", "infra", "deploy", "other"}
     assert snap["decisions"]["total"] == 100 + 6 + 1 + 1000  # folded, never dropped
+
+
+def test_release_free_memory_returns_freed_heap_pages() -> None:
+    """What a worker freed while starting stops counting in its RSS once it is ready."""
+    if getattr(ctypes.CDLL(None), "malloc_trim", None) is None:
+        pytest.skip("not glibc: release_free_memory is a no-op")
+    # 64 MB in 2 kB blocks (glibc's heap, not pymalloc), then all freed but the last one, which
+    # pins the heap's top: free() alone cannot give those pages back.
+    blocks = [bytearray(2048) for _ in range(32_000)]
+    keep = blocks[-1]
+    del blocks
+    before = rss_bytes()
+    release_free_memory()
+    after = rss_bytes()
+    assert len(keep) == 2048
+    assert before - after > 32 * 1024 * 1024, (before, after)

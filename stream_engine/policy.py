@@ -86,29 +86,17 @@ class DecisionPolicy:
             )
         threshold = self.threshold_for(alert.type)
         types = self.type_evidence
+        ranked_by_outcomes = None
         if evidence is not None or (types and type_part(key) in types):
             ranked_by_outcomes = self._rank(propositions, evidence, types.get(type_part(key)), threshold)
-            if ranked_by_outcomes is not None:
-                ranked, auto, why, detail = ranked_by_outcomes
-                top = ranked[0]
-                return Decision(
-                    alert_id=alert.id,
-                    alert_type=alert.type,
-                    key=key,
-                    mode="auto" if auto else "review",
-                    action=top.action,
-                    confidence=top.confidence,
-                    propositions=ranked,
-                    cache_tier=tier,
-                    latency_ms=latency_ms,
-                    decided_at=decided_at,
-                    reason=why,
-                    evidence=detail,
-                )
-        # Stable sort: among equal confidences the service's own order is kept.
-        ranked = sorted(propositions, key=lambda p: p.confidence, reverse=True)
+        if ranked_by_outcomes is not None:
+            ranked, auto, why, detail = ranked_by_outcomes
+        else:
+            # Stable sort: among equal confidences the service's own order is kept.
+            ranked = sorted(propositions, key=lambda p: p.confidence, reverse=True)
+            auto = ranked[0].confidence >= threshold
+            why, detail = (None if auto else "below_threshold"), None
         top = ranked[0]
-        auto = top.confidence >= threshold
         return Decision(
             alert_id=alert.id,
             alert_type=alert.type,
@@ -120,7 +108,8 @@ class DecisionPolicy:
             cache_tier=tier,
             latency_ms=latency_ms,
             decided_at=decided_at,
-            reason=None if auto else "below_threshold",
+            reason=why,
+            evidence=detail,
         )
 
     def _rank(
